@@ -1,0 +1,114 @@
+"""Deterministic training with a progress callback, and checkpoints cached by config hash."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import TrainConfig, artifacts_root, config_hash
+from .datasets import ImageDataset, inject_label_noise, subset_mask
+from .models import build_model
+from .progress import Progress, silent
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: ImageDataset, batch_size: int = 512) -> torch.Tensor:
+    """Logits (N, K) of `model` on every example of `data`, in index order."""
+    model.eval()
+    return torch.cat([model(x) for x, _, _ in data.batches(batch_size)])
+
+
+def accuracy(model: nn.Module, data: ImageDataset) -> float:
+    return float((predict_logits(model, data).argmax(1) == data.labels).float().mean())
+
+
+def train_model(
+    model: nn.Module,
+    data: ImageDataset,
+    cfg: TrainConfig,
+    indices: torch.Tensor | None = None,
+    progress: Progress = silent,
+) -> nn.Module:
+    """SGD with momentum and cosine learning-rate decay on `data` (restricted to `indices`).
+
+    Deterministic: batch order comes from a generator seeded with cfg.seed."""
+    order_src = torch.arange(len(data)) if indices is None else torch.as_tensor(indices)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    steps_per_epoch = math.ceil(len(order_src) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    step = 0
+    for _ in range(cfg.epochs):
+        order = order_src[torch.randperm(len(order_src), generator=gen)]
+        for x, y, _ in data.batches(cfg.batch_size, order):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if step % 10 == 0 or step == total:
+                progress(step, total, f"train {cfg.dataset}/{cfg.model}")
+    model.eval()
+    return model
+
+
+def training_labels(train: ImageDataset, cfg: TrainConfig) -> tuple[ImageDataset, torch.Tensor]:
+    """The training split with cfg's label noise applied, and the flip mask."""
+    if cfg.noise <= 0:
+        return train, torch.zeros(len(train), dtype=torch.bool)
+    noisy, mask = inject_label_noise(train.labels, cfg.noise, train.num_classes, cfg.noise_seed)
+    return train.with_labels(noisy), mask
+
+
+def checkpoint_dir(cfg: TrainConfig) -> Path:
+    return artifacts_root() / "models" / f"{cfg.dataset.replace(':', '_').replace('/', '_')[:40]}-{cfg.model}-{config_hash(cfg)}"
+
+
+def train_or_load(
+    cfg: TrainConfig, train: ImageDataset, test: ImageDataset, progress: Progress = silent
+) -> tuple[nn.Module, dict]:
+    """Train per `cfg` unless a checkpoint for exactly this config exists; returns (model, meta).
+
+    Saves model.pt (a state_dict) and meta.json (dataset, model, config, seed, test accuracy)."""
+    from .models import load_checkpoint
+
+    folder = checkpoint_dir(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, train.shape, train.num_classes)
+    if (folder / "meta.json").is_file() and (folder / "model.pt").is_file():
+        load_checkpoint(model, folder / "model.pt")
+        return model.eval(), json.loads((folder / "meta.json").read_text())
+    data, _ = training_labels(train, cfg)
+    indices = None
+    if cfg.subset_seed >= 0:
+        indices = torch.nonzero(subset_mask(len(data), cfg.subset_fraction, cfg.subset_seed))[:, 0]
+    start = time.perf_counter()
+    train_model(model, data, cfg, indices, progress)
+    seconds = time.perf_counter() - start
+    meta = {
+        "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed,
+        "config": dataclasses.asdict(cfg), "config_hash": config_hash(cfg),
+        "test_accuracy": accuracy(model, test), "train_seconds": round(seconds, 2),
+        "seconds_per_epoch": round(seconds / cfg.epochs, 2),
+        "num_train": len(data) if indices is None else len(indices),
+        "torch": torch.__version__,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "model.pt.tmp"
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(folder / "model.pt")
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    return model, meta
