@@ -2,14 +2,25 @@
 
 The dashboard imports only the names listed here (a test enforces it)."""
 
+from .attribution import Ranked, pairwise_influence, query_gradients, self_influence, top_k, train_gradients
+from .config import (
+    CURVATURE_CONFIGS, EKFACConfig, ExactConfig, IdentityConfig, KFACConfig, LissaConfig,
+)
 from .config import TrainConfig, artifacts_root, config_hash, default_data_root, recipe
 from .datasets import DatasetError, ImageDataset, inject_label_noise
+from .curvature import ESTIMATORS, Curvature, LissaDivergedError, fit_curvature
+from .gradients import TrackedModel, UnsupportedLayerError
 from .models import MODELS, CheckpointError, build_model, load_checkpoint
 from .progress import Progress, silent, tqdm_progress
 from .registry import DATASETS, Problem, load_dataset, load_problem
+from .task import ClassificationTask, Task, margin
 from .training import accuracy, predict_logits, train_or_load
 
 __all__ = [
+    "CURVATURE_CONFIGS", "ESTIMATORS", "ClassificationTask", "Curvature", "EKFACConfig",
+    "ExactConfig", "IdentityConfig", "KFACConfig", "LissaConfig", "LissaDivergedError", "Ranked",
+    "Task", "TrackedModel", "UnsupportedLayerError", "fit_curvature", "margin",
+    "pairwise_influence", "query_gradients", "self_influence", "top_k", "train_gradients",
     "DATASETS", "MODELS", "CheckpointError", "DatasetError", "ImageDataset", "Problem",
     "Progress", "TrainConfig", "accuracy", "artifacts_root", "build_model", "config_hash",
     "default_data_root", "inject_label_noise", "load_checkpoint", "load_dataset",

@@ -69,3 +69,74 @@ def recipe(dataset: str, model: str, **overrides: object) -> TrainConfig:
     base = dict(RECIPES.get((dataset.split(":")[0], model), dict(epochs=10)))
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(dataset=dataset, model=model, **base)
+
+
+FISHER_MODES = ("sampled", "expected", "empirical")
+
+
+def _check_curvature(damping: float | None, damping_factor: float, fisher: str) -> None:
+    if damping is not None and damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    if damping_factor <= 0:
+        raise ValueError(f"damping_factor must be > 0, got {damping_factor}")
+    if fisher not in FISHER_MODES:
+        raise ValueError(f"fisher must be one of {FISHER_MODES}, got {fisher!r}")
+
+
+@dataclass(frozen=True)
+class EKFACConfig:
+    damping: float | None = None  # None: damping_factor x mean fitted eigenvalue, per layer
+    damping_factor: float = 0.1  # Kronfluence's heuristic; best LDS on digits/mlp
+    fisher: str = "sampled"  # sampled (true Fisher, 1 label/example) | expected | empirical
+    batch_size: int = 512
+    seed: int = 0  # pseudo-label sampling
+
+    def __post_init__(self) -> None:
+        _check_curvature(self.damping, self.damping_factor, self.fisher)
+
+
+@dataclass(frozen=True)
+class KFACConfig(EKFACConfig):
+    """K-FAC: eigenvalues e_S e_A^T of the Kronecker factors instead of fitted ones."""
+
+
+@dataclass(frozen=True)
+class ExactConfig:
+    damping: float | None = None  # None: damping_factor x trace(G) / p
+    damping_factor: float = 0.1
+    fisher: str = "expected"  # the Gauss-Newton matrix itself: all classes, weighted by p
+    batch_size: int = 256
+    max_params: int = 50_000  # dense float64 G beyond this is refused
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_curvature(self.damping, self.damping_factor, self.fisher)
+
+
+@dataclass(frozen=True)
+class LissaConfig:
+    depth: int = 1000  # recursion steps J
+    scale: float | None = None  # alpha = 1 / scale; None: 1.1 x (power-iteration top eigenvalue + lambda)
+    damping: float | None = None  # None: damping_factor x trace(G) / p
+    damping_factor: float = 0.1
+    repeats: int = 1  # independent recursions averaged
+    batch_size: int = 128  # examples per stochastic G estimate
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_curvature(self.damping, self.damping_factor, "expected")
+        if self.depth < 1 or self.repeats < 1 or self.batch_size < 1:
+            raise ValueError("depth, repeats and batch_size must be positive")
+        if self.scale is not None and self.scale <= 0:
+            raise ValueError(f"scale must be > 0, got {self.scale}")
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """Plain gradient dot product: G + lambda I replaced by I (the baseline)."""
+
+
+CURVATURE_CONFIGS = {
+    "ekfac": EKFACConfig, "kfac": KFACConfig, "exact": ExactConfig,
+    "lissa": LissaConfig, "identity": IdentityConfig,
+}

@@ -1,0 +1,104 @@
+"""K-FAC: per layer G_l ~= A (x) S, eigendecomposed; Lambda = e_S e_A^T (divided by T for conv).
+
+A = E_i[sum_t a_it a_it^T], S = E_i[sum_t g_it g_it^T] from pseudo-gradients (one data pass).
+IHVP of a layer-shaped V: Q_S [(Q_S^T V Q_A) / (Lambda + lambda)] Q_A^T.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import KFACConfig
+from ..datasets import ImageDataset
+from ..gradients import TrackedModel
+from ..progress import Progress, silent
+from ..task import Task
+from .base import Curvature, Pairs, fisher_pairs, iterate, model_dtype
+
+
+@dataclass
+class KroneckerFactors:
+    """One layer's eigenbasis and diagonal: G_l ~= (Q_S (x) Q_A) diag(Lambda) (Q_S (x) Q_A)^T."""
+
+    q_a: torch.Tensor  # (d_in, d_in)
+    q_s: torch.Tensor  # (d_out, d_out)
+    eigenvalues: torch.Tensor  # Lambda (d_out, d_in)
+    damping: float
+
+
+def fit_covariances(
+    tracked: TrackedModel, task: Task, data: ImageDataset, cfg: KFACConfig, progress: Progress
+) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """Pass 1: per layer (A, S, mean positions T), averaged over examples (float64)."""
+    dtype = model_dtype(tracked)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    covs = [[0.0, 0.0, 0.0] for _ in tracked.specs]
+    for x, y, _ in iterate(data, cfg.batch_size, progress, "fit covariances", dtype=dtype):
+        for draw, pairs in enumerate(fisher_pairs(tracked, task, x, y, cfg.fisher, gen)):
+            for c, (a, g) in zip(covs, pairs):
+                if draw == 0:
+                    a2 = a.reshape(-1, a.shape[-1])
+                    c[0] = c[0] + (a2.T @ a2).double()
+                    c[2] += a.shape[1] * a.shape[0]
+                g2 = g.reshape(-1, g.shape[-1])
+                c[1] = c[1] + (g2.T @ g2).double()
+    n = len(data)
+    return [(a / n, s / n, t / n) for a, s, t in covs]
+
+
+def eigenbasis(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    e, q = torch.linalg.eigh(cov)
+    return e.clamp_min(0.0), q
+
+
+def heuristic_damping(eigenvalues: torch.Tensor, cfg: KFACConfig) -> float:
+    return cfg.damping if cfg.damping is not None else cfg.damping_factor * float(eigenvalues.mean())
+
+
+class KFAC(Curvature):
+    name = "kfac"
+
+    def __init__(self, tracked: TrackedModel, factors: list[KroneckerFactors]) -> None:
+        self.tracked, self.factors = tracked, factors
+
+    @classmethod
+    def fit(
+        cls, tracked: TrackedModel, task: Task, data: ImageDataset, cfg: KFACConfig = KFACConfig(),
+        progress: Progress = silent,
+    ) -> KFAC:
+        factors = []
+        for a, s, t in fit_covariances(tracked, task, data, cfg, progress):
+            (e_a, q_a), (e_s, q_s) = eigenbasis(a), eigenbasis(s)
+            lam = torch.outer(e_s, e_a) / max(t, 1.0)  # conv: T positions counted twice
+            factors.append(KroneckerFactors(q_a, q_s, lam, heuristic_damping(lam, cfg)))
+        return cls(tracked, _cast(factors, model_dtype(tracked)))
+
+    def ihvp_layers(self, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for f, v in zip(self.factors, vectors):
+            rotated = f.q_s.T @ v.to(f.q_s.dtype) @ f.q_a  # (k, d_out, d_in)
+            out.append(f.q_s @ (rotated / (f.eigenvalues + f.damping)) @ f.q_a.T)
+        return out
+
+    def self_influence(self, pairs: Pairs) -> torch.Tensor:
+        """sum_l sum_jk R_i[j,k]^2 / (Lambda + lambda), R_i = Q_S^T DW_i Q_A. Linear layers use
+        the rank-one form rowsum(((U*U) @ M) * (V*V)), U = g Q_S, V = a Q_A."""
+        total = 0
+        for f, (a, g) in zip(self.factors, pairs):
+            inv = 1.0 / (f.eigenvalues + f.damping)
+            u, v = g.to(f.q_s.dtype) @ f.q_s, a.to(f.q_a.dtype) @ f.q_a
+            if a.shape[1] == 1:
+                total = total + (((u[:, 0] ** 2) @ inv) * v[:, 0] ** 2).sum(1)
+            else:
+                r = torch.einsum("bto,bti->boi", u, v)
+                total = total + (r.pow(2) * inv).sum((1, 2))
+        return total
+
+
+def _cast(factors: list[KroneckerFactors], dtype: torch.dtype) -> list[KroneckerFactors]:
+    return [
+        KroneckerFactors(f.q_a.to(dtype), f.q_s.to(dtype), f.eigenvalues.to(dtype), f.damping)
+        for f in factors
+    ]

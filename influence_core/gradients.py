@@ -1,0 +1,179 @@
+"""Per-example layer gradients without materialising them, and the parameter layout.
+
+For a tracked layer (Linear or Conv2d) and example i we capture the layer input a_i (T, d_in),
+with a constant 1 appended when the layer has a bias, and the gradient of the SUMMED batch loss
+w.r.t. the layer output g_i (T, d_out); the weight gradient is DW_i = g_i^T a_i (d_out, d_in).
+Linear layers have T = 1 (or the sequence length for (B, S, d) inputs); Conv2d layers unfold
+their input into T patches. The flat parameter vector theta concatenates, layer by layer, the
+matrices [W | b] (d_out, d_in) in row-major order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer that cannot be tracked (not Linear / Conv2d, grouped convolution, ...)."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str
+    d_out: int
+    d_in: int  # includes the bias column
+
+    @property
+    def size(self) -> int:
+        return self.d_out * self.d_in
+
+
+class TrackedModel:
+    """A model with a chosen set of tracked Linear/Conv2d layers (all of them by default).
+
+    Parameters of untracked modules are frozen: influence is computed w.r.t. tracked ones."""
+
+    def __init__(self, model: nn.Module, layers: list[str] | None = None) -> None:
+        self.model = model.eval()
+        available = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+        if layers:
+            named = dict(model.named_modules())
+            for n in layers:
+                if n not in named:
+                    raise UnsupportedLayerError(f"no layer named {n!r}; layers: {sorted(available)}")
+                if n not in available:
+                    raise UnsupportedLayerError(
+                        f"layer {n!r} is a {type(named[n]).__name__}; only Linear and Conv2d "
+                        "layers can be tracked (others stay frozen)"
+                    )
+        names = list(layers) if layers else list(available)
+        if not names:
+            raise UnsupportedLayerError("the model has no Linear or Conv2d layer to track")
+        self.modules = {n: available[n] for n in names}
+        for n, m in self.modules.items():
+            if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros"):
+                raise UnsupportedLayerError(f"{n}: grouped or non-zero-padded Conv2d is unsupported")
+        self.specs = [
+            LayerSpec(n, m.weight.shape[0], m.weight[0].numel() + (m.bias is not None))
+            for n, m in self.modules.items()
+        ]
+
+    @property
+    def num_params(self) -> int:
+        return sum(s.size for s in self.specs)
+
+    def flat_params(self) -> torch.Tensor:
+        """theta (p,) in the layout above."""
+        return torch.cat([self._matrix(m).reshape(-1) for m in self.modules.values()])
+
+    @staticmethod
+    def _matrix(m: nn.Module) -> torch.Tensor:
+        w = m.weight.detach().reshape(m.weight.shape[0], -1)
+        return torch.cat([w, m.bias.detach()[:, None]], 1) if m.bias is not None else w
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """(k, p) -> per layer (k, d_out, d_in)."""
+        parts = torch.split(flat, [s.size for s in self.specs], dim=-1)
+        return [x.reshape(*flat.shape[:-1], s.d_out, s.d_in) for x, s in zip(parts, self.specs)]
+
+    @torch.no_grad()
+    def add_to_params(self, delta: torch.Tensor) -> None:
+        """theta += delta (p,), in place on the tracked layers."""
+        for m, d in zip(self.modules.values(), self.split(delta.to(torch.float64))):
+            w_size = m.weight[0].numel()
+            m.weight.add_(d[:, :w_size].reshape(m.weight.shape).to(m.weight.dtype))
+            if m.bias is not None:
+                m.bias.add_(d[:, w_size].to(m.bias.dtype))
+
+    @contextmanager
+    def capture(self) -> Iterator[dict[str, list]]:
+        """Within the block, every forward records per layer [a (B,T,d_in), output tensor]."""
+        store: dict[str, list] = {}
+        handles = [m.register_forward_hook(self._hook(n, store)) for n, m in self.modules.items()]
+        try:
+            yield store
+        finally:
+            for h in handles:
+                h.remove()
+
+    @staticmethod
+    def _hook(name: str, store: dict) -> Callable:
+        def hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            store[name] = [_layer_input(m, inputs[0].detach()), out]
+
+        return hook
+
+
+def _layer_input(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(m, nn.Conv2d):
+        x = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride).transpose(1, 2)
+    elif x.ndim == 2:
+        x = x[:, None, :]
+    else:
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+    if m.bias is not None:
+        x = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1)
+    return x  # (B, T, d_in)
+
+
+def _output_grad(out_grad: torch.Tensor) -> torch.Tensor:
+    if out_grad.ndim == 4:  # conv: (B, C_out, H, W) -> (B, T, C_out)
+        return out_grad.flatten(2).transpose(1, 2)
+    if out_grad.ndim == 2:
+        return out_grad[:, None, :]
+    return out_grad.reshape(out_grad.shape[0], -1, out_grad.shape[-1])
+
+
+def forward_capture(tracked: TrackedModel, x: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """Forward x recording every tracked layer's input; returns (store, outputs)."""
+    with tracked.capture() as store:
+        outputs = tracked.model(x)
+    return store, outputs
+
+
+def backward_pairs(
+    tracked: TrackedModel, store: dict, losses: torch.Tensor, retain_graph: bool = False
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (a (B, T, d_in), g (B, T, d_out)) for the SUM of `losses` (B,): example i's
+    gradient is g_i^T a_i because the batch loss is summed."""
+    names = list(tracked.modules)
+    grads = torch.autograd.grad(
+        losses.sum(), [store[n][1] for n in names], retain_graph=retain_graph
+    )
+    return [(store[n][0], _output_grad(g)) for n, g in zip(names, grads)]
+
+
+def layer_grads(
+    tracked: TrackedModel, x: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Forward x and backward the sum of loss_fn(outputs) (B,); returns (pairs, outputs)."""
+    store, outputs = forward_capture(tracked, x)
+    return backward_pairs(tracked, store, loss_fn(outputs)), outputs
+
+
+def per_example_grads(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Materialise flat per-example gradients (B, p) from per-layer (a, g)."""
+    return torch.cat(
+        [torch.einsum("bto,bti->boi", g, a).flatten(1) for a, g in pairs], dim=1
+    )
+
+
+def dot_with_layers(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]], vectors: list[torch.Tensor]
+) -> torch.Tensor:
+    """(B, k) inner products <DW_i, V_q> summed over layers, never forming DW_i for T = 1:
+    g_i^T V_q a_i per layer; vectors are per layer (k, d_out, d_in)."""
+    total = 0
+    for (a, g), v in zip(pairs, vectors):
+        v = v.to(a.dtype)
+        if a.shape[1] == 1:
+            total = total + torch.einsum("bo,koi,bi->bk", g[:, 0], v, a[:, 0])
+        else:
+            total = total + torch.einsum("boi,koi->bk", torch.einsum("bto,bti->boi", g, a), v)
+    return total
