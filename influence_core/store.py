@@ -1,0 +1,249 @@
+"""The decision log: an append-only SQLite table of annotator decisions, durable before success.
+
+Every decision is one row Decision(id, index, action, label, annotator, ts, model_version,
+undoes), action in {relabel, remove, keep, undo}. Nothing is ever updated or deleted: undoing
+decision d appends an `undo` row with undoes = d. The log runs in WAL mode with
+synchronous=FULL, and `record` / `undo` return only after COMMIT, so a decision that was
+reported is on disk even if the process is killed the next instant. Writers serialise through
+BEGIN IMMEDIATE (with a busy timeout): validation and insert happen in one transaction, so two
+processes or sessions writing at once lose nothing and cannot both remove the same point.
+
+The edited training set is a pure function of the log: replay the active (not undone) decisions
+in id order; for each index the last relabel / remove wins, and `keep` changes nothing (it
+records that the point was reviewed). The model version is the id of the newest row (0: empty).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+ACTIONS = ("relabel", "remove", "keep", "undo")
+REMOVED = None  # in `edits()`: the index is removed from the training set
+BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    idx INTEGER NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('relabel', 'remove', 'keep', 'undo')),
+    label INTEGER,
+    annotator TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    model_version INTEGER NOT NULL,
+    undoes INTEGER REFERENCES decisions(id)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    id: int
+    index: int  # training-set index
+    action: str  # relabel | remove | keep | undo
+    label: int | None  # the new label (relabel only)
+    annotator: str
+    ts: str  # ISO 8601, UTC, microseconds
+    model_version: int  # the model version the annotator was looking at
+    undoes: int | None = None  # undo only: the id of the undone decision
+
+
+def active_decisions(decisions: Sequence[Decision]) -> list[Decision]:
+    """The relabel / remove / keep decisions not undone, in id order."""
+    undone = {d.undoes for d in decisions if d.action == "undo"}
+    return [d for d in decisions if d.action != "undo" and d.id not in undone]
+
+
+def edits(decisions: Sequence[Decision], base_labels: Sequence[int]) -> dict[int, int | None]:
+    """index -> final label, or REMOVED (None), for every index whose state differs from the
+    base training set. Replays the active decisions in id order; the last one per index wins."""
+    state: dict[int, int | None] = {}
+    for d in active_decisions(decisions):
+        if d.action == "relabel":
+            state[d.index] = d.label
+        elif d.action == "remove":
+            state[d.index] = REMOVED
+    return {i: y for i, y in state.items() if y is REMOVED or y != base_labels[i]}
+
+
+class DecisionLog:
+    """An open decision log for one training set (N labels, K classes); several handles, in
+    one process or several, may write to the same file at once."""
+
+    def __init__(self, path: str | Path, labels: Sequence[int], num_classes: int) -> None:
+        self.path = Path(path)
+        self.labels = labels.tolist() if hasattr(labels, "tolist") else [int(y) for y in labels]
+        self.num_classes = int(num_classes)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        with self._transaction() as cur:
+            for stmt in filter(str.strip, _SCHEMA.split(";")):
+                cur.execute(stmt)
+            self._check_meta(cur)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db, self._lock)
+
+    def _check_meta(self, cur: sqlite3.Cursor) -> None:
+        digest = hashlib.sha256(",".join(map(str, self.labels)).encode()).hexdigest()[:16]
+        want = {"num_train": str(len(self.labels)), "num_classes": str(self.num_classes),
+                "labels_sha256": digest}
+        have = dict(cur.execute("SELECT key, value FROM meta").fetchall())
+        if not have:
+            cur.executemany("INSERT INTO meta VALUES (?, ?)", sorted(want.items()))
+        elif have != want:
+            raise ValueError(f"{self.path} belongs to another training set: it was created for "
+                             f"{have}, this one is {want}")
+
+    # -- reading ---------------------------------------------------------------------------
+    def decisions(self) -> list[Decision]:
+        """Every row, undo rows included, in id order."""
+        with self._lock:
+            return _read(self._db)
+
+    def active_decisions(self) -> list[Decision]:
+        return active_decisions(self.decisions())
+
+    def version(self) -> int:
+        """The model version: id of the newest row, 0 for an empty log."""
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0])
+
+    def edits(self) -> dict[int, int | None]:
+        """index -> final label or REMOVED (None), see `edits`."""
+        return edits(self.decisions(), self.labels)
+
+    # -- writing ---------------------------------------------------------------------------
+    def record(self, index: int, action: str, label: int | None = None, annotator: str = "",
+               model_version: int | None = None) -> Decision:
+        """Validate and append one relabel / remove / keep decision; returns it once committed.
+
+        Raises ValueError, writing nothing, for an index outside the training set, a label
+        outside 0..K-1, a relabel to the current label, or a decision on a removed point."""
+        if action not in ("relabel", "remove", "keep"):
+            raise ValueError(f"action must be relabel, remove or keep, got {action!r}")
+        index = _check_index(index, len(self.labels))
+        if action == "relabel":
+            label = _check_label(label, self.num_classes)
+        elif label is not None:
+            raise ValueError(f"a {action} decision takes no label (got {label})")
+        with self._transaction() as cur:
+            current = edits(_read(cur), self.labels)
+            state = current.get(index, self.labels[index])
+            if state is REMOVED:
+                raise ValueError(f"index {index} is removed: undo the removal first")
+            if action == "relabel" and label == state:
+                raise ValueError(f"index {index} already has label {label}")
+            return self._insert(cur, index, action, label, annotator, model_version, None)
+
+    def undo(self, decision_id: int, annotator: str = "",
+             model_version: int | None = None) -> Decision:
+        """Append an undo of an active relabel / remove / keep decision; returns it committed."""
+        with self._transaction() as cur:
+            rows = {d.id: d for d in _read(cur)}
+            target = rows.get(int(decision_id))
+            if target is None:
+                raise ValueError(f"no decision with id {decision_id}")
+            if target.action == "undo":
+                raise ValueError(f"decision {decision_id} is an undo; undoes cannot be undone")
+            if any(d.undoes == target.id for d in rows.values()):
+                raise ValueError(f"decision {decision_id} is already undone")
+            return self._insert(cur, target.index, "undo", None, annotator, model_version,
+                                target.id)
+
+    def _insert(self, cur: sqlite3.Cursor, index: int, action: str, label: int | None,
+                annotator: str, model_version: int | None, undoes: int | None) -> Decision:
+        head = int(cur.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0])
+        version = head if model_version is None else int(model_version)
+        ts = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        cur.execute(
+            "INSERT INTO decisions (idx, action, label, annotator, ts, model_version, undoes) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (index, action, label, str(annotator), ts, version, undoes),
+        )
+        return Decision(int(cur.lastrowid), index, action, label, str(annotator), ts, version,
+                        undoes)
+
+    # -- export ----------------------------------------------------------------------------
+    def export_csv(self, path: str | Path, original_labels: Sequence[int] | None = None) -> Path:
+        """The cleaned label file: index, original_label, final_label, removed, decided_by,
+        decided_at, one row per training example (decided_* from the last active decision on
+        it, keep included). `original_labels` defaults to the labels the model was trained on.
+        Written to a temporary file, fsynced, then renamed: never half-written."""
+        decisions = self.decisions()
+        final = edits(decisions, self.labels)
+        last = {d.index: d for d in active_decisions(decisions)}
+        original = self.labels if original_labels is None else list(original_labels)
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["index", "original_label", "final_label", "removed", "decided_by",
+                          "decided_at"])
+            for i, y in enumerate(self.labels):
+                state = final.get(i, y)
+                d = last.get(i)
+                out.writerow([i, int(original[i]), y if state is REMOVED else state,
+                              int(state is REMOVED), d.annotator if d else "", d.ts if d else ""])
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        return path
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) under the handle's thread lock."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+        self.db, self.lock = db, lock
+
+    def __enter__(self) -> sqlite3.Cursor:
+        self.lock.acquire()
+        try:
+            self.cur = self.db.cursor()
+            self.cur.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.cur
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            self.cur.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self.lock.release()
+
+
+def _read(db: sqlite3.Connection | sqlite3.Cursor) -> list[Decision]:
+    rows = db.execute("SELECT id, idx, action, label, annotator, ts, model_version, undoes "
+                      "FROM decisions ORDER BY id").fetchall()
+    return [Decision(*row) for row in rows]
+
+
+def _check_index(index: int, n: int) -> int:
+    if isinstance(index, bool) or not 0 <= int(index) < n or int(index) != index:
+        raise ValueError(f"index {index} is outside the training set (0..{n - 1})")
+    return int(index)
+
+
+def _check_label(label: int | None, num_classes: int) -> int:
+    if label is None or isinstance(label, bool) or not 0 <= int(label) < num_classes \
+            or int(label) != label:
+        raise ValueError(f"label {label} is outside 0..{num_classes - 1}")
+    return int(label)
