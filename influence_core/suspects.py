@@ -1,0 +1,182 @@
+"""Suspect rankings for mislabelled training examples: which labels to inspect first.
+
+Every signal is an (n,) tensor over the training examples the model was trained on (the seeded
+subset when cfg.subset_seed >= 0), HIGHER = MORE SUSPECT:
+  loss                  cross-entropy of the given label under the final model
+  margin                minus the given label's margin
+  self_influence        EK-FAC self-influence grad L^T (G + lambda I)^-1 grad L
+  checkpoint_self_influence   self-influence summed over S checkpoints along the trajectory
+  checkpoint_loss       loss summed over the same checkpoints (area under the loss curve)
+  cv_loss               out-of-sample loss from K-fold cross-validation (cleanlab's input)
+Combinations: `class_normalised(s, labels)` (z-score within each given class) and `rank_mean`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import EKFACConfig, artifacts_root, config_hash
+from .curvature import fit_curvature
+from .datasets import ImageDataset, subset_mask
+from .gradients import TrackedModel
+from .models import build_model, load_checkpoint
+from .progress import Progress, silent
+from .registry import Problem
+from .task import ClassificationTask, margin
+from .training import predict_logits, train_model
+
+#: The default suspect ranking (evidence: reports/mislabel_*.md, `evaluate mislabel`).
+DEFAULT_SIGNAL = "cv_loss+checkpoint_self_influence"
+
+
+def training_set(problem: Problem) -> tuple[ImageDataset, torch.Tensor, torch.Tensor]:
+    """(the examples the model was trained on, their flip mask, their indices in problem.train)."""
+    cfg, train = problem.config, problem.train
+    if cfg.subset_seed < 0:
+        return train, problem.flip_mask, torch.arange(len(train))
+    idx = torch.nonzero(subset_mask(len(train), cfg.subset_fraction, cfg.subset_seed))[:, 0]
+    sub = dataclasses.replace(train, labels=train.labels[idx], pixels=train.pixels[idx],
+                              original_labels=train.original_labels[idx])
+    return sub, problem.flip_mask[idx], idx
+
+
+def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch.Tensor | None,
+                  snapshots: int = 1, progress: Progress = silent) -> list[nn.Module]:
+    """Train problem.config's recipe on data[indices] from the same init, keeping `snapshots`
+    evenly spaced checkpoints (the last is the final model); cached under artifacts/suspects."""
+    cfg = problem.config
+    folder = artifacts_root() / "suspects" / f"{config_hash(cfg)}-{tag}"
+    paths = [folder / f"snapshot{k}.pt" for k in range(snapshots)]
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(cfg.seed)
+        return build_model(cfg.model, data.shape, data.num_classes)
+
+    if all(p.is_file() for p in paths):
+        return [load_checkpoint(fresh(), p).eval() for p in paths]
+    model, states = fresh(), []
+    n = len(data) if indices is None else len(indices)
+    total = cfg.epochs * -(-n // cfg.batch_size)
+    targets = [round(total * (k + 1) / snapshots) for k in range(snapshots)]
+
+    def snapshot(step: int, steps: int, what: str) -> None:
+        progress(step, steps, f"{what} ({tag})")
+        while len(states) < snapshots and step >= targets[len(states)]:
+            states.append(copy.deepcopy(model.state_dict()))
+
+    train_model(model, data, cfg, indices, snapshot)
+    folder.mkdir(parents=True, exist_ok=True)
+    for p, s in zip(paths, states):
+        torch.save(s, p)
+    return [load_checkpoint(fresh(), p).eval() for p in paths]
+
+
+def trajectory(problem: Problem, snapshots: int = 5, progress: Progress = silent) -> list[nn.Module]:
+    """`snapshots` checkpoints evenly spaced along problem's own training run (same seed)."""
+    data, _, _ = training_set(problem)
+    return _cached_train(problem, f"traj{snapshots}", data, None, snapshots, progress)
+
+
+def cross_validated_probs(problem: Problem, folds: int = 5, progress: Progress = silent
+                          ) -> torch.Tensor:
+    """(n, K) out-of-sample probabilities: example i is predicted by the model trained on the
+    other folds (seeded split, problem's recipe, given labels)."""
+    data, _, _ = training_set(problem)
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(123))
+    probs = torch.zeros(len(data), data.num_classes)
+    for k in range(folds):
+        held = perm[k::folds]
+        keep = torch.ones(len(data), dtype=torch.bool)
+        keep[held] = False
+        model = _cached_train(problem, f"cv{folds}-{k}", data, torch.nonzero(keep)[:, 0],
+                              progress=progress)[0]
+        held_data = dataclasses.replace(data, labels=data.labels[held], pixels=data.pixels[held],
+                                        original_labels=data.original_labels[held])
+        probs[held] = predict_logits(model, held_data).softmax(1)
+    return probs
+
+
+def _loss(model: nn.Module, data: ImageDataset) -> torch.Tensor:
+    return nn.functional.cross_entropy(predict_logits(model, data), data.labels, reduction="none")
+
+
+def _self_influence(model: nn.Module, data: ImageDataset, method: str = "ekfac") -> torch.Tensor:
+    from .attribution import self_influence
+
+    tracked, task = TrackedModel(model), ClassificationTask("loss")
+    cfg = EKFACConfig() if method in ("ekfac", "kfac") else None
+    return self_influence(fit_curvature(method, tracked, task, data, cfg), task, data)
+
+
+def class_normalised(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Scores z-scored within each given class: (s - mean_c) / std_c, c = the example's label."""
+    out = torch.zeros_like(scores, dtype=torch.float64)
+    for c in labels.unique():
+        sel = labels == c
+        s = scores[sel].double()
+        out[sel] = (s - s.mean()) / s.std().clamp_min(1e-12)
+    return out
+
+
+def rank_mean(*signals: torch.Tensor) -> torch.Tensor:
+    """Mean of the signals' normalised ranks in [0, 1] (higher = more suspect)."""
+    from scipy.stats import rankdata
+
+    ranks = [rankdata(np.asarray(s, float)) / len(s) for s in signals]
+    return torch.from_numpy(np.mean(ranks, axis=0))
+
+
+def base_signals(problem: Problem, names: list[str], snapshots: int = 5, folds: int = 5,
+                 progress: Progress = silent) -> dict[str, torch.Tensor]:
+    """The named base signals (see the module docstring) for problem's training examples."""
+    data, _, _ = training_set(problem)
+    model = problem.model
+    makers: dict[str, Callable[[], torch.Tensor]] = {
+        "loss": lambda: _loss(model, data),
+        "margin": lambda: -margin(predict_logits(model, data), data.labels),
+        "self_influence": lambda: _self_influence(model, data),
+        "identity_self_influence": lambda: _self_influence(model, data, "identity"),
+        "checkpoint_self_influence": lambda: sum(
+            _self_influence(m, data) for m in trajectory(problem, snapshots, progress)),
+        "checkpoint_loss": lambda: sum(_loss(m, data) for m in trajectory(problem, snapshots,
+                                                                            progress)),
+        "cv_loss": lambda: -cross_validated_probs(problem, folds, progress)[
+            torch.arange(len(data)), data.labels].clamp_min(1e-12).log(),
+    }
+    unknown = set(names) - set(makers)
+    if unknown:
+        raise ValueError(f"unknown suspect signals {sorted(unknown)}; choose from {sorted(makers)}")
+    return {n: makers[n]().detach().double() for n in names}
+
+
+def combine(name: str, base: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """A signal expression: 'a+b' = rank_mean(a, b); a 'classnorm:' prefix z-scores a base signal
+    within each given class, e.g. 'cv_loss+classnorm:checkpoint_self_influence'."""
+    parts = []
+    for term in name.split("+"):
+        if term.startswith("classnorm:"):
+            parts.append(class_normalised(base[term.split(":", 1)[1]], labels))
+        else:
+            parts.append(base[term])
+    return parts[0] if len(parts) == 1 else rank_mean(*parts)
+
+
+def base_names(expression: str) -> list[str]:
+    return sorted({t.split(":", 1)[-1] for t in expression.split("+")})
+
+
+def suspect_scores(problem: Problem, signal: str = DEFAULT_SIGNAL, snapshots: int = 5,
+                   folds: int = 5, progress: Progress = silent) -> torch.Tensor:
+    """(n,) suspect score of each training example (higher = inspect first) for `signal`, an
+    expression over the base signals (see `combine`). Extra trainings (trajectory snapshots,
+    cross-validation folds) are cached by config, so a second call is fast.
+    With a subset-trained problem, n = the subset size (see `training_set`)."""
+    data, _, _ = training_set(problem)
+    base = base_signals(problem, base_names(signal), snapshots, folds, progress)
+    return combine(signal, base, data.labels)
