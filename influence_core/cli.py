@@ -43,6 +43,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": (_cmd_train, _add_problem_args, "train (or reuse) a model")}
 
+from .cli_evaluate import COMMAND as _EVALUATE  # noqa: E402  (issue 6)
+
+COMMANDS["evaluate"] = _EVALUATE
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m influence_core")

@@ -113,3 +113,81 @@ def mislabel_figure(result: dict):
                       title=f"Mislabel detection ({result['config']['dataset']}, "
                             f"{result['config']['epochs']} epochs, wd {result['config']['weight_decay']})")
     return fig
+
+
+def lds_markdown(result: dict) -> str:
+    c = result["config"]
+    lines = [f"LDS: {c['dataset']}/{c['model']} ({c['epochs']} epochs), "
+             f"{result['subsets_used']} of {result['subsets_requested']} subsets retrained, "
+             f"alpha {result['alpha']}, {result['queries']} queries, margin measurement.", "",
+             "| estimator | LDS |", "|---|---|"]
+    for name, v in sorted(result["lds"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {name} | {v:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def lds_figure(result: dict):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, vals in result["_per_query"].items():
+        fig.add_trace(go.Box(y=vals, name=name, boxmean=True))
+    fig.update_layout(yaxis_title="per-query Spearman (LDS)", title="LDS per estimator")
+    return fig
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", choices=["mislabel", "lds"])
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--model", default="mlp")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", default=None, help="report folder (default $INFLUENCE_AUDIT_HOME/reports)")
+    p.add_argument("--quick", action="store_true", help="digits settings that finish in minutes")
+    p.add_argument("--no-kronfluence", action="store_true")
+    g = p.add_argument_group("mislabel")
+    g.add_argument("--noise", type=float, default=0.1)
+    g.add_argument("--regime", choices=["regular", "memorising", "both"], default="both")
+    g.add_argument("--subset", type=float, default=1.0, help="train on this seeded fraction")
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--snapshots", type=int, default=5, help="checkpoints for summed signals")
+    g.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    g = p.add_argument_group("lds")
+    g.add_argument("--subsets", type=int, default=100)
+    g.add_argument("--alpha", type=float, default=0.5)
+    g.add_argument("--queries", type=int, default=2000)
+    g.add_argument("--ensemble", type=int, default=1, help="average EK-FAC over this many seeds")
+    g.add_argument("--max-new", type=int, default=None, help="train at most this many new subset "
+                   "models now (resume later); LDS uses those available")
+    g.add_argument("--methods", default="exact,ekfac,kfac,lissa,identity")
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else artifacts_root() / "reports"
+    progress = tqdm_progress()
+    kron = not args.no_kronfluence
+    if args.experiment == "mislabel":
+        regimes = ["regular", "memorising"] if args.regime == "both" else [args.regime]
+        for regime in regimes:
+            cfg = mislabel_config(args.dataset, args.model, args.noise, regime, args.subset,
+                                  args.epochs)
+            res = run_mislabel(cfg, args.data_root, kron, args.snapshots, args.folds, progress)
+            name = f"mislabel_{args.dataset}_{args.model}_{regime}"
+            md = mislabel_markdown(res)
+            write_report(out, name, res, md, {"curve": mislabel_figure(res)})
+            print(md)
+        return 0
+    from .evaluation import run_lds
+
+    subsets, queries = (20, 360) if args.quick else (args.subsets, args.queries)
+    methods = tuple(m for m in args.methods.split(",") if m)
+    if args.quick:
+        methods = tuple(m for m in methods if m != "lissa")
+    res = run_lds(recipe(args.dataset, args.model), subsets, args.alpha, queries, methods,
+                  args.ensemble, kron, True, args.data_root, args.max_new, progress)
+    md = lds_markdown(res)
+    write_report(out, f"lds_{args.dataset}_{args.model}", res, md, {"per_query": lds_figure(res)})
+    print(md)
+    return 0
+
+
+COMMAND = (_cmd, _add_args, "evaluate: LDS and mislabel-detection reports (JSON, Markdown, plotly)")

@@ -136,3 +136,107 @@ def load_reports(folder: Path | str) -> dict[str, dict]:
         reports[name] = {"result": json.loads(path.read_text()),
                          "markdown": md.read_text() if md.is_file() else "", "figures": figures}
     return reports
+
+
+# ---- the LDS experiment ------------------------------------------------------------------------
+
+
+def subset_outputs(cfg: object, queries: torch.Tensor, subsets: int, alpha: float,
+                   data_root: str | None = None, max_new: int | None = None,
+                   progress: object = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train (or load) cfg's recipe on `subsets` seeded alpha-subsets; returns (masks (M', N),
+    query margins (Q, M')) for the M' <= M models available after training at most `max_new`
+    new ones (None: all). Checkpoints are cached by config, so reruns resume."""
+    import dataclasses
+
+    from .datasets import subset_mask
+    from .registry import load_dataset
+    from .task import margin
+    from .training import checkpoint_dir, predict_logits, train_or_load
+
+    train, test = load_dataset(cfg.dataset, data_root)
+    masks, outputs, new = [], [], 0
+    for j in range(subsets):
+        cfg_j = dataclasses.replace(cfg, subset_seed=j, subset_fraction=alpha)
+        cached = (checkpoint_dir(cfg_j) / "model.pt").is_file()
+        if not cached and max_new is not None and new >= max_new:
+            continue
+        new += not cached
+        model, _ = train_or_load(cfg_j, train, test)
+        logits = predict_logits(model, test).index_select(0, queries)
+        outputs.append(margin(logits, test.labels[queries]).numpy())
+        masks.append(subset_mask(len(train), alpha, j).numpy())
+        if progress is not None:
+            progress(j + 1, subsets, f"LDS retrainings ({new} new)")
+    return np.array(masks), np.array(outputs).T
+
+
+def estimator_scores(model: torch.nn.Module, train: object, query_x: torch.Tensor,
+                     query_y: torch.Tensor, methods: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """(Q, N) margin-measurement scores of each of our estimators on one model; an estimator
+    that cannot run here (exact beyond its size limit, LiSSA diverging) is skipped."""
+    from .attribution import pairwise_influence
+    from .config import ExactConfig
+    from .curvature import LissaDivergedError, fit_curvature
+    from .gradients import TrackedModel
+    from .task import ClassificationTask
+
+    tracked, task = TrackedModel(model), ClassificationTask("margin")
+    out = {}
+    for method in methods:
+        if method == "exact" and tracked.num_params > ExactConfig().max_params:
+            continue
+        try:
+            curv = fit_curvature(method, tracked, task, train)
+        except LissaDivergedError:
+            continue
+        out[method] = pairwise_influence(curv, task, query_x, query_y, train).double()
+    return out
+
+
+def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 2000,
+            methods: tuple[str, ...] = ("exact", "ekfac", "kfac", "identity"),
+            ensemble: int = 1, kronfluence: bool = True, trak: bool = True,
+            data_root: str | None = None, max_new: int | None = None,
+            progress: object = None) -> dict:
+    """LDS of every estimator (ours, Kronfluence's EK-FAC/K-FAC, TRAK-style, random) on cfg's
+    model, against `subsets` retrainings on alpha-subsets. ensemble > 1 also scores the mean of
+    EK-FAC attributions over that many independently seeded full-data models."""
+    import dataclasses
+
+    from .registry import load_dataset, load_problem
+
+    train, test = load_dataset(cfg.dataset, data_root)
+    gen = torch.Generator().manual_seed(0)
+    q_idx = torch.randperm(len(test), generator=gen)[: min(queries, len(test))]
+    masks, outputs = subset_outputs(cfg, q_idx, subsets, alpha, data_root, max_new, progress)
+    qx, qy = test.tensor(q_idx), test.labels[q_idx]
+    model = load_problem(cfg, data_root).model
+    scores = estimator_scores(model, train, qx, qy, methods)
+    if kronfluence:
+        from .baselines import kronfluence_scores
+
+        query = dataclasses.replace(test, labels=qy, pixels=test.pixels[q_idx],
+                                    original_labels=qy)
+        for name, strat, heur in [("kronfluence_ekfac", "ekfac", True),
+                                  ("kronfluence_ekfac_default_damping", "ekfac", False),
+                                  ("kronfluence_kfac", "kfac", True)]:
+            scores[name] = kronfluence_scores(model, train, query, "margin", strat, heur)
+    if trak and sum(p.numel() for p in model.parameters()) <= 50_000:
+        from .baselines import trak_scores
+
+        scores["trak_projected"] = trak_scores(model, train, qx, qy)
+    if ensemble > 1:
+        runs = [scores["ekfac"]] + [
+            estimator_scores(load_problem(dataclasses.replace(cfg, seed=s), data_root).model,
+                             train, qx, qy, ("ekfac",))["ekfac"] for s in range(1, ensemble)]
+        scores[f"ekfac_ensemble{ensemble}"] = sum(runs) / ensemble
+    scores["random"] = torch.randn(len(q_idx), len(train), generator=gen).double()
+    per_query = {k: lds(v, masks, outputs)[1] for k, v in scores.items()}
+    return {
+        "kind": "lds", "config": dataclasses.asdict(cfg), "subsets_requested": subsets,
+        "subsets_used": len(masks), "alpha": alpha, "queries": len(q_idx),
+        "measurement": "margin",
+        "lds": {k: float(np.nanmean(v)) for k, v in per_query.items()},
+        "_per_query": {k: [float(x) for x in v] for k, v in per_query.items()},
+    }
