@@ -15,6 +15,11 @@ from .progress import Progress, silent, tqdm_progress
 from .registry import DATASETS, Problem, load_dataset, load_problem
 from .task import ClassificationTask, Task, margin
 from .training import accuracy, predict_logits, train_or_load
+from .artifacts import ArtifactError, model_hash
+from .index import (
+    AttributionIndex, IndexConfig, index_curvature, index_scores, load_index, query_index,
+)
+from .precompute import artifact_folder, precompute
 
 __all__ = [
     "CURVATURE_CONFIGS", "ESTIMATORS", "ClassificationTask", "Curvature", "EKFACConfig",
@@ -25,4 +30,6 @@ __all__ = [
     "Progress", "TrainConfig", "accuracy", "artifacts_root", "build_model", "config_hash",
     "default_data_root", "inject_label_noise", "load_checkpoint", "load_dataset",
     "load_problem", "predict_logits", "recipe", "silent", "tqdm_progress", "train_or_load",
+    "ArtifactError", "AttributionIndex", "IndexConfig", "artifact_folder", "index_curvature",
+    "index_scores", "load_index", "model_hash", "precompute", "query_index",
 ]

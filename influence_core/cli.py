@@ -41,7 +41,97 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": (_cmd_train, _add_problem_args, "train (or reuse) a model")}
+def _add_index_args(p: argparse.ArgumentParser) -> None:
+    _add_problem_args(p)
+    p.add_argument("--method", default="ekfac", help="curvature (the index needs ekfac)")
+    p.add_argument("--dim", type=int, default=None, help="index width (eigen-directions kept)")
+    p.add_argument("--measurement", default=None, help="query measurement: loss | margin")
+    p.add_argument("--shard-size", type=int, default=None, help="examples per resumable shard")
+
+
+def _index_config(args: argparse.Namespace):
+    from .index import IndexConfig
+
+    over = {"dim": args.dim, "measurement": args.measurement, "shard_size": args.shard_size}
+    return IndexConfig(**{k: v for k, v in over.items() if v is not None})
+
+
+def _cmd_precompute(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import EKFACConfig
+    from .precompute import barrier, init_distributed, precompute
+
+    rank, _ = init_distributed()
+    if rank == 0:  # trains the model if needed; the other ranks wait, then load it
+        problem = problem_from_args(args)
+    barrier()
+    if rank != 0:
+        problem = problem_from_args(args)
+    folder = precompute(problem, args.method, EKFACConfig(), _index_config(args), tqdm_progress())
+    if rank == 0:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        print(json.dumps({k: manifest[k] for k in ("timings", "peak_rss_mb")}, indent=1))
+        print(f"artifacts: {folder}")
+    return 0
+
+
+def _add_query_args(p: argparse.ArgumentParser) -> None:
+    _add_index_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--index", type=int, help="a test-set index to explain")
+    src.add_argument("--image", help="an image file to explain (an upload)")
+    p.add_argument("--label", type=int, default=None, help="query label (default: prediction)")
+    p.add_argument("--top", type=int, default=10)
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .index import load_index, query_index
+    from .precompute import artifact_folder
+
+    problem = problem_from_args(args)
+    index = load_index(artifact_folder(problem, args.method, index=_index_config(args)), problem.model)
+    if args.image is not None:
+        x, label = problem.test.normalise(Image.open(args.image)), args.label
+    else:
+        x = problem.test.tensor([args.index])
+        label = args.label if args.label is not None else int(problem.test.labels[args.index])
+    helpful, harmful = query_index(index, x, label, args.top)
+    for title, ranked in (("helpful", helpful), ("harmful", harmful)):
+        print(f"{title}:")
+        for i, s in zip(ranked.indices.tolist(), ranked.scores.tolist()):
+            print(f"  train[{i}]  label={int(problem.train.labels[i])}  score={s:+.4g}")
+    return 0
+
+
+def _add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mode", choices=sorted(BENCH_MODES))
+    _add_index_args(p)
+    p.add_argument("--out", default=None, help="JSON report path (default artifacts/bench/...)")
+    p.add_argument("--queries", type=int, default=100)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    return BENCH_MODES[args.mode](args)
+
+
+def _bench_query(args: argparse.Namespace) -> int:
+    from .bench_query import bench_query_cli
+
+    return bench_query_cli(args, problem_from_args(args), _index_config(args))
+
+
+BENCH_MODES = {"query": _bench_query}  # bench <mode>: add other modes here
+
+COMMANDS = {
+    "train": (_cmd_train, _add_problem_args, "train (or reuse) a model"),
+    "precompute": (_cmd_precompute, _add_index_args,
+                   "fit EK-FAC, self-influence and the attribution index (torchrun-able)"),
+    "query": (_cmd_query, _add_query_args, "top helpful/harmful training examples for a query"),
+    "bench": (_cmd_bench, _add_bench_args, "benchmarks: bench query"),
+}
 
 from .cli_evaluate import COMMAND as _EVALUATE  # noqa: E402  (issue 6)
 

@@ -1,0 +1,115 @@
+"""`bench query`: latency of index queries (test images and uploaded image files) and their
+quality against uncompressed EK-FAC scores over every training example, written as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .attribution import pairwise_influence
+from .config import artifacts_root
+from .index import (
+    AttributionIndex,
+    IndexConfig,
+    index_curvature,
+    load_index,
+    query_index,
+    query_vector,
+)
+from .precompute import artifact_folder
+from .registry import Problem
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra = a.double().argsort().argsort().double()
+    rb = b.double().argsort().argsort().double()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def _summary(ms: list[float]) -> dict:
+    return {"median_ms": statistics.median(ms), "p95_ms": float(np.percentile(ms, 95)),
+            "max_ms": max(ms), "n": len(ms)}
+
+
+def _latencies(index: AttributionIndex, problem: Problem, queries: torch.Tensor, folder: Path) -> dict:
+    for i in queries[:5].tolist():  # warm-up
+        query_index(index, problem.test.tensor([i])[0], None, 10)
+    test_ms, upload_ms = [], []
+    for i in queries.tolist():
+        start = time.perf_counter()
+        query_index(index, problem.test.tensor([i])[0], int(problem.test.labels[i]), 10)
+        test_ms.append(1000 * (time.perf_counter() - start))
+    for n, i in enumerate(queries.tolist()):  # an upload: a file of another size and mode
+        path = folder / f"upload_{n}.png"
+        problem.test.image((i + 1) % len(problem.test)).convert("RGB").resize((56, 56)).save(path)
+        start = time.perf_counter()
+        query_index(index, problem.test.normalise(Image.open(path)), None, 10)
+        upload_ms.append(1000 * (time.perf_counter() - start))
+    return {"test": _summary(test_ms), "upload": _summary(upload_ms)}
+
+
+def _quality(index: AttributionIndex, problem: Problem, queries: torch.Tensor, widths: list[int]) -> dict:
+    x, y = problem.test.tensor(queries), problem.test.labels[queries]
+    exact = pairwise_influence(index_curvature(index), index.task, x, y, problem.train)  # (k, N)
+    qv = torch.stack([query_vector(index, x[j], y[j]) for j in range(len(queries))])  # (k, dim)
+    out = {}
+    for m in widths:
+        approx = qv[:, :m] @ index.vectors[:, :m].T  # columns are ordered: a prefix is width m
+        rho = [_spearman(approx[j], exact[j]) for j in range(len(queries))]
+        sub = index.vectors[:, :m].contiguous()
+        ms = []
+        for j in range(min(20, len(queries))):
+            start = time.perf_counter()
+            sub @ qv[j, :m]
+            ms.append(1000 * (time.perf_counter() - start))
+        out[str(m)] = {"spearman_mean": float(np.mean(rho)), "spearman_median": float(np.median(rho)),
+                       "spearman_min": float(np.min(rho)), "product_median_ms": statistics.median(ms)}
+    return out
+
+
+def bench_query(problem: Problem, index_cfg: IndexConfig = IndexConfig(), queries: int = 100,
+                quality: bool = True) -> dict:
+    """The JSON report: load time, query latency (test and upload), Spearman against
+    uncompressed EK-FAC for index widths up to index_cfg.dim, and the precompute manifest."""
+    folder = artifact_folder(problem, "ekfac", index=index_cfg)
+    start = time.perf_counter()
+    index = load_index(folder, problem.model)
+    load_s = time.perf_counter() - start
+    picks = torch.randperm(len(problem.test), generator=torch.Generator().manual_seed(0))[:queries]
+    with tempfile.TemporaryDirectory() as tmp:
+        latency = _latencies(index, problem, picks, Path(tmp))
+    widths = [m for m in (256, 512, 1024, 2048, 4096, 8192) if m < index.vectors.shape[1]]
+    report = {
+        "dataset": problem.config.dataset, "model": problem.config.model, "artifact": str(folder),
+        "num_train": len(problem.train), "index_dim": index.vectors.shape[1],
+        "index_bytes": (folder / "index.npy").stat().st_size, "load_seconds": load_s,
+        "latency": latency, "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+        "seconds_per_epoch": problem.meta.get("seconds_per_epoch"),
+        "precompute": {k: index.manifest.get(k) for k in ("timings", "peak_rss_mb", "damping")},
+    }
+    if quality:
+        report["quality"] = _quality(index, problem, picks, widths + [index.vectors.shape[1]])
+    return report
+
+
+def bench_query_cli(args, problem: Problem, index_cfg: IndexConfig) -> int:
+    report = bench_query(problem, index_cfg, args.queries)
+    out = Path(args.out) if args.out else (
+        artifacts_root() / "bench" / f"query-{problem.config.dataset}-{problem.config.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: report[k] for k in ("latency", "index_dim", "index_bytes")}, indent=1))
+    for m, q in report.get("quality", {}).items():
+        print(f"dim {m}: Spearman mean {q['spearman_mean']:.3f} min {q['spearman_min']:.3f}, "
+              f"product {q['product_median_ms']:.1f} ms")
+    print(f"report: {out}")
+    return 0

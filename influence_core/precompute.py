@@ -1,0 +1,279 @@
+"""The precompute pipeline: three passes over the training set, saved as one artifact folder.
+
+(1) pseudo-gradients -> A, S covariances -> eigenbases; (2) pseudo-gradients -> EK-FAC Lambda;
+(3) true-label gradients -> self-influence AND the index rows (fused), plus losses and logits.
+Under torchrun, examples are split into shards of `shard_size` (rank r takes shards r, r + W, ...);
+sums of passes 1 and 2 are all-reduced, pass 3 writes each shard's rows of shared memory-mapped
+arrays. Pseudo-labels are drawn per batch from a generator seeded by the batch's first index, so
+1 or W processes see the same labels and produce the same artifacts. Resuming: passes 1 and 2 are
+saved as stages, pass 3 marks each finished shard; nothing finished is recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .artifacts import (
+    ArtifactError,
+    content_key,
+    load_tensors,
+    model_hash,
+    open_array,
+    package_versions,
+    read_manifest,
+    save_tensors,
+    write_json,
+)
+from .config import EKFACConfig, artifacts_root, config_hash
+from .curvature.base import fisher_pairs, model_dtype
+from .curvature.kfac import KroneckerFactors, eigenbasis, heuristic_damping
+from .gradients import TrackedModel, backward_pairs, forward_capture
+from .index import EigenProjection, IndexConfig
+from .progress import Progress, silent
+from .registry import Problem
+from .task import ClassificationTask
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size); joins the torchrun group (gloo on CPU, nccl on GPU) when launched so."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(tensors: list[torch.Tensor]) -> None:
+    if dist.is_initialized():
+        for t in tensors:
+            dist.all_reduce(t)
+
+
+def barrier() -> None:
+    """dist.barrier() under torchrun; nothing in one process."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def artifact_fields(problem: Problem, method: str, curvature: EKFACConfig, index: IndexConfig) -> dict:
+    """What determines an artifact's contents (hashed into its folder name, checked on load)."""
+    tracked = TrackedModel(problem.model)
+    return {"dataset": problem.config.dataset, "model": problem.config.model,
+            "layers": list(tracked.modules), "num_params": tracked.num_params,
+            "train_config_hash": config_hash(problem.config), "model_hash": model_hash(problem.model),
+            "method": method, "curvature_config": dataclasses.asdict(curvature),
+            "index_config": dataclasses.asdict(index)}
+
+
+def artifact_folder(problem: Problem, method: str = "ekfac", curvature: EKFACConfig = EKFACConfig(),
+                    index: IndexConfig = IndexConfig()) -> Path:
+    """artifacts/index/<dataset>-<model>-<content hash> for this problem and configs."""
+    fields = artifact_fields(problem, method, curvature, index)
+    name = f"{problem.config.dataset.replace(':', '_').replace('/', '_')[:40]}-{problem.config.model}"
+    return artifacts_root() / "index" / f"{name}-{content_key(fields)}"
+
+
+def _shards(n: int, size: int, rank: int, world: int) -> list[tuple[int, int, int]]:
+    return [(s, s * size, min(n, (s + 1) * size)) for s in range(-(-n // size)) if s % world == rank]
+
+
+def _batches(problem: Problem, shards: list, batch: int, dtype: torch.dtype) -> Iterator:
+    for _, lo, hi in shards:
+        for start in range(lo, hi, batch):
+            idx = torch.arange(start, min(hi, start + batch))
+            yield problem.train.tensor(idx).to(dtype), problem.train.labels[idx], idx
+
+
+def _pseudo_pairs(tracked, task, x, y, idx, cfg: EKFACConfig, what: int) -> Iterator:
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + what * 100_003 + int(idx[0]))
+    yield from fisher_pairs(tracked, task, x, y, cfg.fisher, gen)
+
+
+def fit_bases(problem, tracked, task, cfg, shards, progress) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Pass 1: per layer (Q_A, Q_S), float64, from A = E[sum_t a a^T], S = E[sum_t g g^T]."""
+    covs = [[torch.zeros(s.d_in, s.d_in, dtype=torch.float64),
+             torch.zeros(s.d_out, s.d_out, dtype=torch.float64)] for s in tracked.specs]
+    done, total = 0, sum(hi - lo for _, lo, hi in shards)
+    for x, y, idx in _batches(problem, shards, cfg.batch_size, model_dtype(tracked)):
+        for draw, pairs in enumerate(_pseudo_pairs(tracked, task, x, y, idx, cfg, 1)):
+            for c, (a, g) in zip(covs, pairs):
+                if draw == 0:
+                    a2 = a.reshape(-1, a.shape[-1])
+                    c[0] += (a2.T @ a2).double()
+                g2 = g.reshape(-1, g.shape[-1])
+                c[1] += (g2.T @ g2).double()
+        done += len(idx)
+        progress(done, total, "1/3 fit covariances")
+    _all_reduce([t for c in covs for t in c])
+    return [(_canonical(eigenbasis(a)[1]), _canonical(eigenbasis(s)[1])) for a, s in covs]
+
+
+def _canonical(q: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors with their largest entry positive: the same basis from 1 or W processes."""
+    pick = q.abs().argmax(0)
+    return q * torch.sign(q[pick, torch.arange(q.shape[1])])
+
+
+def fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress) -> list[KroneckerFactors]:
+    """Pass 2: Lambda[j, k] = E_i[R_i[j, k]^2], R_i = Q_S^T DW_i Q_A; heuristic damping."""
+    dtype = model_dtype(tracked)
+    q = [(q_a.to(dtype), q_s.to(dtype)) for q_a, q_s in bases]
+    lams = [torch.zeros(q_s.shape[0], q_a.shape[0], dtype=torch.float64) for q_a, q_s in q]
+    done, total = 0, sum(hi - lo for _, lo, hi in shards)
+    for x, y, idx in _batches(problem, shards, cfg.batch_size, dtype):
+        for pairs in _pseudo_pairs(tracked, task, x, y, idx, cfg, 2):
+            for lam, (q_a, q_s), (a, g) in zip(lams, q, pairs):
+                if a.shape[1] == 1:
+                    lam += (((g[:, 0] @ q_s) ** 2).T @ ((a[:, 0] @ q_a) ** 2)).double()
+                else:
+                    r = q_s.T @ torch.einsum("bto,bti->boi", g, a) @ q_a
+                    lam += r.pow(2).sum(0).double()
+        done += len(idx)
+        progress(done, total, "2/3 fit eigenvalues")
+    _all_reduce(lams)
+    n = len(problem.train)
+    return [KroneckerFactors(q_a, q_s, lam / n, heuristic_damping(lam / n, cfg))
+            for lam, (q_a, q_s) in zip(lams, bases)]
+
+
+def _open_outputs(folder: Path, n: int, n_test: int, classes: int, cfg: IndexConfig, dim: int,
+                  create: bool) -> dict[str, np.memmap]:
+    shapes = {"index": ((n, dim), cfg.dtype), "self_influence": ((n,), "float32"),
+              "train_loss": ((n,), "float32"), "train_logits": ((n, classes), "float32"),
+              "test_loss": ((n_test,), "float32"), "test_logits": ((n_test, classes), "float32")}
+    return {k: open_array(folder / f"{k}.npy", s, d, create) for k, (s, d) in shapes.items()}
+
+
+def score_and_index(problem, tracked, task, proj, cfg, shards, folder, out, progress) -> None:
+    """Pass 3, fused: per batch one backward of the summed true-label loss, then index rows,
+    self-influence, loss and logits; each finished shard is flushed and marked done."""
+    todo = [s for s in shards if not (folder / "shards" / f"{s[0]}.done").is_file()]
+    done, total = 0, sum(hi - lo for _, lo, hi in todo)
+    for shard in todo:
+        for x, y, idx in _batches(problem, [shard], cfg.batch_size, model_dtype(tracked)):
+            store, logits = forward_capture(tracked, x)
+            losses = task.loss(logits, y)
+            pairs = backward_pairs(tracked, store, losses)
+            with torch.no_grad():
+                feats, self_inf = proj.project(pairs)
+            lo, hi = int(idx[0]), int(idx[-1]) + 1
+            out["index"][lo:hi] = feats.numpy().astype(cfg.dtype)
+            out["self_influence"][lo:hi] = self_inf.numpy()
+            out["train_loss"][lo:hi] = losses.detach().numpy()
+            out["train_logits"][lo:hi] = logits.detach().numpy()
+            done += len(idx)
+            progress(done, total, "3/3 self-influence + index")
+        for array in out.values():
+            array.flush()
+        (folder / "shards" / f"{shard[0]}.done").touch()
+
+
+@torch.no_grad()
+def _test_predictions(problem: Problem, task, out: dict, batch: int) -> None:
+    for x, y, idx in problem.test.batches(batch):
+        logits = problem.model(x.to(model_dtype(TrackedModel(problem.model))))
+        out["test_logits"][int(idx[0]):int(idx[-1]) + 1] = logits.numpy()
+        out["test_loss"][int(idx[0]):int(idx[-1]) + 1] = task.loss(logits, y).numpy()
+
+
+def _fit_stage(problem, tracked, task, cfg, index, shards, folder, progress, timings) -> EigenProjection:
+    """Passes 1 and 2, or their saved results (bases.safetensors, factors.safetensors)."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if not (folder / "factors.safetensors").is_file():
+        if (folder / "bases.safetensors").is_file():
+            t = load_tensors(folder / "bases.safetensors")
+            bases = [(t[f"{i}.q_a"], t[f"{i}.q_s"]) for i in range(len(tracked.specs))]
+        else:
+            start = time.perf_counter()
+            bases = fit_bases(problem, tracked, task, cfg, shards, progress)
+            timings["fit_covariances"] = time.perf_counter() - start
+            if rank == 0:
+                save_tensors(folder / "bases.safetensors", {
+                    k: v for i, (q_a, q_s) in enumerate(bases)
+                    for k, v in ((f"{i}.q_a", q_a), (f"{i}.q_s", q_s))})
+        start = time.perf_counter()
+        factors = fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress)
+        timings["fit_eigenvalues"] = time.perf_counter() - start
+        if rank == 0:
+            save_tensors(folder / "factors.safetensors",
+                         EigenProjection.select(factors, index.dim).tensors())
+        barrier()
+    dtype = model_dtype(tracked)
+    return EigenProjection.from_tensors(load_tensors(folder / "factors.safetensors"), dtype)
+
+
+def precompute(
+    problem: Problem, method: str = "ekfac", curvature: EKFACConfig = EKFACConfig(),
+    index: IndexConfig = IndexConfig(), progress: Progress = silent,
+) -> Path:
+    """Fit EK-FAC, then self-influence of every training example and the attribution index, in
+    three passes; returns the artifact folder (reused as is when already complete). Under
+    torchrun every rank calls this; rank 0 writes the manifest."""
+    if method != "ekfac":
+        raise ValueError(f"the index is built in the EK-FAC eigenbasis; method {method!r} is "
+                         "unsupported (use ekfac)")
+    rank, world = init_distributed()
+    fields = artifact_fields(problem, method, curvature, index)
+    folder = artifact_folder(problem, method, curvature, index)
+    manifest = _start_manifest(folder, fields, rank)
+    if manifest.get("complete"):
+        return folder
+    tracked, task = TrackedModel(problem.model), ClassificationTask(index.measurement)
+    n, timings = len(problem.train), manifest.setdefault("timings", {})
+    mine = _shards(n, index.shard_size, rank, world)
+    proj = _fit_stage(problem, tracked, task, curvature, index, mine, folder, progress, timings)
+    manifest["damping"] = [f.damping for f in proj.factors]
+    if rank == 0:
+        write_json(folder / "manifest.json", manifest)  # keeps the fit timings across a resume
+    shapes = (n, len(problem.test), problem.train.num_classes, index, proj.dim)
+    if rank == 0:
+        _open_outputs(folder, *shapes, create=True)
+    barrier()
+    out = _open_outputs(folder, *shapes, create=False)
+    start = time.perf_counter()
+    score_and_index(problem, tracked, task, proj, index, mine, folder, out, progress)
+    timings["self_influence_and_index"] = time.perf_counter() - start
+    if rank == 0:
+        _test_predictions(problem, task, out, index.batch_size)
+    barrier()
+    if rank == 0:
+        _finish_manifest(folder, manifest, n, index, world)
+    barrier()
+    return folder
+
+
+def _start_manifest(folder: Path, fields: dict, rank: int) -> dict:
+    if (folder / "manifest.json").is_file():
+        manifest = read_manifest(folder)
+        wrong = [k for k, v in fields.items() if manifest.get(k) != v]
+        if wrong:
+            raise ArtifactError(f"{folder}: manifest differs in {wrong}; delete the folder")
+        return manifest
+    manifest = {**fields, "complete": False, "versions": package_versions()}
+    barrier()  # every rank has checked the folder before rank 0 creates it
+    if rank == 0:
+        (folder / "shards").mkdir(parents=True, exist_ok=True)
+        write_json(folder / "manifest.json", manifest)
+    barrier()
+    return manifest
+
+
+def _finish_manifest(folder: Path, manifest: dict, n: int, index: IndexConfig, world: int) -> None:
+    missing = [s for s, _, _ in _shards(n, index.shard_size, 0, 1)
+               if not (folder / "shards" / f"{s}.done").is_file()]
+    if missing:
+        raise ArtifactError(f"{folder}: shards {missing} unfinished; re-run precompute")
+    manifest["timings"]["total"] = sum(manifest["timings"].values())
+    manifest.update(complete=True, num_train=n, world_size=world,
+                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_json(folder / "manifest.json", manifest)
