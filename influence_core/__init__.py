@@ -20,6 +20,8 @@ from .index import (
     AttributionIndex, IndexConfig, index_curvature, index_scores, load_index, query_index,
 )
 from .precompute import artifact_folder, precompute
+from .evaluation import auprc, auroc, ihvp_error, lds, load_reports, mislabel_curve, run_lds
+from .suspects import DEFAULT_SIGNAL, suspect_scores, training_set
 
 __all__ = [
     "CURVATURE_CONFIGS", "ESTIMATORS", "ClassificationTask", "Curvature", "EKFACConfig",
@@ -32,4 +34,6 @@ __all__ = [
     "load_problem", "predict_logits", "recipe", "silent", "tqdm_progress", "train_or_load",
     "ArtifactError", "AttributionIndex", "IndexConfig", "artifact_folder", "index_curvature",
     "index_scores", "load_index", "model_hash", "precompute", "query_index",
+    "DEFAULT_SIGNAL", "auprc", "auroc", "ihvp_error", "lds", "load_reports", "mislabel_curve",
+    "run_lds", "suspect_scores", "training_set",
 ]

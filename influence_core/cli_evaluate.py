@@ -140,7 +140,7 @@ def lds_figure(result: dict):
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", choices=["mislabel", "lds", "quick"])
+    p.add_argument("experiment", choices=["mislabel", "lds", "unlearning", "quick"])
     p.add_argument("--dataset", default="digits")
     p.add_argument("--model", default="mlp")
     p.add_argument("--data-root", default=None)
@@ -161,7 +161,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ensemble", type=int, default=1, help="average EK-FAC over this many seeds")
     g.add_argument("--max-new", type=int, default=None, help="train at most this many new subset "
                    "models now (resume later); LDS uses those available")
-    g.add_argument("--methods", default="exact,ekfac,kfac,lissa,identity")
+    g.add_argument("--methods", default="exact,ekfac,kfac,lissa,identity,index")
 
 
 QUICK = dict(subsets=20, queries=360, methods=("ekfac", "kfac", "identity"), folds=3, snapshots=3)
@@ -199,12 +199,37 @@ def run_lds_report(cfg, subsets, alpha, queries, methods, ensemble, kron, data_r
     return res
 
 
+def run_unlearning(dataset: str, model: str, out: Path, data_root: str | None,
+                   progress: Progress) -> int:
+    """The unlearning verification (influence_core.verify, when present) as a report."""
+    try:
+        from .verify import VerifyConfig, markdown_table, verify_unlearning
+    except ImportError:
+        print("evaluate unlearning needs influence_core/verify.py, absent in this checkout")
+        return 2
+    import plotly.graph_objects as go
+
+    res = verify_unlearning(VerifyConfig(dataset=dataset, model=model), data_root, progress)
+    fig = go.Figure()
+    for exp in ("remove", "relabel"):
+        for name, row in res.get(exp, {}).get("sets", {}).items():
+            kinds = [k for k, v in row.items() if isinstance(v, dict) and "kl" in v]
+            fig.add_trace(go.Bar(name=f"{exp}: {name}", x=kinds, y=[row[k]["kl"] for k in kinds]))
+    fig.update_layout(yaxis_title="KL(retrained || model)", yaxis_type="log", barmode="group")
+    md = markdown_table(res)
+    write_report(out, f"unlearning_{dataset}_{model}", res, md, {"kl": fig})
+    print(md)
+    return 0
+
+
 def _cmd(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else artifacts_root() / "reports"
     progress, kron = tqdm_progress(), not args.no_kronfluence
     if args.quick or args.experiment == "quick":
         print(json.dumps(run_quick(out, args.data_root, progress)["pinned"], indent=1))
         return 0
+    if args.experiment == "unlearning":
+        return run_unlearning(args.dataset, args.model, out, args.data_root, progress)
     if args.experiment == "mislabel":
         regimes = ["regular", "memorising"] if args.regime == "both" else [args.regime]
         for regime in regimes:

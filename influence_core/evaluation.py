@@ -194,6 +194,21 @@ def estimator_scores(model: torch.nn.Module, train: object, query_x: torch.Tenso
     return out
 
 
+def _index_scores(problem: object, query_x: torch.Tensor, query_y: torch.Tensor
+                  ) -> dict[str, torch.Tensor]:
+    """{'index': (Q, N)} from the precomputed attribution index (margin measurement), or {}
+    when this checkout has no index module."""
+    try:
+        from .index import IndexConfig, index_scores, load_index
+        from .precompute import precompute
+    except ImportError:
+        return {}
+    folder = precompute(problem, index=IndexConfig(measurement="margin"))
+    index = load_index(folder, problem.model)
+    return {"index": torch.stack([index_scores(index, x, y) for x, y in zip(query_x, query_y)])
+            .double()}
+
+
 def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 2000,
             methods: tuple[str, ...] = ("exact", "ekfac", "kfac", "identity"),
             ensemble: int = 1, kronfluence: bool = True, trak: bool = True,
@@ -226,6 +241,8 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
         from .baselines import trak_scores
 
         scores["trak_projected"] = trak_scores(model, train, qx, qy)
+    if "index" in methods:
+        scores.update(_index_scores(load_problem(cfg, data_root), qx, qy))
     if ensemble > 1:
         runs = [scores["ekfac"]] + [
             estimator_scores(load_problem(dataclasses.replace(cfg, seed=s), data_root).model,
