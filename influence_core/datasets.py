@@ -6,9 +6,9 @@ MNIST & co., scikit-learn's stratified split for digits, sorted class folders fo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,6 +46,13 @@ class ImageDataset:
         self.labels = torch.as_tensor(self.labels, dtype=torch.long)
         if self.original_labels is None:
             self.original_labels = self.labels.clone()
+        if (self.pixels is None) == (self.loader is None):
+            raise DatasetError(f"{self.name}/{self.split}: give either pixels or a loader")
+        if self.pixels is not None and len(self.pixels) != len(self.labels):
+            raise DatasetError(f"{self.name}/{self.split}: {len(self.pixels)} images but "
+                               f"{len(self.labels)} labels")
+        if self.loader is not None and not self.image_size:
+            raise DatasetError(f"{self.name}/{self.split}: a lazy dataset needs image_size")
         bad = (self.labels < 0) | (self.labels >= self.num_classes)
         if bad.any():
             first = int(torch.nonzero(bad)[0])
@@ -94,7 +101,7 @@ class ImageDataset:
     def to_tensor(self, img: Image.Image) -> torch.Tensor:
         """An arbitrary PIL image (an upload) converted to this dataset's (C, H, W) in [0, 1]."""
         img = img.convert("L" if self.channels == 1 else "RGB")
-        c, h, w = self.shape
+        h, w = self.shape[1:]
         if img.size != (w, h):
             img = img.resize((w, h), Image.Resampling.BILINEAR)
         arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()) / 255.0
@@ -108,10 +115,7 @@ class ImageDataset:
 
     def with_labels(self, labels: torch.Tensor) -> ImageDataset:
         """The same images with other given labels (noise injection, relabelling)."""
-        return ImageDataset(
-            self.name, self.split, self.class_names, labels.clone(), self.mean, self.std,
-            self.pixels, self.loader, self.image_size, self.skipped, self.original_labels,
-        )
+        return dataclasses.replace(self, labels=torch.as_tensor(labels).clone())
 
     def batches(
         self, batch_size: int, indices: torch.Tensor | None = None
@@ -131,9 +135,12 @@ def inject_label_noise(
     Returns (noisy_labels, flip_mask). Seeded: the same call gives the same flips."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"noise fraction must be in [0, 1), got {fraction}")
-    gen = torch.Generator().manual_seed(seed)
     n = len(labels)
-    flipped = torch.randperm(n, generator=gen)[: int(round(fraction * n))]
+    count = round(fraction * n)
+    if count and num_classes < 2:
+        raise ValueError("label noise needs at least 2 classes")
+    gen = torch.Generator().manual_seed(seed)
+    flipped = torch.randperm(n, generator=gen)[:count]
     offset = torch.randint(1, num_classes, (len(flipped),), generator=gen)
     noisy = labels.clone()
     noisy[flipped] = (labels[flipped] + offset) % num_classes
@@ -146,5 +153,5 @@ def subset_mask(n: int, fraction: float, seed: int) -> torch.Tensor:
     """A seeded random subset of round(fraction * n) indices, as a boolean mask."""
     gen = torch.Generator().manual_seed(10_000 + seed)
     mask = torch.zeros(n, dtype=torch.bool)
-    mask[torch.randperm(n, generator=gen)[: int(round(fraction * n))]] = True
+    mask[torch.randperm(n, generator=gen)[: round(fraction * n)]] = True
     return mask

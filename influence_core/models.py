@@ -55,21 +55,32 @@ class _Adapt(nn.Module):
         return x.repeat(1, self.repeat, 1, 1) if self.repeat > 1 else x
 
 
-def _torchvision_model(arch: str, size: int) -> Callable[[tuple, int], nn.Module]:
-    def build(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-        import torchvision.models as tvm
+def _pretrained(arch: str) -> nn.Module:
+    """torchvision's `arch` with its default ImageNet weights, or randomly initialised (with a
+    warning) when they are neither in the torch hub cache nor downloadable."""
+    import torchvision.models as tvm
 
-        weights_enum = tvm.get_model_weights(arch).DEFAULT
-        try:
-            net = tvm.get_model(arch, weights=weights_enum)
-        except Exception as exc:  # offline, no cached weights
-            warnings.warn(
-                f"{arch}: pretrained weights unavailable ({type(exc).__name__}: {exc}); "
-                "using random initialisation.",
-                stacklevel=2,
-            )
-            net = tvm.get_model(arch, weights=None)
-        if hasattr(net, "fc"):
+    net = tvm.get_model(arch, weights=None)
+    weights = tvm.get_model_weights(arch).DEFAULT
+    try:
+        net.load_state_dict(weights.get_state_dict(progress=False, check_hash=True))
+    except Exception as exc:  # noqa: BLE001  offline, no cached weights, a corrupt download
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        warnings.warn(
+            f"{arch}: pretrained ImageNet weights could not be loaded ({type(exc).__name__}: "
+            f"{exc}). Using RANDOM initialisation instead: expect much lower accuracy. To use "
+            f"the pretrained weights offline, copy {weights.url} to {cache}.",
+            stacklevel=4,
+        )
+    return net
+
+
+def _torchvision_model(arch: str, size: int) -> Callable[[tuple[int, int, int], int], nn.Module]:
+    def build(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+        if shape[0] not in (1, 3):
+            raise ValueError(f"{arch} takes 1- or 3-channel images, got {shape[0]} channels")
+        net = _pretrained(arch)
+        if hasattr(net, "fc"):  # ResNet
             net.fc = nn.Linear(net.fc.in_features, num_classes)
         else:  # ViT
             net.heads.head = nn.Linear(net.heads.head.in_features, num_classes)
@@ -78,7 +89,7 @@ def _torchvision_model(arch: str, size: int) -> Callable[[tuple, int], nn.Module
     return build
 
 
-MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
+MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {  # (C, H, W), classes
     "mlp": mlp,
     "cnn": cnn,
     "resnet18": _torchvision_model("resnet18", 224),
@@ -88,6 +99,7 @@ MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
 
 
 def build_model(name: str, shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """A fresh `name` model for (C, H, W) inputs and `num_classes` outputs (logits)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     return MODELS[name](shape, num_classes)

@@ -20,6 +20,9 @@ DATASETS: dict[str, Callable[[Path], tuple[ImageDataset, ImageDataset]]] = {
     "digits": sources.digits,
     "mnist": sources.mnist,
     "fashion_mnist": sources.fashion_mnist,
+    "cifar10": sources.cifar10,
+    "flowers102": sources.flowers102,
+    "food101": sources.food101,
 }
 
 
@@ -45,8 +48,12 @@ class Problem:
 _CACHE: dict[tuple[str, str], tuple[ImageDataset, ImageDataset]] = {}
 
 
-def load_dataset(name: str, data_root: Path | str | None = None) -> tuple[ImageDataset, ImageDataset]:
-    """(train, test) for a registered name or `imagefolder:<path>`; cached per process."""
+def load_dataset(
+    name: str, data_root: Path | str | None = None
+) -> tuple[ImageDataset, ImageDataset]:
+    """(train, test) for a registered name or `imagefolder:<path>`; cached per process.
+
+    Raises DatasetError (naming the path) when the files are missing and cannot be downloaded."""
     root = Path(data_root) if data_root is not None else default_data_root()
     key = (name, str(root))
     if key not in _CACHE:

@@ -1,0 +1,70 @@
+"""Shared fixtures. Keep them small and generic; tests build their own problems from these."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# ---- data, artifacts, network, images ------------------------------------------------------
+
+
+def _shared_data() -> Path | None:
+    env = os.environ.get("INFLUENCE_AUDIT_DATA")
+    for root in ([Path(env)] if env else []) + [
+        Path(__file__).resolve().parents[2] / "shared" / "data"
+    ]:
+        if (root / "MNIST" / "raw").is_dir() and (root / "FashionMNIST" / "raw").is_dir():
+            return root
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The folder holding MNIST/ and FashionMNIST/ in torchvision's layout: $INFLUENCE_AUDIT_DATA,
+    else ../shared/data beside the repository. Skips the test when neither has them."""
+    root = _shared_data()
+    if root is None:
+        pytest.skip("MNIST/Fashion-MNIST not found: set INFLUENCE_AUDIT_DATA or add ../shared/data")
+    return root
+
+
+@pytest.fixture
+def artifacts_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$INFLUENCE_AUDIT_HOME pointed at a fresh folder, so checkpoints never touch the repo."""
+    home = tmp_path / "artifacts"
+    monkeypatch.setenv("INFLUENCE_AUDIT_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network (DNS and connect fail at once) and an empty torch hub cache: downloads fail
+    fast and pretrained weights are never found."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+
+@pytest.fixture
+def write_image() -> Callable[..., Path]:
+    """write_image(path, size=(w, h), mode="RGB", seed=0): a random-noise image file whose format
+    follows the suffix (.jpg, .png, ...). Creates parent folders; returns the path."""
+
+    def write(path: Path, size: tuple[int, int] = (16, 12), mode: str = "RGB", seed: int = 0) -> Path:
+        rng = np.random.default_rng(seed)
+        shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).convert(mode).save(path)
+        return path
+
+    return write
