@@ -62,13 +62,13 @@ def _quality(index: AttributionIndex, problem: Problem, queries: torch.Tensor, w
     qv = torch.stack([query_vector(index, x[j], y[j]) for j in range(len(queries))])  # (k, dim)
     out = {}
     for m in widths:
-        approx = qv[:, :m] @ index.vectors[:, :m].T  # columns are ordered: a prefix is width m
+        approx = (qv[:, :m].to(index.vectors.dtype) @ index.vectors[:, :m].T).float()  # prefix
         rho = [_spearman(approx[j], exact[j]) for j in range(len(queries))]
         sub = index.vectors[:, :m].contiguous()
         ms = []
         for j in range(min(20, len(queries))):
             start = time.perf_counter()
-            sub @ qv[j, :m]
+            sub @ qv[j, :m].to(sub.dtype)
             ms.append(1000 * (time.perf_counter() - start))
         out[str(m)] = {"spearman_mean": float(np.mean(rho)), "spearman_median": float(np.median(rho)),
                        "spearman_min": float(np.min(rho)), "product_median_ms": statistics.median(ms)}
@@ -76,12 +76,12 @@ def _quality(index: AttributionIndex, problem: Problem, queries: torch.Tensor, w
 
 
 def bench_query(problem: Problem, index_cfg: IndexConfig = IndexConfig(), queries: int = 100,
-                quality: bool = True) -> dict:
-    """The JSON report: load time, query latency (test and upload), Spearman against
-    uncompressed EK-FAC for index widths up to index_cfg.dim, and the precompute manifest."""
+                quality: bool = True, width: int | None = None) -> dict:
+    """The JSON report: load time, query latency (test and upload) at `width` columns, Spearman
+    against uncompressed EK-FAC for widths up to it, and the precompute manifest."""
     folder = artifact_folder(problem, "ekfac", index=index_cfg)
     start = time.perf_counter()
-    index = load_index(folder, problem.model)
+    index = load_index(folder, problem.model, width=width)
     load_s = time.perf_counter() - start
     picks = torch.randperm(len(problem.test), generator=torch.Generator().manual_seed(0))[:queries]
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +90,8 @@ def bench_query(problem: Problem, index_cfg: IndexConfig = IndexConfig(), querie
     report = {
         "dataset": problem.config.dataset, "model": problem.config.model, "artifact": str(folder),
         "num_train": len(problem.train), "index_dim": index.vectors.shape[1],
-        "index_bytes": (folder / "index.npy").stat().st_size, "load_seconds": load_s,
+        "index_file_bytes": (folder / "index.npy").stat().st_size, "load_seconds": load_s,
+        "index_ram_bytes": index.vectors.numel() * index.vectors.element_size(),
         "latency": latency, "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
         "seconds_per_epoch": problem.meta.get("seconds_per_epoch"),
@@ -102,12 +103,12 @@ def bench_query(problem: Problem, index_cfg: IndexConfig = IndexConfig(), querie
 
 
 def bench_query_cli(args, problem: Problem, index_cfg: IndexConfig) -> int:
-    report = bench_query(problem, index_cfg, args.queries)
+    report = bench_query(problem, index_cfg, args.queries, not args.skip_quality, args.width)
     out = Path(args.out) if args.out else (
         artifacts_root() / "bench" / f"query-{problem.config.dataset}-{problem.config.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: report[k] for k in ("latency", "index_dim", "index_bytes")}, indent=1))
+    print(json.dumps({k: report[k] for k in ("latency", "index_dim", "index_file_bytes")}, indent=1))
     for m, q in report.get("quality", {}).items():
         print(f"dim {m}: Spearman mean {q['spearman_mean']:.3f} min {q['spearman_min']:.3f}, "
               f"product {q['product_median_ms']:.1f} ms")

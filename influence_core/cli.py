@@ -111,6 +111,8 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     _add_index_args(p)
     p.add_argument("--out", default=None, help="JSON report path (default artifacts/bench/...)")
     p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--width", type=int, default=None, help="query: load only this many columns")
+    p.add_argument("--skip-quality", action="store_true", help="query: latency only")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -136,6 +138,9 @@ COMMANDS = {
 from .cli_evaluate import COMMAND as _EVALUATE  # noqa: E402  (issue 6)
 
 COMMANDS["evaluate"] = _EVALUATE
+from .cli_unlearn import COMMANDS as _UNLEARN  # noqa: E402  (issue 5)
+
+COMMANDS.update(_UNLEARN)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,8 @@ Linear layers: R_i = u_i v_i^T (u = Q_S^T g, v = Q_A^T a), so x_i = u_i[J] * v_i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -113,13 +115,18 @@ class AttributionIndex:
     tracked: TrackedModel
     task: Task
     projection: EigenProjection
-    vectors: torch.Tensor  # (N, dim) float32 in memory (from the float16 file)
+    vectors: torch.Tensor  # (N, width) in memory, bfloat16 by default (from the float16 file)
     arrays: dict[str, np.ndarray]  # self_influence, train_loss, train_logits, test_logits, ...
 
 
-def load_index(folder: Path | str, model: nn.Module, expected: dict | None = None) -> AttributionIndex:
-    """Open a precomputed artifact folder for `model`. Refuses (ArtifactError) when the model's
-    hash, or any field of `expected` (e.g. {"method": "ekfac"}), differs from the manifest."""
+def load_index(
+    folder: Path | str, model: nn.Module, expected: dict | None = None, width: int | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+) -> AttributionIndex:
+    """Open a precomputed artifact folder for `model`, keeping the first `width` columns (the
+    strongest directions; None: all) in RAM as `dtype` (bfloat16 halves the bytes each query
+    reads). Refuses (ArtifactError) when the model's hash, or any field of `expected`
+    (e.g. {"method": "ekfac"}), differs from the manifest."""
     folder = Path(folder)
     manifest = check_manifest(folder, {"model_hash": model_hash(model), **(expected or {})})
     dtype = next(model.parameters()).dtype
@@ -128,7 +135,13 @@ def load_index(folder: Path | str, model: nn.Module, expected: dict | None = Non
     arrays = {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
     if "index" not in arrays:
         raise ArtifactError(f"{folder}: index.npy is missing; re-run precompute")
-    vectors = torch.from_numpy(np.array(arrays.pop("index"), dtype=np.float32))  # a copy in RAM
+    stored = arrays.pop("index")
+    width = stored.shape[1] if width is None else min(width, stored.shape[1])
+    vectors = torch.empty(stored.shape[0], width, dtype=dtype)  # a copy in RAM
+    for lo in range(0, stored.shape[0], 8192):  # streamed: no float32 copy of the whole index
+        chunk = np.array(stored[lo:lo + 8192, :width], dtype=np.float32)
+        vectors[lo:lo + 8192] = torch.from_numpy(chunk).to(dtype)
+    projection.order = projection.order[:width]
     task = ClassificationTask(manifest["index_config"]["measurement"])
     return AttributionIndex(folder, manifest, tracked, task, projection, vectors, arrays)
 
@@ -137,18 +150,29 @@ def query_vector(index: AttributionIndex, x: torch.Tensor, y: torch.Tensor | int
     """(dim,) x_q for one query input x (C, H, W) or (1, C, H, W), normalised like the dataset;
     y None: the model's predicted label."""
     x = (x if x.ndim == 4 else x[None]).to(next(index.tracked.model.parameters()).dtype)
-    store, outputs = forward_capture(index.tracked, x)
-    if y is None:
-        y = outputs.detach().argmax(1)
-    y = torch.as_tensor(y).reshape(1)
-    pairs = backward_pairs(index.tracked, store, index.task.measurement(outputs, y))
-    with torch.no_grad():
-        return index.projection.project(pairs)[0][0].float()
+    with _one_thread():  # one image: thread hand-offs cost more than they save on a busy CPU
+        store, outputs = forward_capture(index.tracked, x)
+        if y is None:
+            y = outputs.detach().argmax(1)
+        y = torch.as_tensor(y).reshape(1)
+        pairs = backward_pairs(index.tracked, store, index.task.measurement(outputs, y))
+        with torch.no_grad():
+            return index.projection.project(pairs)[0][0].float()
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def index_scores(index: AttributionIndex, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
     """(N,) approximate EK-FAC scores of every training example on the query (positive: helpful)."""
-    return index.vectors @ query_vector(index, x, y)
+    return (index.vectors @ query_vector(index, x, y).to(index.vectors.dtype)).float()
 
 
 def query_index(

@@ -20,7 +20,8 @@ ARGS = ["-m", "influence_core", "precompute", "--dataset", "digits", "--model", 
 
 def _run(cmd: list[str], home: Path) -> None:
     env = {**os.environ, "INFLUENCE_AUDIT_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          check=False)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from influence_core import (
-    ArtifactError, EKFACConfig, IndexConfig, artifact_folder, load_dataset, load_index,
-    model_hash, precompute,
+    ArtifactError,
+    EKFACConfig,
+    IndexConfig,
+    artifact_folder,
+    load_dataset,
+    load_index,
+    model_hash,
+    precompute,
 )
 from influence_core.config import TrainConfig
 from influence_core.models import build_model
