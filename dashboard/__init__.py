@@ -1,0 +1,1 @@
+"""The Streamlit app: `streamlit run dashboard/app.py` (or `make demo`)."""

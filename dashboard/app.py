@@ -1,0 +1,45 @@
+"""The router and the picture frame: the shared sidebar, then the page chosen in st.navigation.
+
+Run from the repository root: `streamlit run dashboard/app.py` (or `make demo`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on sys.path, not the repo root
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st
+
+from dashboard import state, widgets
+from influence_core import DATASETS, default_data_root
+
+VIEWS = Path(__file__).resolve().parent / "views"
+MODEL_CHOICES = ["mlp", "cnn"]
+
+
+def pages() -> list[st.Page]:
+    """Every page of the app, in menu order (Explore, Review, Evaluate slot in here)."""
+    return [
+        st.Page(VIEWS / "dataset.py", title="Dataset", icon=":material/grid_view:", default=True),
+    ]
+
+
+def run() -> None:
+    st.set_page_config(layout="wide", page_title="influence-audit")
+    page = st.navigation(pages())
+    dataset, model, data_root = widgets.problem_ui(
+        list(DATASETS), MODEL_CHOICES, str(default_data_root()),
+        keys=(state.DATASET, state.MODEL, state.DATA_ROOT, state.IMAGE_FOLDER),
+    )
+    if not dataset:
+        st.info("Enter the path of an image folder (one sub-folder per class) in the sidebar.")
+        return
+    state.set_selection(state.Selection(dataset, model, data_root))
+    page.run()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,155 @@
+"""The app through streamlit.testing.v1.AppTest: it renders, pages and filters without raising."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+RUN_TIMEOUT_S = 300  # the first run trains digits/mlp: about 3 s alone, minutes on a busy box
+PAGE_SIZE = 24
+CAPTION = re.compile(r"^#(\d+) · (\S+) · (\S+)$")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One artifacts folder per module: the first test trains, the others reuse the checkpoint."""
+    return tmp_path_factory.mktemp("influence_audit_home")
+
+
+def _clear_caches() -> None:
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture
+def app(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AppTest]]:
+    """Runs app.py on the default problem (digits / mlp); keyword arguments become URL params."""
+    monkeypatch.setenv("INFLUENCE_AUDIT_HOME", str(home))
+    _clear_caches()
+
+    def run(**query: str) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT_S)
+        at.query_params.update(query)
+        return at.run()
+
+    yield run
+    _clear_caches()
+
+
+def captions(at: AppTest) -> list[str]:
+    return [caption for image in at.get("image") for caption in image.captions]
+
+
+def indices(at: AppTest) -> list[int]:
+    return [int(CAPTION.match(caption).group(1)) for caption in captions(at)]
+
+
+def test_dataset_page_shows_a_grid_of_captioned_images(app: Callable[..., AppTest]) -> None:
+    at = app()
+    assert not at.exception
+    assert not at.error
+    assert at.title[0].value == "Dataset"
+    assert len(captions(at)) == PAGE_SIZE
+    assert all(CAPTION.match(c) for c in captions(at)), captions(at)[:3]
+    assert indices(at) == list(range(PAGE_SIZE))
+    assert all(url for image in at.get("image") for url in image.value)
+    accuracy = at.metric[0]
+    assert accuracy.label == "Test accuracy"
+    assert float(accuracy.value.rstrip("%")) > 90.0  # digits/mlp reference recipe: about 97 %
+
+
+def test_next_page_shows_the_next_examples(app: Callable[..., AppTest]) -> None:
+    at = app()
+    at.pagination[0].set_value(2).run()
+    assert not at.exception
+    assert indices(at) == list(range(PAGE_SIZE, 2 * PAGE_SIZE))
+    assert at.caption[0].value.startswith("Page 2 of ")
+
+
+def test_page_number_from_the_url_survives_a_reload(app: Callable[..., AppTest]) -> None:
+    at = app(grid_page="3")
+    assert not at.exception
+    assert indices(at) == list(range(2 * PAGE_SIZE, 3 * PAGE_SIZE))
+
+
+def test_class_filter_shows_only_that_class_and_restarts_at_page_one(
+    app: Callable[..., AppTest],
+) -> None:
+    at = app(grid_page="2")
+    at.selectbox(key="label").set_value("7").run()
+    assert not at.exception
+    labels = [CAPTION.match(c).group(2) for c in captions(at)]
+    assert labels and set(labels) == {"7"}
+    assert at.caption[0].value.startswith("Page 1 of ")
+
+
+def test_test_split_and_mispredicted_filter(app: Callable[..., AppTest]) -> None:
+    at = app(split="test", wrong="true")
+    assert not at.exception
+    parsed = [CAPTION.match(c) for c in captions(at)]
+    assert parsed, "digits/mlp makes a few test mistakes; the filter should show them"
+    assert all(m.group(2) != m.group(3) for m in parsed)
+
+
+def test_a_missing_image_folder_is_an_error_message(app: Callable[..., AppTest]) -> None:
+    at = app(dataset="imagefolder", folder="/nonexistent/influence-audit-images")
+    assert not at.exception
+    assert at.error and "is not a folder" in at.error[0].value
+
+
+@pytest.mark.filterwarnings("ignore:imagefolder")  # the core warns about the broken file
+def test_an_image_folder_trains_and_shows_its_images(
+    app: Callable[..., AppTest], tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("cats", "dogs"):
+        (tmp_path / name).mkdir()
+        for i in range(10):
+            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "dogs" / "broken.png").write_bytes(b"not a png")
+    at = app(dataset="imagefolder", folder=str(tmp_path))
+    assert not at.exception
+    assert not at.error
+    assert at.warning and at.warning[0].value.startswith("1 unreadable image file(s)")
+    assert at.dataframe[0].value["file"].str.endswith("broken.png").all()
+    labels = {CAPTION.match(c).group(2) for c in captions(at)}
+    assert labels == {"cats", "dogs"}
+
+
+def test_thumbnails_are_nearest_neighbour_upscaled(app: Callable[..., AppTest]) -> None:
+    from dashboard import state  # the app's own module, called outside a script run
+
+    [png] = state.thumbnails("digits", str(Path.cwd() / "data"), "train", (0,))
+    thumb = np.asarray(Image.open(io.BytesIO(png)))
+    assert thumb.shape == (state.THUMB_PX, state.THUMB_PX)
+    block = state.THUMB_PX // 8  # digits are 8x8: every source pixel becomes a uniform block
+    blocks = thumb.reshape(8, block, 8, block)
+    assert (blocks == blocks[:, :1, :, :1]).all()
+    assert len(np.unique(thumb)) > 2
+
+
+def test_unreadable_checkpoint_is_an_error_message_not_a_traceback(
+    app: Callable[..., AppTest], home: Path
+) -> None:
+    app()  # make sure the checkpoint exists
+    [checkpoint] = home.glob("models/digits-mlp-*/model.pt")
+    good = checkpoint.read_bytes()
+    try:
+        checkpoint.write_bytes(b"not a checkpoint")
+        _clear_caches()
+        at = app()
+        assert not at.exception
+        assert at.error and "checkpoint" in at.error[0].value
+        assert not captions(at)
+    finally:
+        checkpoint.write_bytes(good)

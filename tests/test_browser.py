@@ -1,0 +1,152 @@
+"""The real app in Debian's chromium through Playwright: it renders, pages, and keeps its page
+across a reload. Needs /usr/bin/chromium (`.ci/run` installs it; never `playwright install`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dashboard.state import THUMB_PX
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+SERVER_START_S = 60  # streamlit imports torch before it answers /_stcore/health
+FIRST_RENDER_S = 300  # the first view trains digits/mlp: about 3 s alone, minutes on a busy box
+RERUN_S = 30
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(
+        f"{CHROMIUM} is absent: `apt-get install -y chromium chromium-driver` (.ci/run does)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/_stcore/health did not answer 200 within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`streamlit run dashboard/app.py` on a free loopback port, with its own artifacts folder."""
+    home = tmp_path_factory.mktemp("influence_audit_home")
+    log = (home / "streamlit.log").open("w")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py",
+         "--server.headless", "true", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env={**os.environ, "INFLUENCE_AUDIT_HOME": str(home)},
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, SERVER_START_S)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("INFLUENCE_AUDIT_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def settle(page: object, timeout_s: float) -> None:
+    """Wait until a script run has finished and every thumbnail has loaded, then check that the
+    page raised nothing. ("initial" is the script state before the first run.)"""
+    ms = timeout_s * 1000
+    page.wait_for_selector(
+        '[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=ms
+    )
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=ms)
+    page.wait_for_function(
+        """() => {
+            const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
+            return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
+        }""",
+        timeout=ms,
+    )
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def grid_caption(page: object) -> str:
+    return page.get_by_text("Page ", exact=False).filter(has_text=" · examples ").inner_text()
+
+
+def test_grid_renders_pages_and_keeps_its_page_on_reload(
+    server: str, browser: object, screenshots: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server)
+    settle(page, FIRST_RENDER_S)
+    images = page.locator('[data-testid="stImage"] img')
+    assert images.count() == 24
+    assert images.first.is_visible() and images.last.is_visible()
+    assert images.first.evaluate("i => i.naturalWidth") == THUMB_PX
+    assert page.get_by_text("Test accuracy").is_visible()
+    assert grid_caption(page).startswith("Page 1 of ")
+    first_caption = page.locator('[data-testid="stImageCaption"]').first.inner_text()
+
+    page.get_by_test_id("stPaginationNext").click()
+    page.wait_for_url("**grid_page=2**", timeout=RERUN_S * 1000)
+    page.get_by_text("Page 2 of ", exact=False).wait_for(timeout=RERUN_S * 1000)
+    settle(page, RERUN_S)
+    assert page.locator('[data-testid="stImage"] img').count() == 24
+    assert page.locator('[data-testid="stImageCaption"]').first.inner_text() != first_caption
+
+    page.reload()
+    settle(page, RERUN_S)
+    assert "grid_page=2" in page.url
+    assert grid_caption(page).startswith("Page 2 of ")
+    assert page.get_by_test_id("stPaginationPageActive").inner_text() == "2"
+    assert page.locator('[data-testid="stImage"] img').count() == 24
+    page.screenshot(path=str(screenshots / "dataset_page2.png"), full_page=True)
+    page.close()
