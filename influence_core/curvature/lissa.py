@@ -95,7 +95,7 @@ class Lissa(Curvature):
         return (total / self.cfg.repeats).to(vectors.dtype)
 
     def _batch(self, gen: torch.Generator, size: int) -> torch.Tensor:
-        idx = torch.randint(len(self.data), (min(size, len(self.data)),), generator=gen)
+        idx = torch.randperm(len(self.data), generator=gen)[:size]  # without replacement
         return self.data.tensor(idx).to(model_dtype(self.tracked))
 
     def _logits_fn(self, x: torch.Tensor):

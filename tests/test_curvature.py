@@ -1,0 +1,169 @@
+"""Curvature estimators against the exact damped Gauss-Newton inverse on tiny float64 models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev
+
+from influence_core import (
+    EKFACConfig, ExactConfig, ImageDataset, KFACConfig, LissaConfig, LissaDivergedError,
+    ClassificationTask, TrackedModel, UnsupportedLayerError, fit_curvature,
+)
+
+EXACT_TOL = 1e-8  # relative error where the factorisation is exact (float64 round-off)
+LISSA_TOL = 1e-2  # relative error of full-batch LiSSA at LISSA_DEPTH steps
+LISSA_DEPTH = 600
+
+
+def tensor_dataset(x: torch.Tensor, y: torch.Tensor, classes: int) -> ImageDataset:
+    """An in-memory ImageDataset whose model inputs are exactly x (N, 1, H, W), float64."""
+    pixels = torch.zeros(x.shape[0], x.shape[2], x.shape[3], dtype=torch.uint8)  # unused
+    ds = ImageDataset("toy", "train", [str(c) for c in range(classes)], y, (0.0,), (1.0,),
+                      pixels=pixels)
+    ds.tensor = lambda idx: x[idx]  # bypass uint8 pixels: exact float64 inputs
+    return ds
+
+
+@pytest.fixture
+def toy_mlp() -> tuple[nn.Module, ImageDataset]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x = torch.randn(40, 1, 2, 3, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,))
+    return model, tensor_dataset(x, y, 3)
+
+
+@pytest.fixture
+def toy_cnn() -> tuple[nn.Module, ImageDataset]:
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 3 * 3, 4)
+    ).double()
+    x = torch.randn(24, 1, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, 4, (24,))
+    return model, tensor_dataset(x, y, 4)
+
+
+def dense_gauss_newton(tracked: TrackedModel, data: ImageDataset) -> torch.Tensor:
+    """Independent oracle: G = (1/N) sum_i J_i^T (diag(p_i) - p_i p_i^T) J_i via jacrev."""
+    model, theta = tracked.model, tracked.flat_params()
+
+    def logits(flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        params = {}
+        for name, mat in zip(tracked.modules, tracked.split(flat)):
+            m = tracked.modules[name]
+            w = m.weight[0].numel()
+            params[f"{name}.weight"] = mat[:, :w].reshape(m.weight.shape)
+            params[f"{name}.bias"] = mat[:, w]
+        return functional_call(model, params, (x,))
+
+    x = data.tensor(torch.arange(len(data)))
+    jac = jacrev(logits)(theta, x)  # (N, K, p)
+    p = logits(theta, x).softmax(1)
+    h = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    return torch.einsum("nkp,nkl,nlq->pq", jac, h, jac) / len(data)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_exact_equals_dense_solve(toy_mlp) -> None:
+    model, data = toy_mlp
+    tracked = TrackedModel(model)
+    curv = fit_curvature("exact", tracked, ClassificationTask(), data, ExactConfig(damping=1e-3))
+    g = dense_gauss_newton(tracked, data)
+    v = torch.randn(4, tracked.num_params, dtype=torch.float64)
+    want = torch.linalg.solve(g + 1e-3 * torch.eye(len(g), dtype=g.dtype), v.T).T
+    assert rel_err(curv.ihvp(v), want) < EXACT_TOL
+
+
+def test_exact_gram_route_matches_dense(toy_mlp, monkeypatch) -> None:
+    """When N*K < p the exact estimator eigendecomposes the Gram matrix instead of G."""
+    import influence_core.curvature.exact as exact_mod
+
+    model, data = toy_mlp
+    tracked = TrackedModel(model)
+    cfg = ExactConfig(damping=1e-2)
+    dense = fit_curvature("exact", tracked, ClassificationTask(), data, cfg)
+    monkeypatch.setattr(exact_mod, "DENSE_LIMIT", 1)
+    small = tensor_dataset(data.tensor(torch.arange(5)), data.labels[:5], 3)
+    gram = fit_curvature("exact", tracked, ClassificationTask(), small, cfg)
+    dense_small = torch.linalg.solve(
+        dense_gauss_newton(tracked, small) + 1e-2 * torch.eye(tracked.num_params, dtype=torch.float64),
+        torch.eye(tracked.num_params, dtype=torch.float64),
+    )
+    assert not gram.complete and dense.complete
+    assert rel_err(gram.ihvp(torch.eye(tracked.num_params, dtype=torch.float64)), dense_small) < EXACT_TOL
+
+
+@pytest.mark.parametrize("method", ["kfac", "ekfac"])
+def test_kronecker_exact_for_one_linear_layer_one_example(method: str) -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).double()
+    data = tensor_dataset(torch.randn(1, 1, 2, 2, dtype=torch.float64), torch.tensor([1]), 3)
+    tracked = TrackedModel(model)
+    task = ClassificationTask()
+    exact = fit_curvature("exact", tracked, task, data, ExactConfig(damping=1e-3))
+    cfg = (EKFACConfig if method == "ekfac" else KFACConfig)(damping=1e-3, fisher="expected")
+    approx = fit_curvature(method, tracked, task, data, cfg)
+    v = torch.randn(3, tracked.num_params, dtype=torch.float64)
+    assert rel_err(approx.ihvp(v), exact.ihvp(v)) < EXACT_TOL
+
+
+@pytest.mark.parametrize("fixture", ["toy_mlp", "toy_cnn"])
+def test_ekfac_no_worse_than_kfac(fixture: str, request) -> None:
+    model, data = request.getfixturevalue(fixture)
+    tracked, task = TrackedModel(model), ClassificationTask()
+    exact = fit_curvature("exact", tracked, task, data, ExactConfig(damping=1e-2))
+    errors = {}
+    for method, cfg_cls in (("kfac", KFACConfig), ("ekfac", EKFACConfig)):
+        curv = fit_curvature(method, tracked, task, data, cfg_cls(damping=1e-2, fisher="expected"))
+        # Frobenius error of the approximated inverse, probed with the identity
+        eye = torch.eye(tracked.num_params, dtype=torch.float64)
+        errors[method] = rel_err(curv.ihvp(eye), exact.ihvp(eye))
+    assert errors["ekfac"] <= errors["kfac"] + 1e-12, errors
+    assert errors["ekfac"] < 1.0  # and it is a real approximation, not noise
+
+
+def test_lissa_approaches_exact_with_depth(toy_mlp) -> None:
+    model, data = toy_mlp
+    tracked, task = TrackedModel(model), ClassificationTask()
+    exact = fit_curvature("exact", tracked, task, data, ExactConfig(damping=0.05))
+    cfg = LissaConfig(depth=LISSA_DEPTH, damping=0.05, batch_size=len(data))  # full batch
+    lissa = fit_curvature("lissa", tracked, task, data, cfg)
+    v = torch.randn(3, tracked.num_params, dtype=torch.float64)
+    want = exact.ihvp(v)
+    shallow, deep = rel_err(lissa.ihvp(v, depth=20), want), rel_err(lissa.ihvp(v), want)
+    assert deep < LISSA_TOL, deep
+    assert deep < shallow / 10
+
+
+def test_lissa_divergence_is_reported_not_returned(toy_mlp) -> None:
+    model, data = toy_mlp
+    tracked = TrackedModel(model)
+    cfg = LissaConfig(depth=200, damping=1e-3, scale=1e-3, batch_size=len(data))  # alpha far too big
+    lissa = fit_curvature("lissa", tracked, ClassificationTask(), data, cfg)
+    with pytest.warns(RuntimeWarning, match="diverged"), pytest.raises(LissaDivergedError):
+        lissa.ihvp(torch.randn(1, tracked.num_params, dtype=torch.float64))
+
+
+def test_default_damping_is_relative_to_mean_eigenvalue(toy_mlp) -> None:
+    model, data = toy_mlp
+    tracked, task = TrackedModel(model), ClassificationTask()
+    ekfac = fit_curvature("ekfac", tracked, task, data, EKFACConfig())
+    for f in ekfac.factors:
+        assert f.damping == pytest.approx(0.1 * float(f.eigenvalues.mean()))
+    exact = fit_curvature("exact", tracked, task, data)
+    assert exact.damping == pytest.approx(0.1 * float(exact.eigenvalues.sum()) / tracked.num_params)
+
+
+def test_untrackable_layer_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.raises(UnsupportedLayerError, match="only Linear and Conv2d"):
+        TrackedModel(model, layers=["1"])
+    with pytest.raises(UnsupportedLayerError, match="no layer named"):
+        TrackedModel(model, layers=["nope"])
+    assert list(TrackedModel(model, layers=["3"]).modules) == ["3"]  # the rest stays frozen
