@@ -113,6 +113,9 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--width", type=int, default=None, help="query: load only this many columns")
     p.add_argument("--skip-quality", action="store_true", help="query: latency only")
+    p.add_argument("--subset", type=int, default=4096,
+                   help="core: examples on which both we and Kronfluence are timed")
+    p.add_argument("--threads", type=int, default=2, help="core: torch threads for both")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -125,14 +128,22 @@ def _bench_query(args: argparse.Namespace) -> int:
     return bench_query_cli(args, problem_from_args(args), _index_config(args))
 
 
-BENCH_MODES = {"query": _bench_query}  # bench <mode>: add other modes here
+def _bench_core(args: argparse.Namespace) -> int:
+    from .bench_core import bench_core
+
+    bench_core(args.data_root, args.subset, 512, args.threads, args.out,
+               tqdm_progress())
+    return 0
+
+
+BENCH_MODES = {"query": _bench_query, "core": _bench_core}  # bench <mode>: add other modes here
 
 COMMANDS = {
     "train": (_cmd_train, _add_problem_args, "train (or reuse) a model"),
     "precompute": (_cmd_precompute, _add_index_args,
                    "fit EK-FAC, self-influence and the attribution index (torchrun-able)"),
     "query": (_cmd_query, _add_query_args, "top helpful/harmful training examples for a query"),
-    "bench": (_cmd_bench, _add_bench_args, "benchmarks: bench query"),
+    "bench": (_cmd_bench, _add_bench_args, "benchmarks: bench query | bench core"),
 }
 
 from .cli_evaluate import COMMAND as _EVALUATE  # noqa: E402  (issue 6)
