@@ -65,6 +65,21 @@ def test_suspect_combinations() -> None:
     assert torch.equal(combine("a+b", base, labels), rank_mean(scores, -scores))
 
 
+def test_reports_round_trip(tmp_path) -> None:  # noqa: ANN001
+    import plotly.graph_objects as go
+
+    from influence_core.evaluation import write_report
+
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1]))
+    write_report(tmp_path, "mislabel_x", {"kind": "mislabel", "v": 1.5}, "| a |\n", {"curve": fig})
+    reports = load_reports(tmp_path)
+    assert list(reports) == ["mislabel_x"]
+    assert reports["mislabel_x"]["result"] == {"kind": "mislabel", "v": 1.5}
+    assert reports["mislabel_x"]["markdown"] == "| a |\n"
+    assert list(reports["mislabel_x"]["figures"]["curve"].data[0].y) == [0, 1]
+    assert load_reports(tmp_path / "absent") == {}
+
+
 #: digits --quick numbers measured on 2 CPU cores (torch 2.x, deterministic CPU training).
 QUICK_PINNED = json.loads("{}")
 QUICK_TOL = 0.05
