@@ -22,6 +22,16 @@ from .index import (
 from .precompute import artifact_folder, precompute
 from .evaluation import auprc, auroc, ihvp_error, lds, load_reports, mislabel_curve, run_lds
 from .suspects import DEFAULT_SIGNAL, suspect_scores, training_set
+from .store import Decision, DecisionLog
+from .unlearning import newton_step, refine, updated_model
+from .audit import AuditSession, AuditState, default_log_path, open_session
+from .verify import VerifyConfig, verify_unlearning
+from .app_api import (
+    Evidence, Preview, checkpoint_bytes, decision_log_path, decisions_frame, evidence, explain,
+    influenced_queries, labels_csv, open_audit, open_index, preview, query_vectors, record_many,
+    review_queue, reviewed, self_influence_values, test_probabilities, train_predictions,
+    train_probabilities, undo_last,
+)
 
 __all__ = [
     "CURVATURE_CONFIGS", "ESTIMATORS", "ClassificationTask", "Curvature", "EKFACConfig",
@@ -36,4 +46,12 @@ __all__ = [
     "index_scores", "load_index", "model_hash", "precompute", "query_index",
     "DEFAULT_SIGNAL", "auprc", "auroc", "ihvp_error", "lds", "load_reports", "mislabel_curve",
     "run_lds", "suspect_scores", "training_set",
+    "AuditSession", "AuditState", "Decision", "DecisionLog", "VerifyConfig", "default_log_path",
+    "newton_step", "open_session", "refine", "updated_model",
+    "verify_unlearning",
+    "Evidence", "Preview", "checkpoint_bytes", "decision_log_path", "decisions_frame",
+    "evidence", "explain", "influenced_queries", "labels_csv", "open_audit", "open_index",
+    "preview", "query_vectors", "record_many", "review_queue", "reviewed",
+    "self_influence_values", "test_probabilities", "train_predictions", "undo_last",
+    "train_probabilities",
 ]

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ACTIONS = ("relabel", "remove", "keep", "undo")
@@ -171,7 +171,7 @@ class DecisionLog:
                 annotator: str, model_version: int | None, undoes: int | None) -> Decision:
         head = int(cur.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0])
         version = head if model_version is None else int(model_version)
-        ts = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        ts = datetime.now(UTC).isoformat(timespec="microseconds")
         cur.execute(
             "INSERT INTO decisions (idx, action, label, annotator, ts, model_version, undoes) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",

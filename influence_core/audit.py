@@ -1,0 +1,225 @@
+"""An audit session: the current model is the base checkpoint plus the decision log.
+
+current model = base theta + ONE batched Newton step over all active removals and relabels
+(unlearning.newton_step), always computed from the base model with the curvature fitted there.
+Because the step is a function of the SET of edits, undo and replay are exact recomputations:
+the same log gives bitwise the same weights on the same machine, and undoing the last decision
+gives back the previous weights (torch.equal). States are cached by their edits.
+
+What is refreshed after each update, and how:
+  exact:        test predictions (logits) of the updated model; losses of the remaining suspects
+                under their current labels; self-influence gradients at the updated model.
+  approximated: the curvature (factors fitted on the base model and the base labels are kept
+                fixed), so self-influence uses the base model's (G + lambda I)^-1; the Newton
+                step itself is first order around the base model.
+  full_refresh: refits the curvature at the updated model on the edited training set (kept
+                points, current labels) before scoring: seconds to minutes, not per click.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .attribution import self_influence
+from .config import CURVATURE_CONFIGS
+from .curvature import Curvature, fit_curvature
+from .datasets import ImageDataset
+from .gradients import TrackedModel
+from .progress import Progress, silent
+from .store import REMOVED, Decision, DecisionLog
+from .task import ClassificationTask, Task
+from .unlearning import newton_step, rebind, refine, updated_model
+
+CACHE_SIZE = 8
+UNLEARNING_DAMPING = 100.0  # x mean eigenvalue, from the digits/mlp sweep (README)
+
+APPROXIMATIONS = (
+    "Newton step: one second-order step from the base model (first order in the edit)",
+    "curvature fitted on the base model and base labels, kept fixed after edits",
+)
+
+
+@dataclass(frozen=True)
+class AuditState:
+    """The model and what depends on it, for one version of the decision log."""
+
+    version: int  # id of the newest log row (0: the base model)
+    model: nn.Module  # base + Newton step, eval mode
+    delta: torch.Tensor  # (p,) theta - theta_base on the tracked layers
+    labels: torch.Tensor  # (N,) current training labels (removed points keep theirs)
+    removed: torch.Tensor  # (N,) bool
+    test_logits: torch.Tensor  # (M, K) updated model on the test split
+    suspects: torch.Tensor  # (k,) remaining suspect indices, most self-influential first
+    suspect_scores: torch.Tensor  # (k,) their self-influence under the updated model
+    suspect_losses: torch.Tensor  # (k,) their training loss under their current labels
+    seconds: dict  # newton_step, predictions, self_influence (and refit with full_refresh)
+    approximations: tuple[str, ...]
+
+
+class AuditSession:
+    """Problem + fitted curvature + decision log -> the current model, cached per version.
+
+    `suspects` are the training indices whose self-influence ranking is refreshed (default:
+    all of them; pass the flagged candidates on large sets). `refine_steps` > 0 adds local
+    damped Newton steps (unlearning.refine) to every update. `weight_decay` (default: the
+    problem's training recipe) enters the removal step, see unlearning.newton_step."""
+
+    def __init__(
+        self, problem: object, curvature: Curvature, log: DecisionLog, task: Task | None = None,
+        suspects: torch.Tensor | None = None, refine_steps: int = 0,
+        weight_decay: float | None = None,
+    ) -> None:
+        self.problem, self.curvature, self.log = problem, curvature, log
+        self.task = task or ClassificationTask()
+        self.train: ImageDataset = problem.train
+        n = len(self.train)
+        self.suspects = torch.arange(n) if suspects is None else torch.as_tensor(suspects).long()
+        self.refine_steps = refine_steps
+        config = getattr(problem, "config", None)  # the training recipe's L2 strength
+        self.weight_decay = weight_decay if weight_decay is not None else getattr(
+            config, "weight_decay", 0.0)
+        self._cache: OrderedDict = OrderedDict()
+
+    # -- decisions (committed before they return) ------------------------------------------
+    def record(self, index: int, action: str, label: int | None = None,
+               annotator: str = "") -> Decision:
+        return self.log.record(index, action, label, annotator, self.log.version())
+
+    def undo(self, decision_id: int, annotator: str = "") -> Decision:
+        return self.log.undo(decision_id, annotator, self.log.version())
+
+    # -- the model -------------------------------------------------------------------------
+    def edits(self) -> tuple[list[int], dict[int, int]]:
+        """(removed indices, {index: new label}) from the active decisions."""
+        e = self.log.edits()
+        return sorted(i for i, y in e.items() if y is REMOVED), \
+            {i: y for i, y in sorted(e.items()) if y is not REMOVED}
+
+    def state(self, full_refresh: bool = False) -> AuditState:
+        """The current model and its refreshed predictions / suspects (cached by edits)."""
+        version = self.log.version()
+        remove, relabel = self.edits()
+        key = (tuple(remove), tuple(relabel.items()), full_refresh)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return dataclasses.replace(self._cache[key], version=version)
+        state = self._compute(version, remove, relabel, full_refresh)
+        self._cache[key] = state
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return state
+
+    def model_delta(self, remove: list[int], relabel: dict[int, int]) -> torch.Tensor:
+        """(p,) the batched Newton step (plus refinement) for these edits, from the base."""
+        delta = newton_step(self.curvature, self.task, self.train, remove, relabel,
+                            weight_decay=self.weight_decay)
+        if self.refine_steps and delta.any():
+            delta = refine(self.curvature, self.task, self.train, delta, remove, relabel,
+                           steps=self.refine_steps)
+        return delta
+
+    def _compute(self, version: int, remove: list[int], relabel: dict[int, int],
+                 full_refresh: bool) -> AuditState:
+        seconds, start = {}, time.perf_counter()
+        delta = self.model_delta(remove, relabel)
+        model = updated_model(self.curvature, delta)
+        seconds["newton_step"] = time.perf_counter() - start
+        labels = self.train.labels.clone()
+        for i, y in relabel.items():
+            labels[i] = y
+        removed = torch.zeros(len(labels), dtype=torch.bool)
+        removed[torch.tensor(remove, dtype=torch.long)] = True
+        start = time.perf_counter()
+        test_logits = _logits(model, self.problem.test)
+        seconds["predictions"] = time.perf_counter() - start
+        curv, notes = rebind(self.curvature, model), APPROXIMATIONS
+        if full_refresh:
+            start = time.perf_counter()
+            curv = self._refit(model, labels, removed)
+            seconds["refit"] = time.perf_counter() - start
+            notes = APPROXIMATIONS[:1]
+        start = time.perf_counter()
+        edited = self.train.with_labels(labels)
+        remaining = self.suspects[~removed[self.suspects]]
+        scores = self_influence(curv, self.task, edited, indices=remaining)
+        order = torch.argsort(scores, descending=True)
+        losses = _losses(model, self.task, edited, remaining[order])
+        seconds["self_influence"] = time.perf_counter() - start
+        return AuditState(version, model, delta, labels, removed, test_logits, remaining[order],
+                          scores[order], losses, seconds, notes)
+
+    def _refit(self, model: nn.Module, labels: torch.Tensor, removed: torch.Tensor) -> Curvature:
+        keep = torch.nonzero(~removed)[:, 0]
+        data = subset(self.train.with_labels(labels), keep)
+        tracked = rebind(self.curvature, model).tracked
+        return fit_curvature(self.curvature.name, tracked, self.task, data)
+
+    # -- export ----------------------------------------------------------------------------
+    def export(self, folder: str | Path) -> tuple[Path, Path]:
+        """Write labels.csv (the cleaned label file) and model.pt (the updated state_dict)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        csv_path = self.log.export_csv(folder / "labels.csv")  # original = as trained on
+        ckpt = folder / "model.pt"
+        tmp = folder / "model.pt.tmp"
+        torch.save(self.state().model.state_dict(), tmp)
+        tmp.replace(ckpt)
+        return csv_path, ckpt
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, data: ImageDataset) -> torch.Tensor:
+    dtype = next(model.parameters()).dtype
+    return torch.cat([model(x.to(dtype)) for x, _, _ in data.batches(512)])
+
+
+@torch.no_grad()
+def _losses(model: nn.Module, task: Task, data: ImageDataset, indices: torch.Tensor) -> torch.Tensor:
+    dtype = next(model.parameters()).dtype
+    out = [task.loss(model(x.to(dtype)), y) for x, y, _ in data.batches(512, indices)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def subset(data: ImageDataset, indices: torch.Tensor) -> ImageDataset:
+    """The examples at `indices` as a dataset of their own (in-memory or lazy)."""
+    indices = torch.as_tensor(indices, dtype=torch.long)
+    labels = data.labels[indices]
+    original = data.original_labels[indices]
+    if data.pixels is not None:
+        return dataclasses.replace(data, pixels=data.pixels[indices], labels=labels,
+                                   original_labels=original)
+    keep = indices.tolist()
+    return dataclasses.replace(data, loader=lambda i: data.loader(keep[i]), labels=labels,
+                               original_labels=original)
+
+
+def default_log_path(problem: object) -> Path:
+    """artifacts/decisions/<checkpoint folder>.db: one log per trained model."""
+    from .config import artifacts_root
+
+    return artifacts_root() / "decisions" / f"{Path(problem.checkpoint).parent.name}.db"
+
+
+def open_session(
+    problem: object, method: str = "ekfac", log_path: str | Path | None = None,
+    progress: Progress = silent, damping_factor: float = UNLEARNING_DAMPING, **kwargs: object,
+) -> AuditSession:
+    """Fit `method`'s curvature on the base model and open (or create) its decision log.
+
+    The damping (x mean eigenvalue) is far larger than attribution's 0.1: a Newton step with
+    0.1 overshoots by orders of magnitude on an SGD-trained network (verify-unlearning)."""
+    task = ClassificationTask()
+    cfg = CURVATURE_CONFIGS[method](damping_factor=damping_factor) if method != "identity" \
+        else None
+    curv = fit_curvature(method, TrackedModel(problem.model), task, problem.train, cfg,
+                         progress=progress)
+    log = DecisionLog(log_path or default_log_path(problem), problem.train.labels,
+                      problem.train.num_classes)
+    return AuditSession(problem, curv, log, task, **kwargs)

@@ -1,0 +1,104 @@
+"""`python -m influence_core unlearn` and `verify-unlearning` (issue 5), registered in cli.COMMANDS.
+
+  unlearn --remove 1,2,3 --relabel 7:3 8:1 [--undo ID] [--export DIR]: record the decisions in
+      the model's decision log (committed first), then print the updated model's summary.
+  verify-unlearning: Newton step vs real retraining; writes JSON and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .progress import tqdm_progress
+
+
+def _ints(text: str | None) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()] if text else []
+
+
+def _pairs(items: list[str] | None) -> list[tuple[int, int]]:
+    out = []
+    for item in items or []:
+        for pair in filter(None, item.split(",")):
+            index, _, label = pair.partition(":")
+            if not label:
+                raise ValueError(f"--relabel takes INDEX:LABEL, got {pair!r}")
+            out.append((int(index), int(label)))
+    return out
+
+
+def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
+    from .cli import _add_problem_args
+
+    _add_problem_args(p)
+    p.add_argument("--remove", default=None, help="training indices to remove: 1,2,3")
+    p.add_argument("--relabel", nargs="*", default=None, help="INDEX:LABEL pairs: 7:3 8:1")
+    p.add_argument("--keep", default=None, help="indices reviewed and kept as they are")
+    p.add_argument("--undo", default=None, help="decision ids to undo: 4,5")
+    p.add_argument("--annotator", default="cli")
+    p.add_argument("--method", default="ekfac", help="curvature: ekfac | kfac | exact | lissa")
+    p.add_argument("--log", default=None, help="decision log (default artifacts/decisions/)")
+    p.add_argument("--full-refresh", action="store_true", help="refit the curvature after edits")
+    p.add_argument("--export", default=None, help="folder for labels.csv and model.pt")
+
+
+def _cmd_unlearn(args: argparse.Namespace) -> int:
+    from .audit import open_session
+    from .cli import problem_from_args
+
+    problem = problem_from_args(args)
+    session = open_session(problem, args.method, args.log, tqdm_progress())
+    for i in _ints(args.remove):
+        session.record(i, "remove", annotator=args.annotator)
+    for i, y in _pairs(args.relabel):
+        session.record(i, "relabel", y, annotator=args.annotator)
+    for i in _ints(args.keep):
+        session.record(i, "keep", annotator=args.annotator)
+    for d in _ints(args.undo):
+        session.undo(d, annotator=args.annotator)
+    state = session.state(full_refresh=args.full_refresh)
+    accuracy = float((state.test_logits.argmax(1) == problem.test.labels).float().mean())
+    print(json.dumps({
+        "log": str(session.log.path), "model_version": state.version,
+        "removed": int(state.removed.sum()), "relabelled": len(session.edits()[1]),
+        "test_accuracy": round(accuracy, 4), "base_test_accuracy": problem.meta["test_accuracy"],
+        "seconds": {k: round(v, 4) for k, v in state.seconds.items()},
+        "top_suspects": state.suspects[:10].tolist(), "approximations": state.approximations,
+    }, indent=1))
+    if args.export:
+        csv_path, ckpt = session.export(args.export)
+        print(f"labels: {csv_path}\ncheckpoint: {ckpt}")
+    return 0
+
+
+def _add_verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--model", default="mlp")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--curvature", default="ekfac")
+    p.add_argument("--experiments", default="remove,relabel", help="remove,relabel")
+    p.add_argument("--no-extra-sets", action="store_true", help="headline removal set only")
+    p.add_argument("--no-noise-floor", action="store_true", help="skip the seed-1 retraining")
+    p.add_argument("--full-refine", action="store_true", help="also full-objective refinement")
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import VerifyConfig, markdown_table, verify_unlearning
+
+    cfg = VerifyConfig(dataset=args.dataset, model=args.model, curvature=args.curvature,
+                       experiments=tuple(args.experiments.split(",")),
+                       extra_sets=not args.no_extra_sets, noise_floor=not args.no_noise_floor,
+                       full_refine=args.full_refine)
+    result = verify_unlearning(cfg, args.data_root, tqdm_progress())
+    print(markdown_table(result))
+    print(f"json: {result['path']}")
+    return 0
+
+
+COMMANDS = {
+    "unlearn": (_cmd_unlearn, _add_unlearn_args,
+                "record remove/relabel/keep/undo decisions and update the model (Newton step)"),
+    "verify-unlearning": (_cmd_verify, _add_verify_args,
+                          "Newton-step unlearning vs real retraining (JSON + table)"),
+}
