@@ -41,7 +41,11 @@ class TrackedModel:
 
     def __init__(self, model: nn.Module, layers: list[str] | None = None) -> None:
         self.model = model.eval()
-        available = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+        bypassed = {  # MultiheadAttention calls F.linear on out_proj's weight: no hook fires
+            f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+        }
+        available = {n: m for n, m in model.named_modules()
+                     if isinstance(m, (nn.Linear, nn.Conv2d)) and n not in bypassed}
         if layers:
             named = dict(model.named_modules())
             for n in layers:

@@ -167,3 +167,31 @@ def test_untrackable_layer_is_refused() -> None:
     with pytest.raises(UnsupportedLayerError, match="no layer named"):
         TrackedModel(model, layers=["nope"])
     assert list(TrackedModel(model, layers=["3"]).modules) == ["3"]  # the rest stays frozen
+
+
+def test_attention_projections_are_left_frozen() -> None:
+    """nn.MultiheadAttention bypasses its out_proj's forward, so it cannot be tracked; the
+    surrounding Linear layers are, and their (B, S, d) inputs count S positions."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.attn(x, x, x)[0]
+            return self.head(h).mean(1)
+
+    torch.manual_seed(0)
+    model = Block().double()
+    tracked = TrackedModel(model)
+    assert list(tracked.modules) == ["head"]
+    data = tensor_dataset(torch.randn(6, 1, 5, 4, dtype=torch.float64), torch.arange(6) % 3, 3)
+    data.tensor = lambda idx: torch.randn(6, 5, 4, dtype=torch.float64,
+                                          generator=torch.Generator().manual_seed(0))[idx]
+    exact = fit_curvature("exact", tracked, ClassificationTask(), data, ExactConfig(damping=1e-2))
+    g = dense_gauss_newton(tracked, data)
+    v = torch.randn(2, tracked.num_params, dtype=torch.float64)
+    want = torch.linalg.solve(g + 1e-2 * torch.eye(len(g), dtype=g.dtype), v.T).T
+    assert rel_err(exact.ihvp(v), want) < EXACT_TOL
