@@ -184,6 +184,8 @@ def estimator_scores(model: torch.nn.Module, train: object, query_x: torch.Tenso
     tracked, task = TrackedModel(model), ClassificationTask("margin")
     out = {}
     for method in methods:
+        if method == "index":  # scored from the precomputed index in run_lds
+            continue
         if method == "exact" and tracked.num_params > ExactConfig().max_params:
             continue
         try:

@@ -31,7 +31,13 @@ from .registry import Problem
 from .task import ClassificationTask, margin
 from .training import predict_logits, train_model
 
-#: The default suspect ranking (evidence: reports/mislabel_*.md, `evaluate mislabel`).
+#: The default suspect ranking: rank mean of the 5-fold out-of-sample loss and the loss summed
+#: over 5 trajectory snapshots. Fraction of flips found at top 10% / 20% (10% noise, `evaluate
+#: mislabel`), this vs cleanlab vs EK-FAC self-influence:
+#:   digits/mlp regular      0.951/0.993  0.917/0.993  0.944/0.986
+#:   digits/mlp memorising   0.924/0.993  0.882/0.993  0.715/0.910  (200 epochs, no wd)
+#:   mnist/mlp regular       0.966/1.000  0.956/1.000  0.780/1.000
+#:   mnist/mlp memorising    0.937/0.996  0.859/0.988  0.627/0.841  (12k subset, 40 ep, no wd)
 DEFAULT_SIGNAL = "cv_loss+checkpoint_loss"
 
 
