@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import artifacts_root, recipe
-from .evaluation import BUDGETS, detection_summary, lds, write_report
+from .evaluation import BUDGETS, detection_summary, write_report
 from .progress import Progress, silent, tqdm_progress
 
 REGIMES = {  # name -> recipe overrides; memorising = long training, no weight decay
@@ -91,14 +91,16 @@ def _curve(suspect: torch.Tensor, flipped: torch.Tensor) -> list[float]:
 def mislabel_markdown(result: dict) -> str:
     cols = [f"top {float(b):.0%}" for b in BUDGETS]
     head = f"| ranking | {' | '.join(cols)} | AUROC | AUPRC |"
-    lines = [
-        f"Mislabel detection: {result['config']['dataset']}/{result['config']['model']}, "
-        f"noise {result['config']['noise']}, epochs {result['config']['epochs']}, weight decay "
-        f"{result['config']['weight_decay']}, n = {result['n_train']} "
+    c = result["config"]
+    title = (
+        f"Mislabel detection: {c['dataset']}/{c['model']}, "
+        f"noise {c['noise']}, epochs {c['epochs']}, weight decay "
+        f"{c['weight_decay']}, n = {result['n_train']} "
         f"({result['n_flipped']} flipped; the model fits {result['flips_fitted']:.0%} of flips, "
         f"test accuracy {result['test_accuracy']:.3f}; cleanlab flags {result['cleanlab_flagged']})."
-        f" Default suspect ranking: `{result['default_signal']}`.", "",
-        head, "|" + "---|" * (len(cols) + 3)]
+        f" Default suspect ranking: `{result['default_signal']}`.")
+    lines = [
+        title, "", head, "|" + "---|" * (len(cols) + 3)]
     ordered = sorted(result["rankings"].items(), key=lambda kv: -kv[1]["curve"]["0.20"])
     for name, r in ordered:
         vals = " | ".join(f"{v:.3f}" for v in r["curve"].values())
@@ -109,23 +111,23 @@ def mislabel_markdown(result: dict) -> str:
 def mislabel_figure(result: dict):
     import plotly.graph_objects as go
 
-    fig = go.Figure()
+    fig, c = go.Figure(), result["config"]
     x = np.linspace(0, 1, 101).tolist()
     for name, ys in result["_curves"].items():
         fig.add_trace(go.Scatter(x=x, y=ys, name=name, mode="lines"))
     fig.update_layout(xaxis_title="fraction of training set inspected",
                       yaxis_title="fraction of flipped labels found",
-                      title=f"Mislabel detection ({result['config']['dataset']}, "
-                            f"{result['config']['epochs']} epochs, wd {result['config']['weight_decay']})")
+                      title=f"Mislabel detection ({c['dataset']}, "
+                            f"{c['epochs']} epochs, wd {c['weight_decay']})")
     return fig
 
 
 def lds_markdown(result: dict) -> str:
     c = result["config"]
-    lines = [f"LDS: {c['dataset']}/{c['model']} ({c['epochs']} epochs), "
+    title = (f"LDS: {c['dataset']}/{c['model']} ({c['epochs']} epochs), "
              f"{result['subsets_used']} of {result['subsets_requested']} subsets retrained, "
-             f"alpha {result['alpha']}, {result['queries']} queries, margin measurement.", "",
-             "| estimator | LDS |", "|---|---|"]
+             f"alpha {result['alpha']}, {result['queries']} queries, margin measurement.")
+    lines = [title, "", "| estimator | LDS |", "|---|---|"]
     for name, v in sorted(result["lds"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {name} | {v:.3f} |")
     return "\n".join(lines) + "\n"
@@ -166,7 +168,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--methods", default="exact,ekfac,kfac,lissa,identity,index")
 
 
-QUICK = dict(subsets=20, queries=360, methods=("ekfac", "kfac", "identity"), folds=3, snapshots=3)
+QUICK = {"subsets": 20, "queries": 360, "methods": ("ekfac", "kfac", "identity"), "folds": 3,
+         "snapshots": 3}
 
 
 def run_quick(out: Path, data_root: str | None = None, progress: Progress = silent) -> dict:

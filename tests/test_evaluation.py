@@ -63,7 +63,7 @@ def test_suspect_combinations() -> None:
     assert torch.equal(combine("a+b", base, labels), rank_mean(scores, -scores))
 
 
-def test_reports_round_trip(tmp_path) -> None:  # noqa: ANN001
+def test_reports_round_trip(tmp_path) -> None:
     import plotly.graph_objects as go
 
     from influence_core.evaluation import write_report
@@ -102,7 +102,7 @@ QUICK_TOL = 0.05  # thread count and BLAS order move LDS by ~0.01 and detection 
 
 
 @pytest.mark.slow  # about a minute on 2 idle cores (25 small trainings): `pytest -m slow`
-def test_quick_regression_guard(artifacts_home, tmp_path) -> None:  # noqa: ANN001
+def test_quick_regression_guard(artifacts_home, tmp_path) -> None:
     from influence_core.cli import main
 
     assert main(["evaluate", "quick", "--out", str(tmp_path)]) == 0
