@@ -175,6 +175,15 @@ QUICK = {"subsets": 20, "queries": 360, "methods": ("ekfac", "kfac", "identity")
 def run_quick(out: Path, data_root: str | None = None, progress: Progress = silent) -> dict:
     """digits/mlp in minutes: regular-regime mislabel detection (3 folds, 3 snapshots) and LDS
     on 20 subsets, without Kronfluence; the headline numbers go to result['pinned']."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models are dispatch-bound: 1 thread is ~5x faster on 2 cores
+    try:
+        return _quick(out, data_root, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _quick(out: Path, data_root: str | None, progress: Progress) -> dict:
     from .suspects import DEFAULT_SIGNAL
 
     mis = run_mislabel(mislabel_config("digits", "mlp", 0.1, "regular"), data_root, False,

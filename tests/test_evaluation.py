@@ -101,7 +101,7 @@ QUICK_PINNED = {
 QUICK_TOL = 0.05  # thread count and BLAS order move LDS by ~0.01 and detection by ~1 flip in 144
 
 
-@pytest.mark.slow  # about a minute on 2 idle cores (25 small trainings): `pytest -m slow`
+# ~25 s cold on 2 shared cores (25 small trainings, run on 1 thread by run_quick)
 def test_quick_regression_guard(artifacts_home, tmp_path) -> None:
     from influence_core.cli import main
 
