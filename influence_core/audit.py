@@ -38,7 +38,7 @@ from .task import ClassificationTask, Task
 from .unlearning import newton_step, rebind, refine, updated_model
 
 CACHE_SIZE = 8
-UNLEARNING_DAMPING = 100.0  # x mean eigenvalue, from the digits/mlp sweep (README)
+UNLEARNING_DAMPING = 1000.0  # x the recipe's weight decay (absolute lambda); verify.py calibration
 
 APPROXIMATIONS = (
     "Newton step: one second-order step from the base model (first order in the edit)",
@@ -67,8 +67,8 @@ class AuditSession:
     """Problem + fitted curvature + decision log -> the current model, cached per version.
 
     `suspects` are the training indices whose self-influence ranking is refreshed (default:
-    all of them; pass the flagged candidates on large sets). `refine_steps` > 0 adds local
-    damped Newton steps (unlearning.refine) to every update. `weight_decay` (default: the
+    all of them; pass the flagged candidates on large sets). `refine_steps` > 0 adds line-searched
+    steps on the edited objective (unlearning.refine: one training pass each) to every update. `weight_decay` (default: the
     problem's training recipe) enters the removal step, see unlearning.newton_step."""
 
     def __init__(
@@ -122,7 +122,7 @@ class AuditSession:
                             weight_decay=self.weight_decay)
         if self.refine_steps and delta.any():
             delta = refine(self.curvature, self.task, self.train, delta, remove, relabel,
-                           steps=self.refine_steps)
+                           steps=self.refine_steps, weight_decay=self.weight_decay)
         return delta
 
     def _compute(self, version: int, remove: list[int], relabel: dict[int, int],
@@ -209,15 +209,19 @@ def default_log_path(problem: object) -> Path:
 
 def open_session(
     problem: object, method: str = "ekfac", log_path: str | Path | None = None,
-    progress: Progress = silent, damping_factor: float = UNLEARNING_DAMPING, **kwargs: object,
+    progress: Progress = silent, damping: float | None = None, **kwargs: object,
 ) -> AuditSession:
     """Fit `method`'s curvature on the base model and open (or create) its decision log.
 
-    The damping (x mean eigenvalue) is far larger than attribution's 0.1: a Newton step with
-    0.1 overshoots by orders of magnitude on an SGD-trained network (verify-unlearning)."""
+    damping: absolute lambda of H = G + lambda I; default UNLEARNING_DAMPING x the recipe's
+    weight decay (1e-3 if none), calibrated by verify-unlearning on held-out removal sets of
+    digits/mlp. lambda = weight decay alone (the objective's own curvature) makes the step
+    14x worse than doing nothing there (unlearning.py)."""
     task = ClassificationTask()
-    cfg = CURVATURE_CONFIGS[method](damping_factor=damping_factor) if method != "identity" \
-        else None
+    if damping is None:
+        wd = getattr(getattr(problem, "config", None), "weight_decay", 0.0) or 1e-3
+        damping = UNLEARNING_DAMPING * wd
+    cfg = CURVATURE_CONFIGS[method](damping=damping) if method != "identity" else None
     curv = fit_curvature(method, TrackedModel(problem.model), task, problem.train, cfg,
                          progress=progress)
     log = DecisionLog(log_path or default_log_path(problem), problem.train.labels,

@@ -1,17 +1,29 @@
 """verify-unlearning: Newton-step unlearning against real retraining (same init and schedule).
 
-Removal: the top `removal_fraction` most self-influential training points, plus further
-removal sets (top 0.5% / 2%, random 1%) for the Pearson correlation of predicted and actual
-test-loss change. Repair: every flipped label of a `noise` run set back; the retrained model is
-the clean-label model with the same seed. For each, Newton step, refined Newton step and doing
-nothing are compared with the retrained model: mean KL(retrained || model) of test
-predictions, agreement of test predictions, test accuracy. The noise floor is two retrainings
-of the same edited data with seeds 0 and 1.
+Damping: calibrated, never tuned on the reported sets. The Newton step uses H = G + lambda I with
+an ABSOLUTE lambda = c x weight_decay (the training objective's curvature is G + wd I, so
+lambda >= wd). c is picked from `damping_grid` by the geometric mean of KL(nothing) / KL(newton)
+on three held-out removal sets (self-influence ranks 2-3%, 30% of class 3, a random 2%), disjoint
+from every reported set. On digits/mlp lambda = wd (c = 1) makes the step 14x WORSE than doing
+nothing (flat directions of G that 690 SGD steps never converged are amplified 1/wd-fold);
+the colleague's 100 x mean eigenvalue (per layer) helped the top-1% set (the one it was swept
+on) but was worse than nothing on all three held-out sets; the calibration picks c = 300-1000.
+
+Removal sets, reported: the top 0.5 / 1 / 2% most self-influential points (ranked with the
+attribution default damping), the 2% least self-influential, random 1% and 4%, and 30% of
+class 7. Pearson: predicted test-loss change delta . grad(mean test loss) against the actual
+change, averaged over retraining seeds 0 and 1 (each against its own full-data model) to damp
+retraining noise. Repair: every flipped label of a `noise` run set back; the retrained model
+is the clean-label model with the same seed. For each, Newton step, refined Newton step
+(unlearning.refine: line search on the edited objective J, also reported) and doing nothing are
+compared with the retrained model: mean KL(retrained || model) of test predictions, agreement,
+test accuracy. The noise floor is two retrainings of the same edited data with seeds 0 and 1.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -28,9 +40,10 @@ from .progress import Progress, silent
 from .registry import Problem, load_problem
 from .task import ClassificationTask
 from .training import predict_logits, train_model
-from .unlearning import newton_step, refine, updated_model
+from .unlearning import edited_objective, newton_step, refine, updated_model
 
 EXPERIMENTS = ("remove", "relabel")
+MODELS = ("nothing", "newton", "refined", "refined_full", "retrained", "noise_floor")
 
 
 @dataclass(frozen=True)
@@ -38,12 +51,13 @@ class VerifyConfig:
     dataset: str = "digits"
     model: str = "mlp"
     curvature: str = "ekfac"
-    damping_factor: float = 100.0  # x mean eigenvalue; 0.1 (the attribution default) overshoots
+    damping: float | None = None  # absolute lambda; None: calibrated on held-out sets
+    damping_grid: tuple[float, ...] = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0)  # x weight decay
     removal_fraction: float = 0.01  # the headline removal set: top 1% self-influence
-    extra_sets: bool = True  # top 0.5% / 2% and random 1% removals for the Pearson
+    extra_sets: bool = True  # the other reported removal sets (Pearson needs them)
     noise: float = 0.1  # label-repair run
-    refine_steps: int = 3  # local damped Newton steps (unlearning.refine)
-    full_refine: bool = False  # also report full-objective refinement (a data pass per step)
+    refine_steps: int = 3  # line-searched steps on the edited objective (unlearning.refine)
+    full_refine: bool = False  # also refine to convergence (up to 20 steps): refined_full
     noise_floor: bool = True  # retrain the edited data with seed 1
     experiments: tuple[str, ...] = EXPERIMENTS
     latency_repeats: int = 20
@@ -62,10 +76,10 @@ def compare(model: nn.Module, retrained_logits: torch.Tensor, problem: Problem) 
     }
 
 
-def _fit(cfg: VerifyConfig, problem: Problem, progress: Progress):
-    curv_cfg = CURVATURE_CONFIGS[cfg.curvature](damping_factor=cfg.damping_factor)
+def _fit(cfg: VerifyConfig, problem: Problem, damping: float | None, progress: Progress):
+    kwargs = {} if damping is None else {"damping": damping}  # None: attribution default
     return fit_curvature(cfg.curvature, TrackedModel(problem.model), ClassificationTask(),
-                         problem.train, curv_cfg, progress)
+                         problem.train, CURVATURE_CONFIGS[cfg.curvature](**kwargs), progress)
 
 
 def _retrain(problem: Problem, labels: torch.Tensor, keep: torch.Tensor | None, seed: int,
@@ -76,73 +90,152 @@ def _retrain(problem: Problem, labels: torch.Tensor, keep: torch.Tensor | None, 
     return train_model(model, problem.train.with_labels(labels), cfg, keep, progress).eval()
 
 
+def _objective(model: nn.Module, problem: Problem, remove: list[int], relabel: dict) -> float:
+    wd = problem.config.weight_decay
+    return edited_objective(TrackedModel(model), ClassificationTask(), problem.train, remove,
+                            relabel, wd)[0]
+
+
 def _unlearned(curv, task, problem: Problem, cfg: VerifyConfig, remove: list[int],
-               relabel: dict[int, int]) -> dict[str, nn.Module]:
+               relabel: dict[int, int]) -> tuple[dict[str, nn.Module], torch.Tensor]:
     wd = problem.config.weight_decay
     delta = newton_step(curv, task, problem.train, remove, relabel, weight_decay=wd)
     models = {"nothing": problem.model, "newton": updated_model(curv, delta)}
-    if cfg.refine_steps:
-        refined = refine(curv, task, problem.train, delta, remove, relabel, cfg.refine_steps)
-        models["refined"] = updated_model(curv, refined)
-    if cfg.full_refine:
-        refined = refine(curv, task, problem.train, delta, remove, relabel, cfg.refine_steps,
-                         mode="full", weight_decay=wd)
-        models["refined_full"] = updated_model(curv, refined)
-    return models
+    for name, steps in (("refined", cfg.refine_steps), ("refined_full", 20 * cfg.full_refine)):
+        if steps:
+            refined = refine(curv, task, problem.train, delta, remove, relabel, steps,
+                             weight_decay=wd)
+            models[name] = updated_model(curv, refined)
+    return models, delta
+
+
+def _keep(n: int, removed: torch.Tensor) -> torch.Tensor:
+    return torch.nonzero(~torch.isin(torch.arange(n), removed))[:, 0]
+
+
+def _removal_sets(problem: Problem, order: torch.Tensor, cfg: VerifyConfig):
+    """(calibration sets, reported sets): index tensors, every reported set disjoint from every
+    calibration set. `order`: training indices, most self-influential first."""
+    n, k = len(problem.train), max(1, round(cfg.removal_fraction * len(problem.train)))
+    gen = torch.Generator().manual_seed(0)
+    labels = problem.train.labels
+
+    def draw(pool: torch.Tensor, size: int) -> torch.Tensor:
+        return pool[torch.randperm(len(pool), generator=gen)[:size]]
+
+    top3 = order[: 3 * k]
+    class3 = draw(_keep(n, top3)[labels[_keep(n, top3)] == 3], int(0.3 * (labels == 3).sum()))
+    calibration = {"ranks_2_3pct": order[2 * k: 3 * k], "class3_30pct": class3}
+    calibration["random_2pct"] = draw(_keep(n, torch.cat([top3, class3])), 2 * k)
+    held = torch.cat(list(calibration.values()))
+    free = _keep(n, held)
+    reported = {"top": order[:k]}
+    if cfg.extra_sets:
+        class7 = free[labels[free] == 7]
+        reported |= {"top_half": order[: max(1, k // 2)], "top_double": order[: 2 * k],
+                     "bottom_double": order[-2 * k:], "random": draw(free, k),
+                     "random_4x": draw(free, 4 * k),
+                     "class7_30pct": draw(class7, int(0.3 * (labels == 7).sum()))}
+    return calibration, reported
+
+
+def _calibrate(cfg: VerifyConfig, problem: Problem, sets: dict, progress: Progress) -> dict:
+    """Pick lambda = c x wd from cfg.damping_grid: max geometric-mean KL(nothing)/KL(newton)
+    over the held-out `sets`."""
+    task, wd = ClassificationTask(), problem.config.weight_decay or 1e-3
+    refs = {}
+    for name, removed in sets.items():
+        keep = _keep(len(problem.train), removed)
+        refs[name] = predict_logits(_retrain(problem, problem.train.labels, keep, 0, progress),
+                                    problem.test)
+    scores = {}
+    for c in cfg.damping_grid:
+        curv = _fit(cfg, problem, c * wd, progress)
+        logs = []
+        for name, removed in sets.items():
+            delta = newton_step(curv, task, problem.train, sorted(removed.tolist()), {},
+                                weight_decay=problem.config.weight_decay)
+            nothing = compare(problem.model, refs[name], problem)["kl"]
+            logs.append(math.log(nothing / compare(updated_model(curv, delta), refs[name],
+                                                   problem)["kl"]))
+        scores[c] = math.exp(sum(logs) / len(logs))
+    best = max(scores, key=scores.get)
+    return {"damping": best * wd, "multiple_of_weight_decay": best, "sets":
+            {k: len(v) for k, v in sets.items()}, "geomean_kl_ratio": scores}
+
+
+def _loss_change_points(problem: Problem, keep: torch.Tensor, delta: torch.Tensor,
+                        test_grad: torch.Tensor, full_seed1: nn.Module, progress) -> dict:
+    base = [compare(problem.model, predict_logits(problem.model, problem.test), problem),
+            compare(full_seed1, predict_logits(full_seed1, problem.test), problem)]
+    actual = []
+    for seed in (0, 1):
+        retrained = _retrain(problem, problem.train.labels, keep, seed, progress)
+        logits = predict_logits(retrained, problem.test)
+        actual.append(compare(retrained, logits, problem)["test_loss"] - base[seed]["test_loss"])
+    return {"predicted": float(delta @ test_grad), "actual": sum(actual) / 2}
 
 
 def _removal(problem: Problem, cfg: VerifyConfig, progress: Progress) -> dict:
     task, n = ClassificationTask(), len(problem.train)
-    curv = _fit(cfg, problem, progress)
-    order = torch.argsort(self_influence(curv, task, problem.train, progress=progress), descending=True)
-    k = max(1, round(cfg.removal_fraction * n))
-    sets = {"top": order[:k]}
-    if cfg.extra_sets:
-        rand = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-        sets |= {"top_half": order[: max(1, k // 2)], "top_double": order[: 2 * k],
-                 "random": rand[:k]}
-    out, points = {"sets": {}}, {"predicted": [], "actual": []}
+    ranking = _fit(cfg, problem, None, progress)  # the attribution default ranks suspects
+    order = torch.argsort(self_influence(ranking, task, problem.train, progress=progress),
+                          descending=True)
+    calibration, sets = _removal_sets(problem, order, cfg)
+    out = {"sets": {}}
+    if cfg.damping is None:
+        out["calibration"] = _calibrate(cfg, problem, calibration, progress)
+    damping = cfg.damping if cfg.damping is not None else out["calibration"]["damping"]
+    curv = _fit(cfg, problem, damping, progress)
+    test_grad = edited_objective(curv.tracked, task, problem.test, with_grad=True)[1]
+    full_seed1 = _retrain(problem, problem.train.labels, None, 1, progress)
+    points = {}
     for name, removed in sets.items():
-        keep = torch.nonzero(~torch.isin(torch.arange(n), removed))[:, 0]
+        keep, remove = _keep(n, removed), sorted(removed.tolist())
         retrained = _retrain(problem, problem.train.labels, keep, 0, progress)
         ref = predict_logits(retrained, problem.test)
-        models = _unlearned(curv, task, problem, cfg, sorted(removed.tolist()), {})
-        row = {m: compare(model, ref, problem) for m, model in models.items()}
-        row["retrained"] = compare(retrained, ref, problem)
+        models, delta = _unlearned(curv, task, problem, cfg, remove, {})
+        models["retrained"] = retrained
+        row = {m: compare(model, ref, problem) | {"objective": _objective(model, problem, remove,
+                                                                            {})}
+               for m, model in models.items()}
         row["size"] = len(removed)
         if name == "top" and cfg.noise_floor:
             other = _retrain(problem, problem.train.labels, keep, 1, progress)
             row["noise_floor"] = compare(other, ref, problem)
         out["sets"][name] = row
-        base = row["nothing"]["test_loss"]
-        points["predicted"].append(row["newton"]["test_loss"] - base)
-        points["actual"].append(row["retrained"]["test_loss"] - base)
-    if len(points["actual"]) > 2:
-        out["pearson_test_loss_change"] = float(torch.corrcoef(torch.tensor(
-            [points["predicted"], points["actual"]]))[0, 1])
+        points[name] = _loss_change_points(problem, keep, delta, test_grad, full_seed1, progress)
+    if len(points) > 2:
+        pred = [p["predicted"] for p in points.values()]
+        act = [p["actual"] for p in points.values()]
+        out["pearson_test_loss_change"] = float(torch.corrcoef(torch.tensor([pred, act]))[0, 1])
     out["test_loss_change"] = points
-    out["latency"] = _latency(curv, task, problem, cfg, order)
+    out["damping"] = damping
+    if cfg.latency_repeats:
+        out["latency"] = _latency(curv, task, problem, cfg, order)
     return out
 
 
-def _relabel(clean: Problem, cfg: VerifyConfig, data_root: str | None, progress: Progress) -> dict:
+def _relabel(clean: Problem, cfg: VerifyConfig, damping: float | None, data_root: str | None,
+             progress: Progress) -> dict:
     task = ClassificationTask()
     noisy = load_problem(recipe(cfg.dataset, cfg.model, noise=cfg.noise), data_root,
                          progress=progress)
-    curv = _fit(cfg, noisy, progress)
+    curv = _fit(cfg, noisy, damping, progress)
     flips = torch.nonzero(noisy.flip_mask)[:, 0]
     repair = {int(i): int(clean.train.labels[i]) for i in flips}
     ref = predict_logits(clean.model, clean.test)  # clean labels, same seed = retrained
-    models = _unlearned(curv, task, noisy, cfg, [], repair)
-    row = {m: compare(model, ref, noisy) for m, model in models.items()}
-    row["retrained"] = compare(clean.model, ref, noisy)
+    models, _ = _unlearned(curv, task, noisy, cfg, [], repair)
+    models["retrained"] = clean.model
+    row = {m: compare(model, ref, noisy) | {"objective": _objective(model, noisy, [], repair)}
+           for m, model in models.items()}
     row["size"] = len(repair)
     if cfg.noise_floor:
         other = load_problem(recipe(cfg.dataset, cfg.model, seed=1), data_root, progress=progress)
         row["noise_floor"] = compare(other.model, ref, noisy)
     gain = row["retrained"]["accuracy"] - row["nothing"]["accuracy"]
     for m in models:
-        if m != "nothing":
+        if m not in ("nothing", "retrained"):
             row[m]["accuracy_recovered"] = (
                 (row[m]["accuracy"] - row["nothing"]["accuracy"]) / gain if gain else None)
     return {"sets": {"repair_flips": row}}
@@ -177,7 +270,11 @@ def verify_unlearning(cfg: VerifyConfig, data_root: str | None = None,
     if "remove" in cfg.experiments:
         result["remove"] = _removal(clean, cfg, progress)
     if "relabel" in cfg.experiments:
-        result["relabel"] = _relabel(clean, cfg, data_root, progress)
+        damping = result.get("remove", {}).get("damping", cfg.damping)
+        if damping is None:  # relabel alone: calibrate on the held-out removal sets first
+            damping = _removal(clean, VerifyConfig(**(asdict(cfg) | {"extra_sets": False,
+                               "latency_repeats": 0, "refine_steps": 0})), progress)["damping"]
+        result["relabel"] = _relabel(clean, cfg, damping, data_root, progress)
     folder = artifacts_root() / "verify"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"unlearning-{cfg.dataset}-{cfg.model}.json"
@@ -187,22 +284,29 @@ def verify_unlearning(cfg: VerifyConfig, data_root: str | None = None,
 
 
 def markdown_table(result: dict) -> str:
-    """One row per (experiment, set, model): KL, agreement, accuracy, accuracy recovered."""
-    lines = ["| experiment | set (size) | model | KL to retrained | agreement | test acc | "
-             "acc recovered |", "|---|---|---|---|---|---|---|"]
+    """One row per (experiment, set, model): KL, KL(nothing) / KL, agreement, accuracy, accuracy
+    recovered, edited objective J; then the calibration, Pearson and latency."""
+    header = ("| experiment | set (size) | model | KL to retrained | KL ratio | agreement | "
+              "test acc | acc recovered | objective J |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for exp in EXPERIMENTS:
         for name, row in result.get(exp, {}).get("sets", {}).items():
-            for m in ("nothing", "newton", "refined", "refined_full", "retrained", "noise_floor"):
-                if m in row:
-                    r = row[m]
-                    rec = r.get("accuracy_recovered")
-                    lines.append(f"| {exp} | {name} ({row['size']}) | {m} | {r['kl']:.5f} | "
-                                 f"{r['agreement']:.4f} | {r['accuracy']:.4f} | "
-                                 f"{'' if rec is None else f'{rec:.2f}'} |")
+            for m in (m for m in MODELS if m in row):
+                r, rec, obj = row[m], row[m].get("accuracy_recovered"), row[m].get("objective")
+                ratio = row["nothing"]["kl"] / r["kl"] if r["kl"] > 0 else float("inf")
+                lines.append(f"| {exp} | {name} ({row['size']}) | {m} | {r['kl']:.5f} | "
+                             f"{ratio:.2f} | {r['agreement']:.4f} | {r['accuracy']:.4f} | "
+                             f"{'' if rec is None else f'{rec:.2f}'} | "
+                             f"{'' if obj is None else f'{obj:.5f}'} |")
     rem = result.get("remove", {})
+    if "calibration" in rem:
+        cal = rem["calibration"]
+        lines.append(f"\nDamping {rem['damping']:.4g} = {cal['multiple_of_weight_decay']:g} x "
+                     f"weight decay, calibrated on held-out sets {cal['sets']}: geomean KL ratio "
+                     + ", ".join(f"{c:g}x: {v:.3f}" for c, v in cal["geomean_kl_ratio"].items()))
     if "pearson_test_loss_change" in rem:
-        lines.append(f"\nPearson(predicted, actual test-loss change) over "
-                     f"{len(rem['sets'])} removal sets: {rem['pearson_test_loss_change']:.3f}")
+        lines.append(f"Pearson(predicted delta . grad test loss, actual change, mean of seeds 0/1)"
+                     f" over {len(rem['sets'])} removal sets: {rem['pearson_test_loss_change']:.3f}")
     if "latency" in rem:
         lines.append("Latency (median s): " + ", ".join(
             f"{k} {v:.4f}" for k, v in rem["latency"].items()))
