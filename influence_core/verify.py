@@ -176,6 +176,10 @@ def _loss_change_points(problem: Problem, keep: torch.Tensor, delta: torch.Tenso
     return {"predicted": float(delta @ test_grad), "actual": sum(actual) / 2}
 
 
+def _pearson(a: list[float], b: list[float]) -> float:
+    return float(torch.corrcoef(torch.tensor([a, b], dtype=torch.float64))[0, 1])
+
+
 def _removal(problem: Problem, cfg: VerifyConfig, progress: Progress) -> dict:
     task, n = ClassificationTask(), len(problem.train)
     ranking = _fit(cfg, problem, None, progress)  # the attribution default ranks suspects
@@ -208,7 +212,10 @@ def _removal(problem: Problem, cfg: VerifyConfig, progress: Progress) -> dict:
     if len(points) > 2:
         pred = [p["predicted"] for p in points.values()]
         act = [p["actual"] for p in points.values()]
-        out["pearson_test_loss_change"] = float(torch.corrcoef(torch.tensor([pred, act]))[0, 1])
+        out["pearson_test_loss_change"] = _pearson(pred, act)
+        out["pearson_by_model"] = {m: _pearson([r[m]["test_loss"] - r["nothing"]["test_loss"]
+                                                for r in out["sets"].values()], act)
+                                   for m in ("newton", "refined", "refined_full") if m in row}
     out["test_loss_change"] = points
     out["damping"] = damping
     if cfg.latency_repeats:
@@ -306,7 +313,9 @@ def markdown_table(result: dict) -> str:
                      + ", ".join(f"{c:g}x: {v:.3f}" for c, v in cal["geomean_kl_ratio"].items()))
     if "pearson_test_loss_change" in rem:
         lines.append(f"Pearson(predicted delta . grad test loss, actual change, mean of seeds 0/1)"
-                     f" over {len(rem['sets'])} removal sets: {rem['pearson_test_loss_change']:.3f}")
+                     f" over {len(rem['sets'])} removal sets: {rem['pearson_test_loss_change']:.3f}"
+                     "; each model's own test-loss change: " + ", ".join(
+                         f"{m} {v:.3f}" for m, v in rem.get("pearson_by_model", {}).items()))
     if "latency" in rem:
         lines.append("Latency (median s): " + ", ".join(
             f"{k} {v:.4f}" for k, v in rem["latency"].items()))
