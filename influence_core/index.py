@@ -33,7 +33,7 @@ Pairs = list[tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass(frozen=True)
 class IndexConfig:
-    dim: int = 1024  # eigen-directions kept over all layers (index width)
+    dim: int = 8192  # eigen-directions kept over all layers (index width; see README)
     dtype: str = "float16"  # stored precision: float16 | float32
     shard_size: int = 4096  # training examples per resumable (and distributed) shard
     batch_size: int = 512  # examples per forward/backward in the scoring pass
