@@ -129,8 +129,9 @@ def load_index(
     (e.g. {"method": "ekfac"}), differs from the manifest."""
     folder = Path(folder)
     manifest = check_manifest(folder, {"model_hash": model_hash(model), **(expected or {})})
-    dtype = next(model.parameters()).dtype
-    projection = EigenProjection.from_tensors(load_tensors(folder / "factors.safetensors"), dtype)
+    model_dtype = next(model.parameters()).dtype
+    projection = EigenProjection.from_tensors(load_tensors(folder / "factors.safetensors"),
+                                              model_dtype)
     tracked = TrackedModel(model, manifest["layers"])
     arrays = {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
     if "index" not in arrays:
