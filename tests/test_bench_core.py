@@ -1,0 +1,55 @@
+"""The core benchmark's pieces on digits: our EK-FAC self-influence agrees with Kronfluence's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from influence_core import load_problem, recipe
+from influence_core.bench_core import format_table, subset, time_kronfluence, time_ours
+
+AGREEMENT = 0.95  # Spearman of self-influence, ours vs Kronfluence (both sampled true Fisher)
+
+
+@pytest.fixture(scope="module")
+def digits_problem(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("INFLUENCE_AUDIT_HOME", str(tmp_path_factory.mktemp("home")))
+    yield load_problem(recipe("digits", "mlp"))
+    mp.undo()
+
+
+def test_subset_keeps_examples_and_labels(digits_problem) -> None:
+    train = digits_problem.train
+    idx = torch.tensor([5, 1, 700])
+    small = subset(train, idx)
+    assert len(small) == 3
+    assert torch.equal(small.labels, train.labels[idx])
+    assert torch.equal(small.tensor(slice(None)), train.tensor(idx))
+
+
+def test_self_influence_agrees_with_kronfluence(digits_problem) -> None:
+    pytest.importorskip("kronfluence")
+    small = subset(digits_problem.train, torch.arange(512))
+    ours = time_ours(digits_problem.model, small, 128)
+    theirs = time_kronfluence(digits_problem.model, small, 128)
+    rho = spearmanr(ours["scores"].numpy(), theirs["scores"].numpy())[0]
+    assert rho >= AGREEMENT, rho
+    assert ours["fit_s"] > 0 and theirs["fit_s"] > 0
+
+
+def test_table_lists_every_estimator() -> None:
+    run = {"fit_s": 1.0, "self_s": 2.0, "epochs_worth": 3.0}
+    report = {
+        "threads": 2, "batch_size": 512,
+        "mnist_cnn": {"full": {"n": 60000, **run},
+                      "subset": {"n": 4096, "epoch_s": 1.0, "ours": run, "kronfluence": run,
+                                 "ratio_ours_over_kronfluence": 1.0,
+                                 "spearman_self_influence": 0.99}},
+        "digits_mlp_ihvp_error": {"num_params": 10, "damping": 0.1, "probes": 2, "ekfac": 0.1,
+                                  "kfac": 0.2, "identity": 0.9, "lissa_by_depth": {10: 0.5}},
+    }
+    table = format_table(report)
+    for word in ("Kronfluence", "ekfac", "kfac", "identity", "lissa depth 10"):
+        assert word in table
