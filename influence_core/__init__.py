@@ -26,6 +26,12 @@ from .store import Decision, DecisionLog
 from .unlearning import newton_step, refine, updated_model
 from .audit import AuditSession, AuditState, default_log_path, open_session
 from .verify import VerifyConfig, verify_unlearning
+from .app_api import (
+    Evidence, Preview, checkpoint_bytes, decision_log_path, decisions_frame, evidence, explain,
+    influenced_queries, labels_csv, open_audit, open_index, preview, query_vectors, record_many,
+    review_queue, reviewed, self_influence_values, query_probabilities, train_predictions,
+    train_probabilities, undo_last, ihvp_errors,
+)
 
 __all__ = [
     "CURVATURE_CONFIGS", "ESTIMATORS", "ClassificationTask", "Curvature", "EKFACConfig",
@@ -43,4 +49,9 @@ __all__ = [
     "AuditSession", "AuditState", "Decision", "DecisionLog", "VerifyConfig", "default_log_path",
     "newton_step", "open_session", "refine", "updated_model",
     "verify_unlearning",
+    "Evidence", "Preview", "checkpoint_bytes", "decision_log_path", "decisions_frame",
+    "evidence", "explain", "influenced_queries", "labels_csv", "open_audit", "open_index",
+    "preview", "query_vectors", "record_many", "review_queue", "reviewed",
+    "self_influence_values", "query_probabilities", "train_predictions", "undo_last",
+    "train_probabilities", "ihvp_errors",
 ]

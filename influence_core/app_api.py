@@ -1,0 +1,287 @@
+"""What the dashboard asks of the core, as plain functions over exported objects.
+
+Each function composes the public API (index, audit session, decision log) into an answer a page
+can draw: numpy arrays, pandas frames, bytes. Nothing here knows Streamlit; the CLI can call the
+same functions. Scores follow attribution.py: positive = helpful (lowers the query's loss).
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .artifacts import model_hash
+from .audit import AuditSession, AuditState, default_log_path, open_session, subset
+from .config import CURVATURE_CONFIGS, EKFACConfig, artifacts_root
+from .curvature import fit_curvature
+from .datasets import ImageDataset
+from .gradients import TrackedModel, backward_pairs, forward_capture
+from .index import AttributionIndex, IndexConfig, index_scores, load_index, query_vector
+from .precompute import precompute
+from .progress import Progress, silent
+from .registry import Problem
+from .store import Decision, DecisionLog, active_decisions
+from .task import ClassificationTask
+from .training import predict_logits
+from .unlearning import updated_model
+
+QUEUE_SIZE = 500  # suspects re-ranked after every decision (most self-influential first)
+
+
+def open_index(problem: Problem, progress: Progress = silent) -> AttributionIndex:
+    """Precompute (or reuse) the EK-FAC attribution index of problem's model (default configs,
+    heuristic damping: the LDS-calibrated one), then load it."""
+    return load_index(precompute(problem, "ekfac", EKFACConfig(), IndexConfig(), progress=progress),
+                      problem.model)
+
+
+def decision_log_path(problem: Problem) -> Path:
+    """The log of the recipe's checkpoint (shared with the CLI), or, for a user's checkpoint,
+    artifacts/decisions/<dataset>-<model>-<model hash>.db."""
+    if not problem.meta.get("checkpoint"):
+        return default_log_path(problem)
+    name = f"{problem.config.dataset}-{problem.config.model}-{model_hash(problem.model)}"
+    return artifacts_root() / "decisions" / f"{name.replace(':', '_').replace('/', '_')}.db"
+
+
+def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
+               damping: float | None = None, queue_size: int = QUEUE_SIZE,
+               progress: Progress = silent) -> AuditSession:
+    """audit.open_session (the Newton step's curvature `method`, damping None: the calibrated
+    unlearning default) over the `queue_size` training examples with the largest precomputed
+    self-influence: the suspect queue, re-ranked after every decision."""
+    self_inf = torch.from_numpy(np.asarray(index.arrays["self_influence"], dtype=np.float64))
+    queue = torch.topk(self_inf, min(queue_size, len(self_inf))).indices
+    return open_session(problem, method, decision_log_path(problem), progress, damping,
+                        suspects=queue)
+
+
+def _probs(logits: torch.Tensor) -> np.ndarray:
+    return logits.double().softmax(1).numpy()
+
+
+def query_probabilities(state: AuditState) -> np.ndarray:
+    """(M, K) class probabilities of the current model on the queries (the test split)."""
+    return _probs(state.test_logits)
+
+
+def train_probabilities(state: AuditState, train: ImageDataset, indices: list[int]) -> np.ndarray:
+    """(len(indices), K) class probabilities of the current model on training examples."""
+    idx = torch.as_tensor(indices, dtype=torch.long)
+    return _probs(predict_logits(state.model, subset(train.with_labels(state.labels), idx)))
+
+
+def reviewed(log: DecisionLog) -> dict[int, Decision]:
+    """training index -> its last active relabel / remove / keep decision."""
+    return {d.index: d for d in active_decisions(log.decisions())}
+
+
+def review_queue(session: AuditSession, state: AuditState) -> pd.DataFrame:
+    """One row per remaining suspect, most suspect first: index, label (current), prediction,
+    confidence, alternative (most probable class other than the label), score (self-influence
+    under the current model), loss, decision (last active action, "" when not reviewed)."""
+    idx = state.suspects.tolist()
+    probs = train_probabilities(state, session.train, idx)
+    labels = state.labels[state.suspects].numpy()
+    others = probs.copy()
+    others[np.arange(len(idx)), labels] = -1.0
+    done = reviewed(session.log)
+    return pd.DataFrame({
+        "index": idx, "label": labels, "prediction": probs.argmax(1),
+        "confidence": probs.max(1) if len(idx) else np.zeros(0), "alternative": others.argmax(1),
+        "score": state.suspect_scores.double().numpy(),
+        "loss": state.suspect_losses.double().numpy(),
+        "decision": [done[i].action if i in done else "" for i in idx],
+    })
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Why a training example is flagged: training examples that most support / oppose its
+    given label (indices, scores), the summed support of the top examples per class (K,), and
+    the class that support suggests (never the given label)."""
+
+    support: tuple[np.ndarray, np.ndarray]
+    oppose: tuple[np.ndarray, np.ndarray]
+    class_support: np.ndarray
+    suggested: int
+
+
+def evidence(index: AttributionIndex, train: ImageDataset, i: int, label: int,
+             k: int = 8) -> Evidence:
+    """Index scores of every training example on example i's loss under each class c (K query
+    vectors, one pass over the index); support for c = sum of the k largest scores (example i
+    itself excluded)."""
+    x = train.tensor([i])[0]
+    queries = torch.stack([query_vector(index, x, c) for c in range(train.num_classes)])
+    scores = (index.vectors @ queries.T.to(index.vectors.dtype)).float().T  # (K, N)
+    scores[:, i] = float("nan")
+    given = scores[label].nan_to_num(0.0)
+    top = scores.nan_to_num(-float("inf")).topk(k, dim=1).values  # (K, k)
+    class_support = top.clamp_min(0).sum(1).double().numpy()
+    ranked = np.argsort(-class_support)
+    suggested = int(ranked[0] if ranked[0] != label else ranked[1])
+    hi, lo = given.topk(k), (-given).topk(k)
+    return Evidence((hi.indices.numpy(), hi.values.double().numpy()),
+                    (lo.indices.numpy(), -lo.values.double().numpy()), class_support, suggested)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What an edit would do, before it is committed: the change of the mean test loss and the
+    test predictions it flips (frame: index, label, before, after)."""
+
+    test_loss_change: float
+    flips: pd.DataFrame
+
+
+def preview(session: AuditSession, state: AuditState, i: int, action: str,
+            label: int | None = None) -> Preview:
+    """Preview relabel (to `label`) or remove of training example i on top of the active edits:
+    one batched Newton step from the base model, then the test split, against `state`."""
+    remove, relabel = session.edits()
+    relabel = {j: y for j, y in relabel.items() if j != i}
+    if action == "remove":
+        remove = sorted({*remove, i})
+    elif label is not None and label != int(session.train.labels[i]):
+        relabel[i] = int(label)
+    model = updated_model(session.curvature, session.model_delta(remove, relabel))
+    test = session.problem.test
+    after = predict_logits(model, test)
+    y = test.labels
+    loss = torch.nn.functional.cross_entropy
+    change = float(loss(after.double(), y) - loss(state.test_logits.double(), y))
+    before_pred, after_pred = state.test_logits.argmax(1), after.argmax(1)
+    flipped = torch.nonzero(before_pred != after_pred)[:, 0]
+    return Preview(change, pd.DataFrame({
+        "index": flipped.numpy(), "label": y[flipped].numpy(),
+        "before": before_pred[flipped].numpy(), "after": after_pred[flipped].numpy()}))
+
+
+def explain(index: AttributionIndex, x: torch.Tensor | np.ndarray,
+            k: int = 8) -> tuple[int, np.ndarray, tuple[np.ndarray, np.ndarray],
+                                  tuple[np.ndarray, np.ndarray]]:
+    """For one normalised query image x (C, H, W): (predicted class, (K,) probabilities,
+    (indices, scores) of the k most helpful and of the k most harmful training examples for
+    that prediction)."""
+    x = torch.as_tensor(x)
+    with torch.no_grad():
+        logits = index.tracked.model(x[None].to(next(index.tracked.model.parameters()).dtype))
+    pred = int(logits.argmax(1))
+    scores = index_scores(index, x, pred)
+    hi, lo = scores.topk(k), (-scores).topk(k)
+    return (pred, _probs(logits)[0], (hi.indices.numpy(), hi.values.double().numpy()),
+            (lo.indices.numpy(), -lo.values.double().numpy()))
+
+
+def query_vectors(index: AttributionIndex, data: ImageDataset, batch_size: int = 512) -> torch.Tensor:
+    """(M, dim) index vectors of every example of `data` as a query (its predicted label), so
+    that scores on all queries of training example i are query_vectors @ x_i."""
+    tracked, out = index.tracked, []
+    dtype = next(tracked.model.parameters()).dtype
+    for lo in range(0, len(data), batch_size):
+        x = data.tensor(slice(lo, lo + batch_size)).to(dtype)
+        store, outputs = forward_capture(tracked, x)
+        y = outputs.detach().argmax(1)
+        pairs = backward_pairs(tracked, store, index.task.measurement(outputs, y))
+        with torch.no_grad():
+            out.append(index.projection.project(pairs)[0].to(index.vectors.dtype))
+    return torch.cat(out)
+
+
+def influenced_queries(index: AttributionIndex, queries: torch.Tensor, i: int,
+                       k: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(query indices, scores) of the k queries whose loss training example i moves most
+    (largest |score|); queries from `query_vectors`."""
+    scores = (queries @ index.vectors[i]).float()
+    top = scores.abs().topk(min(k, len(scores))).indices
+    return top.numpy(), scores[top].double().numpy()
+
+
+def self_influence_values(index: AttributionIndex) -> np.ndarray:
+    """(N,) precomputed EK-FAC self-influence of every training example (base model)."""
+    return np.asarray(index.arrays["self_influence"], dtype=np.float64)
+
+
+def train_predictions(index: AttributionIndex) -> np.ndarray:
+    """(N,) the base model's predicted class of every training example."""
+    return np.asarray(index.arrays["train_logits"]).argmax(1)
+
+
+def record_many(log: DecisionLog, indices: list[int], action: str, labels: list[int | None],
+                annotator: str, model_version: int) -> tuple[list[Decision], list[str]]:
+    """Record one decision per index (bulk review); returns (recorded, error messages). A row
+    that the log refuses (e.g. an already removed example) is skipped, not fatal."""
+    done, errors = [], []
+    for i, y in zip(indices, labels):
+        try:
+            done.append(log.record(int(i), action, None if y is None else int(y), annotator,
+                                   model_version))
+        except ValueError as exc:
+            errors.append(str(exc))
+    return done, errors
+
+
+def undo_last(log: DecisionLog, annotator: str, model_version: int) -> Decision | None:
+    """Undo `annotator`'s newest active decision; None when there is none."""
+    mine = [d for d in active_decisions(log.decisions()) if d.annotator == annotator]
+    return log.undo(mine[-1].id, annotator, model_version) if mine else None
+
+
+def decisions_frame(log: DecisionLog) -> pd.DataFrame:
+    """Every row of the decision log (undo rows included), oldest first."""
+    cols = ["id", "index", "action", "label", "annotator", "ts", "model_version", "undoes"]
+    frame = pd.DataFrame([[getattr(d, c) for c in cols] for d in log.decisions()], columns=cols)
+    return frame.astype({"label": "Int64", "undoes": "Int64"})
+
+
+def labels_csv(log: DecisionLog) -> bytes:
+    """The cleaned label file (DecisionLog.export_csv) as bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return log.export_csv(Path(tmp) / "labels.csv").read_bytes()
+
+
+def checkpoint_bytes(state: AuditState) -> bytes:
+    """The current model's state_dict, as torch.save writes it (load with weights_only=True)."""
+    buf = io.BytesIO()
+    torch.save(state.model.state_dict(), buf)
+    return buf.getvalue()
+
+
+IHVP_METHODS = ("ekfac", "kfac", "identity")  # compared against the exact damped Gauss-Newton
+EXACT_PARAMS = 5_000  # the dense solve is O(p^3): seconds at this size on 2 CPU cores
+
+
+def ihvp_errors(problem: Problem, methods: tuple[str, ...] = IHVP_METHODS, vectors: int = 16,
+                seed: int = 0) -> tuple[str, dict[str, float]]:
+    """(layers, {method: relative error}): ||ihvp(v) - exact(v)|| / ||exact(v)|| of each
+    estimator restricted to the model's last tracked layers (as many as fit EXACT_PARAMS; the
+    exact solve is dense), v = training gradients of `vectors` seeded examples. Every estimator
+    uses the exact solve's damping and (K-FAC, EK-FAC) the same expected Gauss-Newton G."""
+    from .attribution import train_gradients
+    from .evaluation import ihvp_error
+
+    names = list(TrackedModel(problem.model).modules)
+    layers = names[-1:]
+    for n in range(len(names), 0, -1):
+        if TrackedModel(problem.model, names[-n:]).num_params <= EXACT_PARAMS:
+            layers = names[-n:]
+            break
+    tracked, task = TrackedModel(problem.model, layers), ClassificationTask()
+    exact = fit_curvature("exact", tracked, task, problem.train)
+    same = {"damping": exact.damping}  # one lambda for all: the error is then the G estimate's
+    configs = {m: CURVATURE_CONFIGS[m](**({**same, "fisher": "expected"} if m in ("ekfac", "kfac")
+                                          else same if m in ("lissa",) else {}))
+               for m in methods}
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(problem.train), generator=gen)[:vectors]
+    v = train_gradients(exact, task, problem.train, idx)  # (k, p)
+    return ", ".join(layers), {
+        m: ihvp_error(fit_curvature(m, tracked, task, problem.train, configs[m]), exact, v)
+        for m in methods}

@@ -1,0 +1,120 @@
+"""influence_core.app_api: what the dashboard asks of the core, on digits/mlp (trained once)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from influence_core import (
+    checkpoint_bytes,
+    decisions_frame,
+    evidence,
+    explain,
+    ihvp_errors,
+    influenced_queries,
+    labels_csv,
+    load_problem,
+    open_audit,
+    open_index,
+    preview,
+    query_probabilities,
+    query_vectors,
+    recipe,
+    record_many,
+    review_queue,
+    reviewed,
+    self_influence_values,
+    undo_last,
+)
+
+QUEUE = 50  # suspects re-ranked per decision in these tests
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    """(problem, index, audit session) on digits/mlp in a private $INFLUENCE_AUDIT_HOME."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("INFLUENCE_AUDIT_HOME", str(tmp_path_factory.mktemp("home")))
+    problem = load_problem(recipe("digits", "mlp"), Path.cwd() / "data")
+    index = open_index(problem)
+    session = open_audit(problem, index, queue_size=QUEUE)
+    yield problem, index, session
+    session.log.close()
+    mp.undo()
+
+
+def test_queue_is_sorted_by_suspect_score_and_marks_decisions(world: tuple) -> None:
+    _problem, _, session = world
+    frame = review_queue(session, session.state())
+    assert len(frame) == QUEUE
+    assert (np.diff(frame["score"]) <= 0).all()
+    assert set(frame["decision"]) == {""}
+    assert (frame["alternative"] != frame["label"]).all()
+    top = int(frame["index"][0])
+    assert top == int(np.argmax(self_influence_values(world[1])))
+
+
+def test_evidence_never_suggests_the_given_label_and_excludes_the_example(world: tuple) -> None:
+    problem, index, _ = world
+    i, y = 0, int(problem.train.labels[0])
+    ev = evidence(index, problem.train, i, y, k=5)
+    assert ev.suggested != y and 0 <= ev.suggested < problem.train.num_classes
+    assert i not in ev.support[0] and i not in ev.oppose[0]
+    assert (np.diff(ev.support[1]) <= 0).all() and (np.diff(ev.oppose[1]) >= 0).all()
+    assert ev.support[1][0] > 0 > ev.oppose[1][0]
+
+
+def test_preview_matches_the_state_after_the_decision(world: tuple) -> None:
+    _problem, _, session = world
+    state = session.state()
+    i = int(state.suspects[0])
+    p = preview(session, state, i, "remove")
+    decision = session.log.record(i, "remove", None, "t", state.version)
+    after = session.state()
+    flips = torch.nonzero(after.test_logits.argmax(1) != state.test_logits.argmax(1))[:, 0]
+    assert sorted(p.flips["index"]) == flips.tolist()
+    undo_last(session.log, "t", after.version)
+    assert session.log.edits() == {}
+    assert decision.id in set(decisions_frame(session.log)["undoes"].dropna())
+
+
+def test_record_many_skips_refused_rows_and_undo_last_is_per_annotator(world: tuple) -> None:
+    _, _, session = world
+    log = session.log
+    done, errors = record_many(log, [1, 2, 2], "remove", [None] * 3, "bulk", log.version())
+    assert [d.index for d in done] == [1, 2] and len(errors) == 1  # 2 is already removed
+    record_many(log, [3], "keep", [None], "other", log.version())
+    assert undo_last(log, "bulk", log.version()).index == 2
+    assert set(reviewed(log)) == {1, 3}
+    rows = list(csv.DictReader(io.StringIO(labels_csv(log).decode())))
+    assert rows[1]["removed"] == "1" and rows[2]["removed"] == "0"
+    undo_last(log, "bulk", log.version())
+    undo_last(log, "other", log.version())
+    assert undo_last(log, "bulk", log.version()) is None and reviewed(log) == {}
+
+
+def test_explain_and_influenced_queries(world: tuple) -> None:
+    problem, index, session = world
+    pred, probs, helpful, harmful = explain(index, problem.test.tensor([0])[0], k=4)
+    assert pred == int(np.argmax(probs)) and abs(probs.sum() - 1) < 1e-6
+    assert helpful[1][0] >= helpful[1][-1] and harmful[1][0] <= harmful[1][-1]
+    vectors = query_vectors(index, problem.test)
+    assert vectors.shape[0] == len(problem.test)
+    q, scores = influenced_queries(index, vectors, int(helpful[0][0]), k=4)
+    assert len(q) == 4 and (np.diff(np.abs(scores)) <= 1e-6).all()
+    probs_all = query_probabilities(session.state())
+    assert probs_all.shape == (len(problem.test), problem.test.num_classes)
+    state_dict = torch.load(io.BytesIO(checkpoint_bytes(session.state())), weights_only=True)
+    assert set(state_dict) == set(problem.model.state_dict())
+
+
+def test_ihvp_errors_compare_every_estimator_with_the_exact_solve(world: tuple) -> None:
+    layers, errors = ihvp_errors(world[0], vectors=4)
+    assert layers and set(errors) == {"ekfac", "kfac", "identity"}
+    assert all(np.isfinite(v) and v >= 0 for v in errors.values())
