@@ -14,16 +14,19 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on sys.path, no
 import streamlit as st
 
 from dashboard import state, widgets
-from influence_core import DATASETS, default_data_root
+from influence_core import DATASETS, ESTIMATORS, default_data_root
 
 VIEWS = Path(__file__).resolve().parent / "views"
 MODEL_CHOICES = ["mlp", "cnn"]
 
 
 def pages() -> list[st.Page]:
-    """Every page of the app, in menu order (Explore, Review, Evaluate slot in here)."""
+    """Every page of the app, in menu order."""
     return [
         st.Page(VIEWS / "dataset.py", title="Dataset", icon=":material/grid_view:", default=True),
+        st.Page(VIEWS / "explore.py", title="Explore", icon=":material/travel_explore:"),
+        st.Page(VIEWS / "review.py", title="Review", icon=":material/fact_check:"),
+        st.Page(VIEWS / "evaluate.py", title="Evaluate", icon=":material/monitoring:"),
     ]
 
 
@@ -34,10 +37,14 @@ def run() -> None:
         list(DATASETS), MODEL_CHOICES, str(default_data_root()),
         keys=(state.DATASET, state.MODEL, state.DATA_ROOT, state.IMAGE_FOLDER),
     )
+    checkpoint, method, damping, annotator = widgets.audit_ui(
+        list(ESTIMATORS), keys=(state.CHECKPOINT, state.METHOD, state.DAMPING, state.ANNOTATOR),
+    )
     if not dataset:
         st.info("Enter the path of an image folder (one sub-folder per class) in the sidebar.")
         return
-    state.set_selection(state.Selection(dataset, model, data_root))
+    state.set_selection(state.Selection(dataset, model, data_root, checkpoint, method, damping,
+                                        annotator))
     page.run()
 
 

@@ -80,3 +80,149 @@ def example_grid(images: list[bytes], rows: pd.DataFrame, width: int, columns: i
             st.columns(columns), images[start : start + columns], captions[start : start + columns]
         ):
             col.image(image, caption=caption, width=width)
+
+
+def audit_ui(estimators: list[str], keys: tuple[str, str, str, str]) -> tuple[str, str, float | None, str]:
+    """Sidebar: (checkpoint path or "", estimator, damping or None for the heuristic, annotator)."""
+    checkpoint_key, method_key, damping_key, annotator_key = keys
+    with st.sidebar:
+        checkpoint = st.text_input(
+            "Checkpoint (optional)", key=checkpoint_key, bind="query-params",
+            placeholder="path to a state_dict; empty: the recipe's model",
+        )
+        st.subheader("Influence")
+        method = st.selectbox(
+            "Estimator", estimators, key=method_key, bind="query-params",
+            help="Curvature of the Newton step and its preview. The attribution index is "
+            "always EK-FAC (LDS-calibrated damping).",
+        )
+        damping = st.number_input(
+            "Newton-step damping λ (0: calibrated)", min_value=0.0, value=0.0, format="%g", step=0.001,
+            key=damping_key, bind="query-params",
+        )
+        st.subheader("Review")
+        annotator = st.text_input("Annotator", value="anonymous", key=annotator_key,
+                                  bind="query-params")
+    return checkpoint.strip(), method, damping or None, annotator.strip() or "anonymous"
+
+
+def tiles(
+    images: list[bytes], captions: list[str], width: int, columns: int = 8,
+    on_click: Callable[[int], None] | None = None, ids: list[int] | None = None,
+    button_label: str = "Open", key: str = "tile",
+) -> None:
+    """Captioned thumbnails, `columns` a row; with on_click, a small button under each tile
+    calls on_click(ids[j])."""
+    for start in range(0, len(images), columns):
+        for j, col in enumerate(st.columns(columns), start=start):
+            if j >= len(images):
+                break
+            col.image(images[j], caption=captions[j], width=width)
+            if on_click is not None:
+                col.button(button_label, key=f"{key}_{ids[j]}_{j}", on_click=on_click,
+                           args=(ids[j],), type="tertiary")
+
+
+def scored_captions(indices: list[int], labels: list[str], predictions: list[str],
+                    scores: list[float]) -> list[str]:
+    """"#i · label y · pred p · score s" for each training example."""
+    return [f"#{i} · label {y} · pred {p} · {s:+.3g}"
+            for i, y, p, s in zip(indices, labels, predictions, scores)]
+
+
+def probability_chart(probs: list[float], class_names: list[str], marked: int | None = None,
+                      height: int = 240) -> None:
+    """Plotly bars of class probabilities; `marked` (the given label) drawn in another colour."""
+    import plotly.graph_objects as go
+
+    colours = ["#d62728" if c == marked else "#1f77b4" for c in range(len(class_names))]
+    title = "Class probabilities" + (" (red: given label)" if marked is not None else "")
+    fig = go.Figure(go.Bar(x=[str(n) for n in class_names], y=probs, marker_color=colours))
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10}, yaxis_range=[0, 1],
+                      title=title, xaxis_type="category")
+    st.plotly_chart(fig, width="stretch")
+
+
+def queue_filter_ui(class_names: list[str], keys: tuple[str, str]) -> tuple[int | None, bool]:
+    """Review queue filters: given class (None: all) and 'prediction differs from label'."""
+    label_key, differs_key = keys
+    left, right = st.columns(2, vertical_alignment="bottom")
+    label = left.selectbox("Given class", ["all", *class_names], key=label_key,
+                           bind="query-params")
+    differs = right.toggle("Prediction differs from label", key=differs_key, bind="query-params")
+    return None if label == "all" else class_names.index(label), differs
+
+
+def review_buttons(
+    on_decide: Callable[[str], None], on_undo: Callable[[], None], can_undo: bool,
+) -> None:
+    """Relabel (L), Remove (X), Keep (K), Undo (U): C and R are reserved by Streamlit."""
+    relabel, remove, keep, undo = st.columns(4)
+    relabel.button("Relabel", shortcut="l", on_click=on_decide, args=("relabel",),
+                   type="primary", width="stretch", key="act_relabel")
+    remove.button("Remove", shortcut="x", on_click=on_decide, args=("remove",),
+                  width="stretch", key="act_remove")
+    keep.button("Keep", shortcut="k", on_click=on_decide, args=("keep",), width="stretch",
+                key="act_keep")
+    undo.button("Undo", shortcut="u", on_click=on_undo, disabled=not can_undo,
+                width="stretch", key="act_undo")
+
+
+def preview_text(what: str, preview: object) -> None:
+    """One line from an influence_core.Preview: the predicted change of mean test loss and the
+    test predictions that flip."""
+    loss_change, flips = preview.test_loss_change, preview.flips
+    shown = ", ".join(f"#{i} {b}→{a}" for i, b, a in
+                      zip(flips["index"][:6], flips["before"][:6], flips["after"][:6]))
+    more = f" (+{len(flips) - 6} more)" if len(flips) > 6 else ""
+    st.caption(f"**{what}**: test loss {loss_change:+.4f}; {len(flips)} test prediction(s) flip"
+               + (f": {shown}{more}" if len(flips) else ""))
+
+
+def explore_filter_ui(
+    class_names: list[str], keys: tuple[str, str, str], on_change: Callable[[], None]
+) -> tuple[int | None, bool, tuple[float, float]]:
+    """Test-grid filters: true class (None: all), misclassified only, confidence range."""
+    label_key, wrong_key, conf_key = keys
+    left, middle, right = st.columns([2, 2, 3], vertical_alignment="bottom")
+    label = left.selectbox("Class", ["all", *class_names], key=label_key, bind="query-params",
+                           on_change=on_change)
+    wrong = middle.toggle("Misclassified only", key=wrong_key, bind="query-params",
+                          on_change=on_change)
+    confidence = right.slider("Confidence", 0.0, 1.0, (0.0, 1.0), step=0.05, key=conf_key,
+                              on_change=on_change)
+    return None if label == "all" else class_names.index(label), wrong, confidence
+
+
+def report_figures(reports: dict[str, dict], prefix: str, figure: str,
+                   command: str | None) -> None:
+    """Each report named prefix*: its `figure` (plotly) and its Markdown table in an expander;
+    none: `command` (Markdown naming what writes one; None: say nothing)."""
+    chosen = {name: r for name, r in reports.items() if name.startswith(prefix)}
+    if not chosen and command:
+        st.info(f"No report yet. Run {command}.")
+    for name, report in chosen.items():
+        if figure in report["figures"]:
+            st.plotly_chart(report["figures"][figure], width="stretch", key=f"fig_{name}")
+        with st.expander(f"Table: {name}"):
+            st.markdown(report["markdown"])
+
+
+def bar_chart(values: dict[str, float], title: str, log: bool = False) -> None:
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Bar(x=list(values), y=list(values.values())))
+    fig.update_layout(height=300, title=title, yaxis_type="log" if log else "linear",
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    st.plotly_chart(fig, width="stretch")
+
+
+def histogram(values: object, title: str, log10: bool = False) -> None:
+    import numpy as np
+    import plotly.graph_objects as go
+
+    x = np.log10(np.clip(values, 1e-12, None)) if log10 else values
+    fig = go.Figure(go.Histogram(x=x, nbinsx=60))
+    fig.update_layout(height=300, xaxis_title=title, yaxis_title="training examples",
+                      margin={"l": 10, "r": 10, "t": 20, "b": 10})
+    st.plotly_chart(fig, width="stretch")

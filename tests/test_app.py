@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -153,3 +154,140 @@ def test_unreadable_checkpoint_is_an_error_message_not_a_traceback(
         assert not captions(at)
     finally:
         checkpoint.write_bytes(good)
+
+
+# ---- Review, Explore, Evaluate ----------------------------------------------------------------
+def review(app: Callable[..., AppTest], **query: str) -> AppTest:
+    """The Review page (its first run also precomputes the attribution index)."""
+    at = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT_S)
+    at.query_params.update(query)
+    at.switch_page("views/review.py")
+    return at.run()
+
+
+def log_rows(home: Path) -> list[tuple]:
+    """(id, idx, action, label, annotator, model_version, undoes) of every decision, in order."""
+    [db] = home.glob("decisions/*.db")
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT id, idx, action, label, annotator, model_version, undoes "
+                           "FROM decisions ORDER BY id").fetchall()
+
+
+def current_suspect(at: AppTest) -> int:
+    [match] = [m for m in (re.search(r"Suspect #(\d+)", md.value) for md in at.markdown) if m]
+    return int(match.group(1))
+
+
+def test_review_page_shows_a_suspect_card_and_the_counter(app: Callable[..., AppTest]) -> None:
+    at = review(app)
+    assert not at.exception
+    assert not at.error
+    assert at.title[0].value == "Review"
+    assert re.search(r"\d+ reviewed / \d+ in queue", at.get("progress")[0].proto.text)
+    current_suspect(at)
+    assert {"Relabel", "Remove", "Keep", "Undo"} <= {b.label for b in at.button}
+    assert at.get("plotly_chart"), "the class probabilities are a plotly chart"
+
+
+@pytest.mark.parametrize("action", ["relabel", "remove", "keep"])
+def test_a_decision_writes_a_log_row_and_undo_reverts_it(
+    app: Callable[..., AppTest], home: Path, action: str
+) -> None:
+    at = review(app, annotator="ann")
+    suspect = current_suspect(at)
+    before = len(log_rows(home)) if list(home.glob("decisions/*.db")) else 0
+    at.button(key=f"act_{action}").click().run()
+    assert not at.exception
+    rows = log_rows(home)
+    assert len(rows) == before + 1
+    decision_id, index, logged, label, annotator, version, _ = rows[-1]
+    assert (index, logged, annotator) == (suspect, action, "ann")
+    assert (label is not None) == (action == "relabel")
+    assert version == (rows[-2][0] if len(rows) > 1 else 0), "the version the card was shown on"
+    assert current_suspect(at) != suspect, "the queue moves on to the next suspect"
+
+    at.button(key="act_undo").click().run()
+    assert not at.exception
+    undo = log_rows(home)[-1]
+    assert undo[2] == "undo" and undo[6] == decision_id and undo[4] == "ann"
+
+
+def test_two_annotators_in_two_sessions_lose_no_decision(
+    app: Callable[..., AppTest], home: Path
+) -> None:
+    alice, bob = review(app, annotator="alice"), review(app, annotator="bob")
+    a, b = current_suspect(alice), current_suspect(bob)
+    alice.button(key="act_keep").click().run()
+    bob.button(key="act_remove").click().run()  # bob's card was rendered before alice decided
+    assert not alice.exception and not bob.exception
+    mine = {(r[1], r[2], r[4]) for r in log_rows(home)[-2:]}
+    assert mine == {(a, "keep", "alice"), (b, "remove", "bob")}
+    bob.button(key="act_undo").click().run()
+    alice.button(key="act_undo").click().run()
+    assert [r[2] for r in log_rows(home)[-2:]] == ["undo", "undo"]
+
+
+def test_review_position_comes_from_the_url(app: Callable[..., AppTest]) -> None:
+    at = review(app)
+    nxt = review(app, suspect=str(current_suspect(at) + 1))
+    assert not nxt.exception
+    assert current_suspect(nxt) == current_suspect(at) + 1
+
+
+def page(name: str, **query: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT_S)
+    at.query_params.update(query)
+    at.switch_page(f"views/{name}.py")
+    return at.run()
+
+
+def test_explore_shows_a_query_its_influences_and_a_training_card(
+    app: Callable[..., AppTest],
+) -> None:
+    at = page("explore", query="3", train="5")
+    assert not at.exception and not at.error
+    headings = [md.value for md in at.markdown]
+    assert any(h.startswith("**Query: test #3") for h in headings)
+    assert {"**Most helpful training images**", "**Most harmful training images**"} <= set(headings)
+    assert any(h.startswith("**Training image #5**") and "self-influence" in h for h in headings)
+    assert len(captions(at)) >= 24 + 2 * 8 + 8  # grid, helpful + harmful, influenced queries
+    inspect = [b for b in at.button if b.label == "Inspect"]
+    assert len(inspect) == PAGE_SIZE
+    inspect[1].click().run()
+    assert not at.exception
+    assert at.query_params["query"] in ("1", ["1"])
+
+
+def test_explore_filters_misclassified_queries(app: Callable[..., AppTest]) -> None:
+    at = page("explore", x_wrong="true")
+    assert not at.exception
+    grid = [re.match(r"^#\d+ · label (\S+) · pred (\S+) · \d+%$", c) for c in captions(at)]
+    assert grid and all(m and m.group(1) != m.group(2) for m in grid)
+
+
+def test_evaluate_names_the_cli_command_when_no_report_exists(
+    app: Callable[..., AppTest],
+) -> None:
+    at = page("evaluate")
+    assert not at.exception and not at.error
+    infos = " ".join(i.value for i in at.info)
+    assert "python -m influence_core evaluate mislabel --dataset digits --model mlp" in infos
+    assert "evaluate lds" in infos and "evaluate unlearning" in infos
+    assert at.get("plotly_chart"), "the self-influence histogram"
+
+
+def test_evaluate_draws_a_detection_report(app: Callable[..., AppTest], home: Path) -> None:
+    import plotly.graph_objects as go
+
+    from influence_core.evaluation import write_report
+
+    fig = go.Figure(go.Scatter(x=[0, 0.5, 1], y=[0, 0.8, 1], name="self_influence"))
+    result = {"kind": "lds", "lds": {"ekfac": 0.31, "identity": 0.05}}
+    write_report(home / "reports", "mislabel_digits_mlp_regular", {"kind": "mislabel"}, "| x |",
+                 {"curve": fig})
+    write_report(home / "reports", "lds_digits_mlp", result, "| y |", {})
+    at = page("evaluate")
+    assert not at.exception
+    assert "mislabel" not in " ".join(i.value for i in at.info)
+    lds = at.dataframe[0].value
+    assert lds["estimator"].tolist() == ["ekfac", "identity"]

@@ -3,7 +3,9 @@ across a reload. Needs /usr/bin/chromium (`.ci/run` installs it; never `playwrig
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -99,7 +101,7 @@ def screenshots(tmp_path: Path) -> Path:
     return folder
 
 
-def settle(page: object, timeout_s: float) -> None:
+def settle(page: object, timeout_s: float, images: bool = True) -> None:
     """Wait until a script run has finished and every thumbnail has loaded, then check that the
     page raised nothing. ("initial" is the script state before the first run.)"""
     ms = timeout_s * 1000
@@ -107,13 +109,14 @@ def settle(page: object, timeout_s: float) -> None:
         '[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=ms
     )
     page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=ms)
-    page.wait_for_function(
-        """() => {
-            const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
-            return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
-        }""",
-        timeout=ms,
-    )
+    if images:
+        page.wait_for_function(
+            """() => {
+                const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
+                return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
+            }""",
+            timeout=ms,
+        )
     assert page.locator('[data-testid="stException"]').count() == 0
 
 
@@ -148,5 +151,72 @@ def test_grid_renders_pages_and_keeps_its_page_on_reload(
     assert grid_caption(page).startswith("Page 2 of ")
     assert page.get_by_test_id("stPaginationPageActive").inner_text() == "2"
     assert page.locator('[data-testid="stImage"] img').count() == 24
-    page.screenshot(path=str(screenshots / "dataset_page2.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "dataset.png"))
+    page.close()
+
+
+COUNTER = re.compile(r"(\d+) reviewed / (\d+) in queue")
+SUSPECT = re.compile(r"Suspect #(\d+)")
+
+
+def counter(page: object) -> int:
+    text = page.get_by_text(COUNTER).first.inner_text()
+    return int(COUNTER.search(text).group(1))
+
+
+def suspect(page: object) -> int:
+    return int(SUSPECT.search(page.get_by_text(SUSPECT).first.inner_text()).group(1))
+
+
+def timed(page: object, action: object, done: str, timings: dict, name: str) -> None:
+    """Run `action`, wait until `done` (text) shows and the run has settled; record seconds."""
+    start = time.perf_counter()
+    action()
+    page.get_by_text(done, exact=False).first.wait_for(timeout=RERUN_S * 1000)
+    settle(page, RERUN_S)
+    timings[name] = round(time.perf_counter() - start, 3)
+
+
+def decisions_table(page: object) -> str:
+    return " ".join(page.locator('[data-testid="stTable"]').first.inner_text().split())
+
+
+def test_review_relabel_by_shortcut_remove_by_button_survive_a_reload(
+    server: str, browser: object, screenshots: Path
+) -> None:
+    """Review on digits: relabel one suspect with L, remove the next with the button, reload,
+    find both decisions and the counter; then a screenshot of every page. Interaction
+    latencies go to screenshots/timings.json (reported, not asserted)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    page.goto(f"{server}/review?annotator=alice")
+    settle(page, FIRST_RENDER_S)
+    timings["first_review_render_incl_setup"] = round(time.perf_counter() - start, 3)
+    done = counter(page)
+    first = suspect(page)
+    timed(page, lambda: page.keyboard.press("l"), f"{done + 1} reviewed", timings,
+          "relabel_shortcut")
+    second = suspect(page)
+    assert second != first
+    timed(page, lambda: page.get_by_role("button", name="Remove").click(),
+          f"{done + 2} reviewed", timings, "remove_button")
+    timed(page, lambda: page.get_by_role("button", name="Next").click(), "Suspect #",
+          timings, "next_suspect")
+    page.screenshot(path=str(screenshots / "review.png"))
+
+    page.reload()
+    settle(page, RERUN_S)
+    assert counter(page) == done + 2
+    table = decisions_table(page)
+    assert re.search(rf"\b{first} relabel \d+ alice\b", table), table
+    assert re.search(rf"\b{second} remove \S* ?alice\b", table), table
+    for name, query in (("explore", "&query=3"), ("evaluate", "")):
+        start = time.perf_counter()
+        page.goto(f"{server}/{name}?annotator=alice{query}")
+        settle(page, RERUN_S, images=name == "explore")
+        timings[f"open_{name}"] = round(time.perf_counter() - start, 3)
+        page.screenshot(path=str(screenshots / f"{name}.png"))
+    (screenshots / "timings.json").write_text(json.dumps(timings, indent=1))
+    print(json.dumps(timings))
     page.close()

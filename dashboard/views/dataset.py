@@ -11,7 +11,7 @@ PAGE_SIZE = 24  # thumbnails per grid page (streamlit#12090: many elements rende
 sel = state.selection()
 st.title("Dataset")
 try:
-    problem = state.get_problem(sel.dataset, sel.model, sel.data_root)
+    problem = state.get_problem(sel.dataset, sel.model, sel.data_root, sel.checkpoint)
 except (DatasetError, CheckpointError) as exc:
     st.error(f"Cannot load {sel.dataset} / {sel.model}: {exc}")
     st.stop()
@@ -29,7 +29,7 @@ classes.metric("Classes", problem.train.num_classes)
 
 split, label, only_wrong = widgets.grid_filter_ui(
     problem.train.class_names, (state.GRID_SPLIT, state.GRID_LABEL, state.GRID_WRONG),
-    on_change=state.reset_grid_page,
+    on_change=state.reset_page(state.GRID_PAGE),
 )
 frame = state.examples(problem, sel, split, label, only_wrong)
 if frame.empty:

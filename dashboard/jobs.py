@@ -1,0 +1,34 @@
+"""A long computation (training, the Setup step's precompute) in a background thread.
+
+A click reruns the script and stops the polling loop in dashboard.state, never the computation:
+the job object is held in st.cache_resource and polled again by the next run."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from influence_core import Progress
+
+
+class Job:
+    """One long computation in a background thread, fed a progress callback. A click that reruns
+    the script stops the polling loop in `state._wait`, never the computation itself."""
+
+    def __init__(self, target: Callable[[Progress], object], text: str) -> None:
+        self.fraction, self.text, self.result, self.error = 0.0, text, None, None
+        self.finished = threading.Event()
+        threading.Thread(target=self._run, args=(target,), daemon=True).start()
+
+    def _report(self, done: int, total: int, what: str) -> None:
+        self.fraction, self.text = min(done / max(total, 1), 1.0), f"{what}: step {done} of {total}"
+
+    def _run(self, target: Callable[[Progress], object]) -> None:
+        try:
+            self.result = target(self._report)
+        except Exception as exc:  # noqa: BLE001 (re-raised in the script thread by state._wait)
+            self.error = exc
+        finally:
+            self.finished.set()
+
+

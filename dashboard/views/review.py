@@ -1,0 +1,92 @@
+"""Review: the suspect queue, one card at a time (relabel / remove / keep / undo), bulk mode and
+export. A decision is committed to the durable log first; then the Newton step runs on the next
+run (the model is cached per log version) and the queue re-ranks."""
+
+import streamlit as st
+
+from dashboard import frames, state, widgets
+from influence_core import CheckpointError, DatasetError, checkpoint_bytes, labels_csv
+
+sel = state.selection()
+st.title("Review")
+try:
+    ws = state.workspace(sel)
+except (DatasetError, CheckpointError) as exc:
+    st.error(f"Cannot load {sel.dataset} / {sel.model}: {exc}")
+    st.stop()
+audit = state.audit_state(ws)
+version, names = audit.version, ws.problem.train.class_names
+frame = state.queue(ws.key, version, ws)
+
+label, differs = widgets.queue_filter_ui(names, (state.QUEUE_LABEL, state.QUEUE_DIFFERS))
+rows = frames.filter_queue(frame, label, differs)
+done, total = state.review_counts(ws)
+st.progress(min(done / max(total, 1), 1.0),
+            text=f"{done} reviewed / {total} in queue · model version {version}")
+current = state.current_suspect(rows)
+
+
+@st.fragment
+def card(i: int, version: int) -> None:
+    if state.log_version(ws) != version:  # a decision was committed: re-rank the whole page
+        st.rerun(scope="app")
+    given = int(audit.labels[i])
+    ev = state.why_flagged(ws.key, i, given, ws)
+    before, after = frames.neighbours(rows, i)
+    nav = st.columns([1, 1, 6], vertical_alignment="center")
+    nav[0].button("Previous", shortcut="b", on_click=state.set_url, args=(state.SUSPECT, before),
+                  disabled=before is None, key="nav_prev")
+    nav[1].button("Next", shortcut="n", on_click=state.set_url, args=(state.SUSPECT, after),
+                  disabled=after is None, key="nav_next")
+    nav[2].markdown(f"**Suspect #{i}** · given label **{names[given]}** · "
+                    f"evidence suggests **{names[ev.suggested]}**")
+    image, chart = st.columns([1, 2])
+    [big] = state.thumbnails(sel.dataset, sel.data_root, "train", (i,), state.LARGE_PX)
+    image.image(big, caption=f"#{i} · given label {names[given]}", width=state.LARGE_PX)
+    with chart:
+        widgets.probability_chart(state.train_probs(ws.key, version, i, ws).tolist(), names,
+                                  given)
+    for title, (idx, scores) in (("Most support the given label", ev.support),
+                                 ("Most oppose the given label", ev.oppose)):
+        st.markdown(f"**{title}**")
+        widgets.tiles(*state.train_tiles(sel, ws, idx.tolist(), scores.tolist()),
+                      width=state.THUMB_PX)
+    target = st.selectbox("Relabel to", range(len(names)), index=ev.suggested,
+                          format_func=lambda c: names[c], key=state.relabel_key(i))
+    if target != given:
+        widgets.preview_text(f"Relabel → {names[target]}",
+                             state.edit_preview(ws.key, version, i, "relabel", target, ws))
+    widgets.preview_text("Remove", state.edit_preview(ws.key, version, i, "remove", None, ws))
+    widgets.review_buttons(
+        on_decide=lambda action: state.decide(ws, action, i, version, sel.annotator),
+        on_undo=lambda: state.undo_last_decision(ws, version, sel.annotator),
+        can_undo=state.has_decision(ws, sel.annotator),
+    )
+
+
+if current is None:
+    st.success("Every suspect matching these filters has been reviewed.")
+else:
+    with st.container(border=True):
+        card(current, version)
+
+st.subheader("Recent decisions")
+st.table(state.recent_decisions(ws), hide_index=True)
+
+with st.expander("Bulk mode: select rows, apply one action"):
+    st.dataframe(rows, key=state.BULK_TABLE, on_select="rerun", selection_mode="multi-row",
+                 hide_index=True, height=300)
+    action, apply = st.columns([2, 1], vertical_alignment="bottom")
+    action.selectbox("Action (relabel: to each row's alternative)", ["keep", "remove", "relabel"],
+                     key=state.BULK_ACTION)
+    apply.button("Apply to selected rows", on_click=state.apply_bulk,
+                 args=(ws, rows, version, sel.annotator), key="bulk_apply")
+
+st.subheader("Export")
+csv, log, model = st.columns(3)
+csv.download_button("Cleaned labels (CSV)", lambda: labels_csv(ws.session.log),
+                    file_name="labels.csv", mime="text/csv", on_click="ignore")
+log.download_button("Decision log (CSV)", lambda: state.recent_decisions(ws, None).to_csv(),
+                    file_name="decisions.csv", mime="text/csv", on_click="ignore")
+model.download_button("Updated checkpoint", lambda: checkpoint_bytes(audit),
+                      file_name="model.pt", on_click="ignore")
