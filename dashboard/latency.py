@@ -46,7 +46,7 @@ def measure(query: dict[str, str]) -> dict[str, float]:
     at = _timed(res, "explore: open page", lambda: _page("explore", query))
     inspect = [b for b in at.button if b.label == "Inspect"]
     _timed(res, "explore: inspect a query", lambda: inspect[3].click().run())
-    opens = [b for b in at.button if b.label == "Open"]
+    opens = [b for b in at.button if b.label == "Card"]
     _timed(res, "explore: open a training card", lambda: opens[0].click().run())
     _timed(res, "explore: next grid page", lambda: at.pagination[0].set_value(2).run())
     _timed(res, "explore: misclassified filter",

@@ -66,7 +66,7 @@ EX_LABEL, EX_WRONG, EX_CONF, EX_PAGE, EX_UPLOAD = "x_label", "x_wrong", "x_conf"
 EX_JUMP = "x_jump"
 # Plain URL parameters (not widgets): the review position and Explore's selections.
 SUSPECT, QUERY, TRAIN_CARD = "suspect", "query", "train"
-_SELECTION = "selection"
+_SELECTION, _NOTICE = "selection", "notice"
 
 
 @dataclass(frozen=True)
@@ -245,9 +245,21 @@ def chosen_label(i: int, default: int) -> int:
 def decide(ws: Workspace, action: str, i: int, version: int, annotator: str) -> None:
     """on_click: append the decision to the durable log (committed before this returns), then
     drop the review position so the next unreviewed suspect of the re-ranked queue shows."""
-    label = chosen_label(i, -1) if action == "relabel" else None
-    ws.session.log.record(i, action, label, annotator, version)
+    label = None
+    if action == "relabel":  # the card's choice; its widget state can be missing after a
+        given = int(audit_state(ws).labels[i])  # fragment-only run: then the suggestion
+        label = chosen_label(i, why_flagged(ws.key, i, given, ws).suggested)
+    try:
+        ws.session.log.record(i, action, label, annotator, version)
+    except ValueError as exc:  # e.g. another annotator removed it meanwhile: say so, keep going
+        st.session_state[_NOTICE] = f"Not recorded: {exc}"
+        return
     set_url(SUSPECT, None)
+
+
+def notice() -> str | None:
+    """The message of a refused decision (shown once, on the next run)."""
+    return st.session_state.pop(_NOTICE, None)
 
 
 def undo_last_decision(ws: Workspace, version: int, annotator: str) -> None:

@@ -109,7 +109,7 @@ def audit_ui(estimators: list[str], keys: tuple[str, str, str, str]) -> tuple[st
 def tiles(
     images: list[bytes], captions: list[str], width: int, columns: int = 8,
     on_click: Callable[[int], None] | None = None, ids: list[int] | None = None,
-    button_label: str = "Open", key: str = "tile",
+    button_label: str = "Card", key: str = "tile",
 ) -> None:
     """Captioned thumbnails, `columns` a row; with on_click, a small button under each tile
     calls on_click(ids[j])."""

@@ -291,3 +291,30 @@ def test_evaluate_draws_a_detection_report(app: Callable[..., AppTest], home: Pa
     assert "mislabel" not in " ".join(i.value for i in at.info)
     lds = at.dataframe[0].value
     assert lds["estimator"].tolist() == ["ekfac", "identity"]
+
+
+def test_a_refused_decision_is_a_warning_not_a_traceback(
+    app: Callable[..., AppTest], home: Path
+) -> None:
+    at = review(app, annotator="ann")
+    suspect = current_suspect(at)
+    at.button(key="act_remove").click().run()
+    again = review(app, annotator="ann", suspect=str(suspect))  # the removed one, pinned
+    again.button(key="act_keep").click().run()
+    assert not again.exception
+    assert again.warning and "is removed" in again.warning[0].value
+    at.button(key="act_undo").click().run()
+    assert log_rows(home)[-1][2] == "undo"
+
+
+def test_next_moves_the_card_and_keeps_the_position_in_the_url(
+    app: Callable[..., AppTest],
+) -> None:
+    at = review(app)
+    first = current_suspect(at)
+    at.button(key="nav_next").click().run()
+    second = current_suspect(at)
+    assert not at.exception and second != first
+    assert at.query_params["suspect"] in (str(second), [str(second)])
+    at.button(key="nav_prev").click().run()
+    assert current_suspect(at) == first

@@ -24,12 +24,15 @@ done, total = state.review_counts(ws)
 st.progress(min(done / max(total, 1), 1.0),
             text=f"{done} reviewed / {total} in queue · model version {version}")
 current = state.current_suspect(rows)
+if message := state.notice():
+    st.warning(message)
 
 
 @st.fragment
-def card(i: int, version: int) -> None:
+def card(version: int) -> None:
     if state.log_version(ws) != version:  # a decision was committed: re-rank the whole page
         st.rerun(scope="app")
+    i = state.current_suspect(rows)  # from the URL: Previous/Next rerun only this card
     given = int(audit.labels[i])
     ev = state.why_flagged(ws.key, i, given, ws)
     before, after = frames.neighbours(rows, i)
@@ -53,22 +56,28 @@ def card(i: int, version: int) -> None:
                       width=state.THUMB_PX)
     target = st.selectbox("Relabel to", range(len(names)), index=ev.suggested,
                           format_func=lambda c: names[c], key=state.relabel_key(i))
+    if bool(audit.removed[i]):
+        st.info(f"#{i} is removed from the training set; Undo restores it.")
+        return
     if target != given:
         widgets.preview_text(f"Relabel → {names[target]}",
                              state.edit_preview(ws.key, version, i, "relabel", target, ws))
     widgets.preview_text("Remove", state.edit_preview(ws.key, version, i, "remove", None, ws))
-    widgets.review_buttons(
-        on_decide=lambda action: state.decide(ws, action, i, version, sel.annotator),
-        on_undo=lambda: state.undo_last_decision(ws, version, sel.annotator),
-        can_undo=state.has_decision(ws, sel.annotator),
-    )
 
 
 if current is None:
     st.success("Every suspect matching these filters has been reviewed.")
 else:
     with st.container(border=True):
-        card(current, version)
+        card(version)
+        # Outside the fragment: a decision reruns the whole page once (counter, re-ranked queue);
+        # the suspect is read from the URL when clicked, so Previous/Next inside the card count.
+        widgets.review_buttons(
+            on_decide=lambda action: state.decide(ws, action, state.current_suspect(rows),
+                                                  version, sel.annotator),
+            on_undo=lambda: state.undo_last_decision(ws, version, sel.annotator),
+            can_undo=state.has_decision(ws, sel.annotator),
+        )
 
 st.subheader("Recent decisions")
 st.table(state.recent_decisions(ws), hide_index=True)
