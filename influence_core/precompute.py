@@ -35,7 +35,10 @@ from .artifacts import (
 )
 from .config import EKFACConfig, artifacts_root, config_hash
 from .curvature.base import fisher_pairs, model_dtype
-from .curvature.kfac import KroneckerFactors, eigenbasis, heuristic_damping
+from .curvature.ekfac import add_eigenvalues
+from .curvature.kfac import (
+    KroneckerFactors, add_covariances, eigenbasis, heuristic_damping, zero_covariances,
+)
 from .gradients import TrackedModel, backward_pairs, forward_capture
 from .index import EigenProjection, IndexConfig
 from .progress import Progress, silent
@@ -100,17 +103,11 @@ def _pseudo_pairs(tracked, task, x, y, idx, cfg: EKFACConfig, what: int) -> Iter
 
 def fit_bases(problem, tracked, task, cfg, shards, progress) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Pass 1: per layer (Q_A, Q_S), float64, from A = E[sum_t a a^T], S = E[sum_t g g^T]."""
-    covs = [[torch.zeros(s.d_in, s.d_in, dtype=torch.float64),
-             torch.zeros(s.d_out, s.d_out, dtype=torch.float64)] for s in tracked.specs]
+    covs = zero_covariances(tracked)
     done, total = 0, sum(hi - lo for _, lo, hi in shards)
     for x, y, idx in _batches(problem, shards, cfg.batch_size, model_dtype(tracked)):
         for draw, pairs in enumerate(_pseudo_pairs(tracked, task, x, y, idx, cfg, 1)):
-            for c, (a, g) in zip(covs, pairs):
-                if draw == 0:
-                    a2 = a.reshape(-1, a.shape[-1])
-                    c[0] += (a2.T @ a2).double()
-                g2 = g.reshape(-1, g.shape[-1])
-                c[1] += (g2.T @ g2).double()
+            add_covariances(covs, pairs, count_inputs=draw == 0)
         done += len(idx)
         progress(done, total, "1/3 fit covariances")
     _all_reduce([t for c in covs for t in c])
@@ -131,12 +128,7 @@ def fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress) -> lis
     done, total = 0, sum(hi - lo for _, lo, hi in shards)
     for x, y, idx in _batches(problem, shards, cfg.batch_size, dtype):
         for pairs in _pseudo_pairs(tracked, task, x, y, idx, cfg, 2):
-            for lam, (q_a, q_s), (a, g) in zip(lams, q, pairs):
-                if a.shape[1] == 1:
-                    lam += (((g[:, 0] @ q_s) ** 2).T @ ((a[:, 0] @ q_a) ** 2)).double()
-                else:
-                    r = q_s.T @ torch.einsum("bto,bti->boi", g, a) @ q_a
-                    lam += r.pow(2).sum(0).double()
+            add_eigenvalues(lams, q, pairs)
         done += len(idx)
         progress(done, total, "2/3 fit eigenvalues")
     _all_reduce(lams)

@@ -13,7 +13,7 @@ from ..datasets import ImageDataset
 from ..gradients import TrackedModel
 from ..progress import Progress, silent
 from ..task import Task
-from .base import fisher_pairs, iterate, model_dtype
+from .base import Pairs, fisher_pairs, iterate, model_dtype
 from .kfac import KFAC, KroneckerFactors, _cast, eigenbasis, fit_covariances, heuristic_damping
 
 
@@ -33,14 +33,23 @@ class EKFAC(KFAC):
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         for x, y, _ in iterate(data, cfg.batch_size, progress, "fit eigenvalues", dtype=dtype):
             for pairs in fisher_pairs(tracked, task, x, y, cfg.fisher, gen):
-                for lam, (q_a, q_s), (a, g) in zip(lams, bases, pairs):
-                    u, v = g @ q_s, a @ q_a
-                    if a.shape[1] == 1:
-                        lam += ((u[:, 0] ** 2).T @ (v[:, 0] ** 2)).double()
-                    else:
-                        lam += torch.einsum("bto,bti->boi", u, v).pow(2).sum(0).double()
+                add_eigenvalues(lams, bases, pairs)
         factors = [
             KroneckerFactors(q_a, q_s, lam / len(data), heuristic_damping(lam / len(data), cfg))
             for lam, (q_a, q_s) in zip(lams, bases)
         ]
         return cls(tracked, _cast(factors, dtype))
+
+
+def add_eigenvalues(
+    lams: list[torch.Tensor], bases: list[tuple[torch.Tensor, torch.Tensor]], pairs: Pairs
+) -> None:
+    """In place: Lambda += sum_i R_i^2, R_i = Q_S^T DW_i Q_A, per layer; bases are (Q_A, Q_S).
+    Linear: (U*U)^T (V*V) with U = g Q_S, V = a Q_A; conv: DW_i = G_i^T A_i first (cheaper
+    than rotating all T patches), then rotated."""
+    for lam, (q_a, q_s), (a, g) in zip(lams, bases, pairs):
+        if a.shape[1] == 1:
+            lam += (((g[:, 0] @ q_s) ** 2).T @ ((a[:, 0] @ q_a) ** 2)).double()
+        else:
+            r = q_s.T @ torch.einsum("bto,bti->boi", g, a) @ q_a
+            lam += r.pow(2).sum(0).double()

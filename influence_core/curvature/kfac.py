@@ -28,24 +28,36 @@ class KroneckerFactors:
     damping: float
 
 
+def zero_covariances(tracked: TrackedModel) -> list[list[torch.Tensor]]:
+    """Per layer [A (d_in, d_in), S (d_out, d_out)] zero sums, float64."""
+    return [[torch.zeros(s.d_in, s.d_in, dtype=torch.float64),
+             torch.zeros(s.d_out, s.d_out, dtype=torch.float64)] for s in tracked.specs]
+
+
+def add_covariances(covs: list[list[torch.Tensor]], pairs: Pairs, count_inputs: bool) -> None:
+    """In place: A += sum_i sum_t a a^T (once per batch: `count_inputs`), S += sum g g^T."""
+    for c, (a, g) in zip(covs, pairs):
+        if count_inputs:
+            a2 = a.reshape(-1, a.shape[-1])
+            c[0] += (a2.T @ a2).double()
+        g2 = g.reshape(-1, g.shape[-1])
+        c[1] += (g2.T @ g2).double()
+
+
 def fit_covariances(
     tracked: TrackedModel, task: Task, data: ImageDataset, cfg: KFACConfig, progress: Progress
 ) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
     """Pass 1: per layer (A, S, mean positions T), averaged over examples (float64)."""
-    dtype = model_dtype(tracked)
     gen = torch.Generator().manual_seed(cfg.seed)
-    covs = [[0.0, 0.0, 0.0] for _ in tracked.specs]
+    covs, positions = zero_covariances(tracked), [0.0] * len(tracked.specs)
+    dtype = model_dtype(tracked)
     for x, y, _ in iterate(data, cfg.batch_size, progress, "fit covariances", dtype=dtype):
         for draw, pairs in enumerate(fisher_pairs(tracked, task, x, y, cfg.fisher, gen)):
-            for c, (a, g) in zip(covs, pairs):
-                if draw == 0:
-                    a2 = a.reshape(-1, a.shape[-1])
-                    c[0] = c[0] + (a2.T @ a2).double()
-                    c[2] += a.shape[1] * a.shape[0]
-                g2 = g.reshape(-1, g.shape[-1])
-                c[1] = c[1] + (g2.T @ g2).double()
+            add_covariances(covs, pairs, count_inputs=draw == 0)
+        for layer, (a, _) in enumerate(pairs):
+            positions[layer] += a.shape[1] * a.shape[0]
     n = len(data)
-    return [(a / n, s / n, t / n) for a, s, t in covs]
+    return [(a / n, s / n, t / n) for (a, s), t in zip(covs, positions)]
 
 
 def eigenbasis(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
