@@ -21,6 +21,8 @@ from PIL import Image
 from dashboard.jobs import Job
 from influence_core import (
     AttributionIndex,
+    CheckpointError,
+    DatasetError,
     AuditSession,
     AuditState,
     Evidence,
@@ -159,6 +161,15 @@ def workspace(sel: Selection) -> Workspace:
     """The Setup step: precompute (with st.progress) when artifacts are missing, then load."""
     problem = get_problem(sel.dataset, sel.model, sel.data_root, sel.checkpoint)
     return _wait(_workspace_job(sel.key, sel, problem), lambda: _workspace_job.clear(sel.key))
+
+
+def workspace_or_stop(sel: Selection) -> Workspace:
+    """workspace(sel), or an error message (not a traceback) and the end of this page's run."""
+    try:
+        return workspace(sel)
+    except (DatasetError, CheckpointError) as exc:
+        st.error(f"Cannot load {sel.dataset} / {sel.model}: {exc}")
+        st.stop()
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -5,7 +5,6 @@ self-influence. Where a report is missing, the page names the command that write
 import streamlit as st
 
 from dashboard import frames, state, widgets
-from influence_core import CheckpointError, DatasetError
 
 CLI = "python -m influence_core evaluate"
 
@@ -31,11 +30,7 @@ st.subheader("Unlearning fidelity (Newton step against retraining)")
 widgets.report_figures(reports, "unlearning_", "kl", f"`{CLI} unlearning {problem_args}`")
 
 st.subheader("IHVP error against the exact solve")
-try:
-    ws = state.workspace(sel)
-except (DatasetError, CheckpointError) as exc:
-    st.error(f"Cannot load {sel.dataset} / {sel.model}: {exc}")
-    st.stop()
+ws = state.workspace_or_stop(sel)
 if state.ihvp_requested():
     layers, errors = state.estimator_errors(ws.key, ws)
     widgets.bar_chart(errors, "relative error ‖ihvp − exact‖ / ‖exact‖", log=True)

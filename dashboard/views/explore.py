@@ -5,17 +5,12 @@ a training image for its card: self-influence, the queries it moves most, a link
 import streamlit as st
 
 from dashboard import frames, state, widgets
-from influence_core import CheckpointError, DatasetError
 
 PAGE_SIZE = 24  # thumbnails per grid page (streamlit#12090: many elements render slowly)
 
 sel = state.selection()
 st.title("Explore")
-try:
-    ws = state.workspace(sel)
-except (DatasetError, CheckpointError) as exc:
-    st.error(f"Cannot load {sel.dataset} / {sel.model}: {exc}")
-    st.stop()
+ws = state.workspace_or_stop(sel)
 audit = state.audit_state(ws)
 names = ws.problem.test.class_names
 frame = state.test_frame(ws.key, audit.version, ws)

@@ -5,15 +5,11 @@ run (the model is cached per log version) and the queue re-ranks."""
 import streamlit as st
 
 from dashboard import frames, state, widgets
-from influence_core import CheckpointError, DatasetError, checkpoint_bytes, labels_csv
+from influence_core import checkpoint_bytes, labels_csv
 
 sel = state.selection()
 st.title("Review")
-try:
-    ws = state.workspace(sel)
-except (DatasetError, CheckpointError) as exc:
-    st.error(f"Cannot load {sel.dataset} / {sel.model}: {exc}")
-    st.stop()
+ws = state.workspace_or_stop(sel)
 audit = state.audit_state(ws)
 version, names = audit.version, ws.problem.train.class_names
 frame = state.queue(ws.key, version, ws)
