@@ -27,6 +27,7 @@ from .precompute import precompute
 from .progress import Progress, silent
 from .registry import Problem
 from .store import Decision, DecisionLog, active_decisions
+from .suspects import suspect_scores
 from .task import ClassificationTask
 from .training import predict_logits
 from .unlearning import updated_model
@@ -50,16 +51,26 @@ def decision_log_path(problem: Problem) -> Path:
     return artifacts_root() / "decisions" / f"{name.replace(':', '_').replace('/', '_')}.db"
 
 
+RANKED_LIMIT = 20_000  # up to this many training images, the queue uses suspect_scores
+
+
 def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
                damping: float | None = None, queue_size: int = QUEUE_SIZE,
                progress: Progress = silent) -> AuditSession:
     """audit.open_session (the Newton step's curvature `method`, damping None: the calibrated
-    unlearning default) over the `queue_size` training examples with the largest precomputed
-    self-influence: the suspect queue, re-ranked after every decision."""
+    unlearning default) over a suspect queue of `queue_size` training examples. Up to
+    RANKED_LIMIT examples the queue is ordered by the default suspect ranking
+    (suspects.suspect_scores: cross-validated loss + checkpoint-summed loss, the best detector
+    in `evaluate mislabel`; 6 extra trainings, cached); beyond, by the precomputed
+    self-influence, re-ranked under the updated model after every decision."""
+    prior = None
+    if len(problem.train) <= RANKED_LIMIT and problem.config.subset_seed < 0:
+        prior = suspect_scores(problem, progress=progress).double()
     self_inf = torch.from_numpy(np.asarray(index.arrays["self_influence"], dtype=np.float64))
-    queue = torch.topk(self_inf, min(queue_size, len(self_inf))).indices
+    ranking = self_inf if prior is None else prior
+    queue = torch.topk(ranking, min(queue_size, len(ranking))).indices
     return open_session(problem, method, decision_log_path(problem), progress, damping,
-                        suspects=queue)
+                        suspects=queue, prior=prior)
 
 
 def _probs(logits: torch.Tensor) -> np.ndarray:
@@ -84,8 +95,9 @@ def reviewed(log: DecisionLog) -> dict[int, Decision]:
 
 def review_queue(session: AuditSession, state: AuditState) -> pd.DataFrame:
     """One row per remaining suspect, most suspect first: index, label (current), prediction,
-    confidence, alternative (most probable class other than the label), score (self-influence
-    under the current model), loss, decision (last active action, "" when not reviewed)."""
+    confidence, alternative (most probable class other than the label), suspicion (what the
+    queue is sorted by), score (self-influence under the current model), loss, decision (last
+    active action, "" when not reviewed)."""
     idx = state.suspects.tolist()
     probs = train_probabilities(state, session.train, idx)
     labels = state.labels[state.suspects].numpy()
@@ -95,6 +107,8 @@ def review_queue(session: AuditSession, state: AuditState) -> pd.DataFrame:
     return pd.DataFrame({
         "index": idx, "label": labels, "prediction": probs.argmax(1),
         "confidence": probs.max(1) if len(idx) else np.zeros(0), "alternative": others.argmax(1),
+        "suspicion": (state.suspect_scores if session.prior is None
+                      else session.prior[state.suspects]).double().numpy(),
         "score": state.suspect_scores.double().numpy(),
         "loss": state.suspect_losses.double().numpy(),
         "decision": [done[i].action if i in done else "" for i in idx],

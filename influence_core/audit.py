@@ -56,7 +56,7 @@ class AuditState:
     labels: torch.Tensor  # (N,) current training labels (removed points keep theirs)
     removed: torch.Tensor  # (N,) bool
     test_logits: torch.Tensor  # (M, K) updated model on the test split
-    suspects: torch.Tensor  # (k,) remaining suspect indices, most self-influential first
+    suspects: torch.Tensor  # (k,) remaining suspects, most suspect first (prior, else self-infl.)
     suspect_scores: torch.Tensor  # (k,) their self-influence under the updated model
     suspect_losses: torch.Tensor  # (k,) their training loss under their current labels
     seconds: dict  # newton_step, predictions, self_influence (and refit with full_refresh)
@@ -68,13 +68,15 @@ class AuditSession:
 
     `suspects` are the training indices whose self-influence ranking is refreshed (default:
     all of them; pass the flagged candidates on large sets). `refine_steps` > 0 adds line-searched
-    steps on the edited objective (unlearning.refine: one training pass each) to every update. `weight_decay` (default: the
-    problem's training recipe) enters the removal step, see unlearning.newton_step."""
+    steps on the edited objective (unlearning.refine: one training pass each) to every update.
+    `weight_decay` (default: the problem's training recipe) enters the removal step, see
+    unlearning.newton_step. `prior` (N,), when given, orders the queue (a stronger suspect
+    ranking such as suspects.suspect_scores); otherwise the refreshed self-influence does."""
 
     def __init__(
         self, problem: object, curvature: Curvature, log: DecisionLog, task: Task | None = None,
         suspects: torch.Tensor | None = None, refine_steps: int = 0,
-        weight_decay: float | None = None,
+        weight_decay: float | None = None, prior: torch.Tensor | None = None,
     ) -> None:
         self.problem, self.curvature, self.log = problem, curvature, log
         self.task = task or ClassificationTask()
@@ -82,6 +84,7 @@ class AuditSession:
         n = len(self.train)
         self.suspects = torch.arange(n) if suspects is None else torch.as_tensor(suspects).long()
         self.refine_steps = refine_steps
+        self.prior = None if prior is None else torch.as_tensor(prior).double()
         config = getattr(problem, "config", None)  # the training recipe's L2 strength
         self.weight_decay = weight_decay if weight_decay is not None else getattr(
             config, "weight_decay", 0.0)
@@ -149,7 +152,8 @@ class AuditSession:
         edited = self.train.with_labels(labels)
         remaining = self.suspects[~removed[self.suspects]]
         scores = self_influence(curv, self.task, edited, indices=remaining)
-        order = torch.argsort(scores, descending=True)
+        key = scores if self.prior is None else self.prior[remaining]
+        order = torch.argsort(key, descending=True, stable=True)
         losses = _losses(model, self.task, edited, remaining[order])
         seconds["self_influence"] = time.perf_counter() - start
         return AuditState(version, model, delta, labels, removed, test_logits, remaining[order],
