@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 
 from .artifacts import model_hash
-from .audit import AuditSession, AuditState, default_log_path, open_session, subset
+from .audit import AuditSession, AuditState, default_log_path, open_session
 from .config import CURVATURE_CONFIGS, EKFACConfig, artifacts_root
 from .curvature import fit_curvature
-from .datasets import ImageDataset
+from .datasets import ImageDataset, subset
 from .gradients import TrackedModel, backward_pairs, forward_capture
 from .index import AttributionIndex, IndexConfig, index_scores, load_index, query_vector
 from .precompute import precompute

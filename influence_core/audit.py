@@ -30,7 +30,7 @@ from torch import nn
 from .attribution import self_influence
 from .config import CURVATURE_CONFIGS
 from .curvature import Curvature, fit_curvature
-from .datasets import ImageDataset
+from .datasets import ImageDataset, subset
 from .gradients import TrackedModel
 from .progress import Progress, silent
 from .store import REMOVED, Decision, DecisionLog
@@ -189,19 +189,6 @@ def _losses(model: nn.Module, task: Task, data: ImageDataset, indices: torch.Ten
     dtype = next(model.parameters()).dtype
     out = [task.loss(model(x.to(dtype)), y) for x, y, _ in data.batches(512, indices)]
     return torch.cat(out) if out else torch.zeros(0)
-
-
-def subset(data: ImageDataset, indices: torch.Tensor) -> ImageDataset:
-    """The examples at `indices` as a dataset of their own (in-memory or lazy)."""
-    indices = torch.as_tensor(indices, dtype=torch.long)
-    labels = data.labels[indices]
-    original = data.original_labels[indices]
-    if data.pixels is not None:
-        return dataclasses.replace(data, pixels=data.pixels[indices], labels=labels,
-                                   original_labels=original)
-    keep = indices.tolist()
-    return dataclasses.replace(data, loader=lambda i: data.loader(keep[i]), labels=labels,
-                               original_labels=original)
 
 
 def default_log_path(problem: object) -> Path:

@@ -18,17 +18,12 @@ from scipy.stats import spearmanr
 from .attribution import self_influence, train_gradients
 from .config import EKFACConfig, ExactConfig, KFACConfig, LissaConfig, artifacts_root, recipe
 from .curvature import LissaDivergedError, fit_curvature
-from .datasets import ImageDataset
+from .datasets import ImageDataset, subset
+from .evaluation import ihvp_error
 from .gradients import TrackedModel, layer_grads
 from .progress import Progress, silent
 from .registry import Problem, load_problem
 from .task import ClassificationTask
-
-
-def subset(data: ImageDataset, indices: torch.Tensor) -> ImageDataset:
-    """An in-memory dataset holding only `indices` (re-indexed 0..m-1)."""
-    return ImageDataset(data.name, data.split, data.class_names, data.labels[indices], data.mean,
-                        data.std, pixels=data.pixels[indices])
 
 
 def forward_backward_epoch(model: torch.nn.Module, data: ImageDataset, batch_size: int) -> float:
@@ -118,20 +113,17 @@ def ihvp_errors(problem: Problem, probes: int, lissa_depths: list[int], multipli
     out = {"num_params": tracked.num_params, "probes": probes, "by_damping": {}}
     for mult in multipliers:
         exact.damping = lam = base * mult
-        want = exact.ihvp(v)
-
-        def err(r: torch.Tensor, want: torch.Tensor = want) -> float:
-            return float((r - want).norm() / want.norm())
-
         row = {"damping": lam}
         for method, cfg in (("ekfac", EKFACConfig(damping=lam)), ("kfac", KFACConfig(damping=lam)),
                             ("identity", None)):
-            row[method] = err(fit_curvature(method, tracked, task, train, cfg).ihvp(v))
+            row[method] = ihvp_error(fit_curvature(method, tracked, task, train, cfg), exact, v)
         lissa = fit_curvature("lissa", tracked, task, train, LissaConfig(damping=lam, batch_size=256))
+        want = exact.ihvp(v)
         row["lissa_by_depth"] = {}
         for depth in lissa_depths:
             try:
-                row["lissa_by_depth"][depth] = err(lissa.ihvp(v, depth=depth))
+                got = lissa.ihvp(v, depth=depth)
+                row["lissa_by_depth"][depth] = float((got - want).norm() / want.norm())
             except LissaDivergedError:
                 row["lissa_by_depth"][depth] = float("nan")
         out["by_damping"][mult] = row

@@ -155,3 +155,16 @@ def subset_mask(n: int, fraction: float, seed: int) -> torch.Tensor:
     mask = torch.zeros(n, dtype=torch.bool)
     mask[torch.randperm(n, generator=gen)[: round(fraction * n)]] = True
     return mask
+
+
+def subset(data: ImageDataset, indices: torch.Tensor) -> ImageDataset:
+    """The examples at `indices` as a dataset of their own (in-memory or lazy)."""
+    indices = torch.as_tensor(indices, dtype=torch.long)
+    labels = data.labels[indices]
+    original = data.original_labels[indices]
+    if data.pixels is not None:
+        return dataclasses.replace(data, pixels=data.pixels[indices], labels=labels,
+                                   original_labels=original)
+    keep = indices.tolist()
+    return dataclasses.replace(data, loader=lambda i: data.loader(keep[i]), labels=labels,
+                               original_labels=original)

@@ -14,7 +14,6 @@ Combinations: `class_normalised(s, labels)` (z-score within each given class) an
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -23,7 +22,7 @@ from torch import nn
 
 from .config import EKFACConfig, artifacts_root, config_hash
 from .curvature import fit_curvature
-from .datasets import ImageDataset, subset_mask
+from .datasets import ImageDataset, subset, subset_mask
 from .gradients import TrackedModel
 from .models import build_model, load_checkpoint
 from .progress import Progress, silent
@@ -47,9 +46,7 @@ def training_set(problem: Problem) -> tuple[ImageDataset, torch.Tensor, torch.Te
     if cfg.subset_seed < 0:
         return train, problem.flip_mask, torch.arange(len(train))
     idx = torch.nonzero(subset_mask(len(train), cfg.subset_fraction, cfg.subset_seed))[:, 0]
-    sub = dataclasses.replace(train, labels=train.labels[idx], pixels=train.pixels[idx],
-                              original_labels=train.original_labels[idx])
-    return sub, problem.flip_mask[idx], idx
+    return subset(train, idx), problem.flip_mask[idx], idx
 
 
 def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch.Tensor | None,
@@ -91,11 +88,6 @@ def trajectory(problem: Problem, snapshots: int = 5, progress: Progress = silent
     return _cached_train(problem, f"trajg{snapshots}", data, None, snapshots, progress)
 
 
-def _subset(data: ImageDataset, idx: torch.Tensor) -> ImageDataset:
-    return dataclasses.replace(data, labels=data.labels[idx], pixels=data.pixels[idx],
-                               original_labels=data.original_labels[idx])
-
-
 def _folds(problem: Problem, folds: int, progress: Progress
            ) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
     """(model trained on the other folds, its training indices, held-out indices) per fold."""
@@ -119,7 +111,7 @@ def cross_validated_probs(problem: Problem, folds: int = 5, progress: Progress =
     data, _, _ = training_set(problem)
     probs = torch.zeros(len(data), data.num_classes)
     for model, _, held in _folds(problem, folds, progress):
-        probs[held] = predict_logits(model, _subset(data, held)).softmax(1)
+        probs[held] = predict_logits(model, subset(data, held)).softmax(1)
     return probs
 
 
@@ -133,8 +125,8 @@ def cross_validated_self_influence(problem: Problem, folds: int = 5, progress: P
     out = torch.zeros(len(data), dtype=torch.float64)
     task = ClassificationTask("loss")
     for model, fit_idx, held in _folds(problem, folds, progress):
-        curv = fit_curvature("ekfac", TrackedModel(model), task, _subset(data, fit_idx))
-        out[held] = self_influence(curv, task, _subset(data, held)).double()
+        curv = fit_curvature("ekfac", TrackedModel(model), task, subset(data, fit_idx))
+        out[held] = self_influence(curv, task, subset(data, held)).double()
     return out
 
 

@@ -8,7 +8,7 @@ from scipy.stats import pearsonr, spearmanr
 from torch import nn
 
 from influence_core import (
-    ClassificationTask, EKFACConfig, ExactConfig, KFACConfig, TrackedModel, fit_curvature,
+    ClassificationTask, EKFACConfig, ExactConfig, TrackedModel, fit_curvature,
     load_dataset, pairwise_influence, query_gradients, self_influence, top_k, train_gradients,
 )
 from influence_core.config import TrainConfig

@@ -175,7 +175,7 @@ def tiny_mlp() -> types.SimpleNamespace:
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    from influence_core.audit import subset
+    from influence_core.datasets import subset
 
     data, task = subset(train, idx), ClassificationTask()
     curv = fit_curvature("ekfac", TrackedModel(model), task, data, EKFACConfig(damping=1e-8))
