@@ -134,7 +134,7 @@ def evidence(index: AttributionIndex, train: ImageDataset, i: int, label: int,
     itself excluded)."""
     x = train.tensor([i])[0]
     queries = torch.stack([query_vector(index, x, c) for c in range(train.num_classes)])
-    scores = (index.vectors @ queries.T.to(index.vectors.dtype)).float().T  # (K, N)
+    scores = index.projection.scores(queries, index.vectors)  # (K, N)
     scores[:, i] = float("nan")
     given = scores[label].nan_to_num(0.0)
     top = scores.nan_to_num(-float("inf")).topk(k, dim=1).values  # (K, k)
@@ -195,8 +195,8 @@ def explain(index: AttributionIndex, x: torch.Tensor | np.ndarray,
 
 
 def query_vectors(index: AttributionIndex, data: ImageDataset, batch_size: int = 512) -> torch.Tensor:
-    """(M, dim) index vectors of every example of `data` as a query (its predicted label), so
-    that scores on all queries of training example i are query_vectors @ x_i."""
+    """(M, dim) index rows of every example of `data` as a query (its predicted label), so
+    that scores on all queries of training example i are projection.scores(x_i, them)."""
     tracked, out = index.tracked, []
     dtype = next(tracked.model.parameters()).dtype
     for lo in range(0, len(data), batch_size):
@@ -213,7 +213,7 @@ def influenced_queries(index: AttributionIndex, queries: torch.Tensor, i: int,
                        k: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(query indices, scores) of the k queries whose loss training example i moves most
     (largest |score|); queries from `query_vectors`."""
-    scores = (queries @ index.vectors[i]).float()
+    scores = index.projection.scores(index.vectors[i][None], queries)[0]
     top = scores.abs().topk(min(k, len(scores))).indices
     return top.numpy(), scores[top].double().numpy()
 

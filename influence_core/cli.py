@@ -44,7 +44,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _add_index_args(p: argparse.ArgumentParser) -> None:
     _add_problem_args(p)
     p.add_argument("--method", default="ekfac", help="curvature (the index needs ekfac)")
-    p.add_argument("--dim", type=int, default=None, help="index width (eigen-directions kept)")
+    p.add_argument("--dim", type=int, default=None,
+                   help="eigen-directions kept over the conv (non-rank-one) layers")
+    p.add_argument("--rank", type=int, default=None, help="query kernel rank per linear layer")
+    p.add_argument("--no-factorise", dest="factorise", action="store_const", const=False,
+                   default=None, help="linear layers as eigen-directions too (the old index)")
     p.add_argument("--measurement", default=None, help="query measurement: loss | margin")
     p.add_argument("--shard-size", type=int, default=None, help="examples per resumable shard")
 
@@ -52,7 +56,8 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
 def _index_config(args: argparse.Namespace):
     from .index import IndexConfig
 
-    over = {"dim": args.dim, "measurement": args.measurement, "shard_size": args.shard_size}
+    over = {"dim": args.dim, "rank": args.rank, "factorise": args.factorise,
+            "measurement": args.measurement, "shard_size": args.shard_size}
     return IndexConfig(**{k: v for k, v in over.items() if v is not None})
 
 

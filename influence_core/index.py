@@ -1,19 +1,28 @@
 """A fast attribution index in the EK-FAC eigenbasis, and queries against it.
 
 Per layer, R_i = Q_S^T DW_i Q_A (d_out, d_in) is example i's gradient in the Kronecker
-eigenbasis, and the EK-FAC score is score(q, i) = sum_l sum_jk R_q[j,k] R_i[j,k] / (Lambda + lambda).
-The index keeps, over all layers, the `dim` eigen-directions (l, j, k) with the largest
-Lambda / (Lambda + lambda) (those that carry the score; the rest are damped away) and stores
-x_i = R_i[kept] / sqrt(Lambda[kept] + lambda), float16, (N, dim), memory-mapped. Then
-score(q, i) ~= x_q . x_i: a query is one backward pass and one (N, dim) x (dim,) product.
-Linear layers: R_i = u_i v_i^T (u = Q_S^T g, v = Q_A^T a), so x_i = u_i[J] * v_i[K] * scale.
+eigenbasis, and the EK-FAC score is score(q, i) = sum_l sum_jk R_q[j,k] R_i[j,k] M[j,k] with
+M = 1 / (Lambda + lambda). Two kinds of layer, stored two ways in one (N, D) float16 array:
+
+- Rank-one layers (Linear on one vector per example: R_i = u_i v_i^T, u = Q_S^T g, v = Q_A^T a)
+  are stored exactly as their factors u_i, v_i (d_out + d_in numbers instead of d_out * d_in;
+  directions with Lambda / (Lambda + lambda) < 1e-6 everywhere, e.g. dead ReLU inputs, dropped).
+  A query's kernel K_q = diag(u_q) M diag(v_q) is cut to its `rank` leading singular pairs
+  (p_r, w_r), so score_l(q, i) = sum_r (u_i . p_r)(v_i . w_r): exact when rank covers it.
+- Other layers (Conv2d: a sum over positions) keep, over all of them, the `dim` eigen-directions
+  with the largest Lambda / (Lambda + lambda) (the expected share of a gradient's whitened
+  energy) as x_i = R_i[kept] / sqrt(Lambda[kept] + lambda); those columns come first, ordered by
+  weight, so a prefix is a narrower index.
+
+Measured on mnist/cnn (README): 4096 conv directions + factorised linear layers, rank 16, keep
+Spearman 0.96 with uncompressed EK-FAC where 8192 eigen-directions over all layers kept 0.67.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
@@ -29,52 +38,93 @@ from .gradients import TrackedModel, backward_pairs, forward_capture
 from .task import ClassificationTask, Task
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
+LIVE = 1e-6  # a factor direction is kept when some Lambda / (Lambda + lambda) reaches this
 
 
 @dataclass(frozen=True)
 class IndexConfig:
-    dim: int = 8192  # eigen-directions kept over all layers (index width; see README)
+    dim: int = 4096  # eigen-directions kept over the non-rank-one (conv) layers (see README)
+    rank: int = 16  # singular pairs of a query's kernel per factorised (linear) layer
+    factorise: bool = True  # False: rank-one layers also go through the `dim` eigen-directions
     dtype: str = "float16"  # stored precision: float16 | float32
     shard_size: int = 4096  # training examples per resumable (and distributed) shard
     batch_size: int = 512  # examples per forward/backward in the scoring pass
     measurement: str = "loss"  # query measurement f: loss | margin
 
     def __post_init__(self) -> None:
-        if min(self.dim, self.batch_size, self.shard_size) < 1:
-            raise ValueError("dim, batch_size and shard_size must be positive")
+        if min(self.dim, self.rank, self.batch_size, self.shard_size) < 1:
+            raise ValueError("dim, rank, batch_size and shard_size must be positive")
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
 
 
+def rank_one_layers(tracked: TrackedModel, x: torch.Tensor) -> list[bool]:
+    """Which tracked layers see one input vector per example (T = 1), probed on a batch x."""
+    store, outputs = forward_capture(tracked, x)
+    return [a.shape[1] == 1 for a, _ in backward_pairs(tracked, store, outputs.sum(1))]
+
+
 @dataclass
 class EigenProjection:
-    """Fitted EK-FAC factors and the kept directions: positions[l] are flat (j * d_in + k);
-    columns of x are ordered by descending weight, so x[:, :m] is the index of width m."""
+    """Fitted EK-FAC factors and what the index keeps of them. Eigen part: positions[l] are
+    flat (j * d_in + k) directions of non-factorised layers; column c of that part is direction
+    order[c] of their concatenation (descending weight). Factor part: for factorised layers,
+    rows[l] / cols[l] are the live S / A eigen-directions; u_i[rows], v_i[cols] follow, layer
+    after layer. A layer is factorised when its rows are non-empty."""
 
     factors: list[KroneckerFactors]
     positions: list[torch.Tensor]
-    order: torch.Tensor  # (dim,) column c of x = concatenated layer column order[c]
+    order: torch.Tensor
+    rows: list[torch.Tensor]
+    cols: list[torch.Tensor]
+    rank: int = 16
+    kernels: list[torch.Tensor | None] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self.kernels = [(1.0 / (f.eigenvalues + f.damping))[r][:, c] if len(r) else None
+                        for f, r, c in zip(self.factors, self.rows, self.cols)]
 
     @classmethod
-    def select(cls, factors: list[KroneckerFactors], dim: int) -> EigenProjection:
-        """Keep the `dim` directions with the largest Lambda / (Lambda + lambda), all layers."""
-        weights = torch.cat([(f.eigenvalues / (f.eigenvalues + f.damping)).flatten().double()
-                             for f in factors])
-        best = torch.topk(weights, min(dim, weights.numel())).indices  # descending weight
+    def select(cls, factors: list[KroneckerFactors], dim: int, rank_one: list[bool],
+               rank: int = 16) -> EigenProjection:
+        """Factorise the rank-one layers; keep the `dim` heaviest directions of the others."""
+        weights = [(f.eigenvalues / (f.eigenvalues + f.damping)).double() for f in factors]
+        empty = torch.zeros(0, dtype=torch.long)
+        rows = [torch.nonzero(w.amax(1) >= LIVE)[:, 0] if r1 else empty
+                for w, r1 in zip(weights, rank_one)]
+        cols = [torch.nonzero(w.amax(0) >= LIVE)[:, 0] if r1 else empty
+                for w, r1 in zip(weights, rank_one)]
+        flat = torch.cat([w.flatten() if not r1 else w.new_zeros(0)
+                          for w, r1 in zip(weights, rank_one)])
+        best = torch.topk(flat, min(dim, flat.numel())).indices  # descending weight
         keep = best.sort().values
-        bounds = np.cumsum([0] + [f.eigenvalues.numel() for f in factors])
+        sizes = [w.numel() if not r1 else 0 for w, r1 in zip(weights, rank_one)]
+        bounds = np.cumsum([0] + sizes)
         positions = [keep[(keep >= lo) & (keep < hi)] - lo for lo, hi in pairwise(bounds)]
-        order = torch.searchsorted(keep, best)  # column c of x is direction best[c]
-        return cls(factors, positions, order)
+        order = torch.searchsorted(keep, best)  # column c of the eigen part is direction best[c]
+        return cls(factors, positions, order, rows, cols, rank)
+
+    @property
+    def eigen_dim(self) -> int:
+        return len(self.order)
 
     @property
     def dim(self) -> int:
-        return sum(len(p) for p in self.positions)
+        return self.eigen_dim + sum(len(r) + len(c) for r, c in zip(self.rows, self.cols))
+
+    def segments(self) -> Iterator[tuple[torch.Tensor, slice, slice]]:
+        """(kernel M[rows][:, cols], u columns, v columns) of each factorised layer."""
+        start = self.eigen_dim
+        for m, r, c in zip(self.kernels, self.rows, self.cols):
+            if m is not None:
+                yield m, slice(start, start + len(r)), slice(start + len(r), start + len(r) + len(c))
+                start += len(r) + len(c)
 
     def project(self, pairs: Pairs) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x (B, dim) index vectors, (B,) EK-FAC self-influence) from captured (a, g)."""
-        feats, self_inf = [], 0
-        for f, pos, (a, g) in zip(self.factors, self.positions, pairs):
+        """(x (B, dim) index rows, (B,) exact EK-FAC self-influence) from captured (a, g)."""
+        eigen, factor, self_inf = [], [], 0
+        for f, pos, rows, cols, (a, g) in zip(self.factors, self.positions, self.rows, self.cols,
+                                             pairs):
             inv = 1.0 / (f.eigenvalues + f.damping)  # (d_out, d_in)
             d_in = inv.shape[1]
             scale = inv.flatten()[pos].sqrt()
@@ -82,19 +132,48 @@ class EigenProjection:
             if a.shape[1] == 1:  # rank one: R_i = u_i v_i^T
                 u, v = g[:, 0] @ f.q_s, a[:, 0] @ f.q_a  # (B, d_out), (B, d_in)
                 self_inf = self_inf + (((u * u) @ inv) * (v * v)).sum(1)
-                feats.append(u[:, pos // d_in] * v[:, pos % d_in] * scale)
+                eigen.append(u[:, pos // d_in] * v[:, pos % d_in] * scale)
+                factor += [u[:, rows], v[:, cols]]
             else:  # DW_i first, then rotate: cheaper than rotating T positions
+                if len(rows):
+                    raise ValueError("a factorised layer saw T > 1 positions per example")
                 r = f.q_s.T @ torch.einsum("bto,bti->boi", g, a) @ f.q_a  # (B, d_out, d_in)
                 self_inf = self_inf + (r * r * inv).sum((1, 2))
-                feats.append(r.flatten(1)[:, pos] * scale)
-        return torch.cat(feats, 1)[:, self.order], self_inf
+                eigen.append(r.flatten(1)[:, pos] * scale)
+        return torch.cat([torch.cat(eigen, 1)[:, self.order], *factor], 1), self_inf
+
+    def scores(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(P, N) approximate EK-FAC scores between index rows a (P, dim) and b (N, dim), in b's
+        dtype: the eigen part by a product, each factorised layer through the rank-`rank`
+        kernel of each row of a (the score is symmetric: put the shorter side in a)."""
+        if len(a) > 16:  # bounded memory: (N, 16 * d_in') at most per layer
+            return torch.cat([self.scores(a[lo:lo + 16], b) for lo in range(0, len(a), 16)])
+        e = self.eigen_dim
+        out = (a[:, :e].to(b.dtype) @ b[:, :e].T).float()
+        for m, us, vs in self.segments():
+            u, v = a[:, us].to(m.dtype), a[:, vs].to(m.dtype)
+            kern = u[:, :, None] * m * v[:, None, :]  # (P, d_out', d_in')
+            bu, bv = b[:, us], b[:, vs]
+            if m.numel() <= self.rank * sum(m.shape):  # exact is no dearer
+                left = kern.permute(1, 0, 2).reshape(m.shape[0], -1)  # (d_out', P * d_in')
+                prod = (bu @ left.to(b.dtype)).reshape(len(b), len(a), m.shape[1])
+                out += (prod.float() * bv.float()[:, None, :]).sum(2).T
+                continue
+            p, s, w = torch.linalg.svd(kern, full_matrices=False)  # (P, d_out', k) ...
+            r = min(self.rank, s.shape[1])
+            left = (p[:, :, :r] * s[:, None, :r]).permute(1, 0, 2).reshape(m.shape[0], -1)
+            right = w[:, :r, :].permute(2, 0, 1).reshape(m.shape[1], -1)  # (d_in', P * r)
+            prod = (bu @ left.to(b.dtype)).float() * (bv @ right.to(b.dtype)).float()
+            out += prod.reshape(len(b), len(a), r).sum(2).T
+        return out
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"order": self.order}
+        out = {"order": self.order, "rank": torch.tensor([self.rank])}
         for i, (f, pos) in enumerate(zip(self.factors, self.positions)):
             out.update({f"{i}.q_a": f.q_a, f"{i}.q_s": f.q_s, f"{i}.eigenvalues": f.eigenvalues,
                         f"{i}.damping": torch.tensor([f.damping], dtype=torch.float64),
-                        f"{i}.positions": pos})
+                        f"{i}.positions": pos, f"{i}.rows": self.rows[i],
+                        f"{i}.cols": self.cols[i]})
         return out
 
     @classmethod
@@ -103,7 +182,14 @@ class EigenProjection:
         factors = [KroneckerFactors(t[f"{i}.q_a"].to(dtype), t[f"{i}.q_s"].to(dtype),
                                     t[f"{i}.eigenvalues"].to(dtype), float(t[f"{i}.damping"]))
                    for i in layers]
-        return cls(factors, [t[f"{i}.positions"] for i in layers], t["order"])
+        return cls(factors, [t[f"{i}.positions"] for i in layers], t["order"],
+                   [t[f"{i}.rows"] for i in layers], [t[f"{i}.cols"] for i in layers],
+                   int(t["rank"]))
+
+    def narrowed(self, width: int) -> EigenProjection:
+        """The same projection keeping only the first `width` eigen-part columns."""
+        return EigenProjection(self.factors, self.positions, self.order[:width], self.rows,
+                               self.cols, self.rank)
 
 
 @dataclass
@@ -115,7 +201,7 @@ class AttributionIndex:
     tracked: TrackedModel
     task: Task
     projection: EigenProjection
-    vectors: torch.Tensor  # (N, width) in memory, bfloat16 by default (from the float16 file)
+    vectors: torch.Tensor  # (N, dim) in memory, bfloat16 by default (from the float16 file)
     arrays: dict[str, np.ndarray]  # self_influence, train_loss, train_logits, test_logits, ...
 
 
@@ -123,9 +209,9 @@ def load_index(
     folder: Path | str, model: nn.Module, expected: dict | None = None, width: int | None = None,
     dtype: torch.dtype = torch.bfloat16,
 ) -> AttributionIndex:
-    """Open a precomputed artifact folder for `model`, keeping the first `width` columns (the
-    strongest directions; None: all) in RAM as `dtype` (bfloat16 halves the bytes each query
-    reads). Refuses (ArtifactError) when the model's hash, or any field of `expected`
+    """Open a precomputed artifact folder for `model`, keeping the first `width` eigen-part
+    columns (the strongest directions; None: all) and every factor column in RAM as `dtype`
+    (bfloat16 halves the bytes each query reads). Refuses (ArtifactError) when the model's hash, or any field of `expected`
     (e.g. {"method": "ekfac"}), differs from the manifest."""
     folder = Path(folder)
     manifest = check_manifest(folder, {"model_hash": model_hash(model), **(expected or {})})
@@ -137,18 +223,20 @@ def load_index(
     if "index" not in arrays:
         raise ArtifactError(f"{folder}: index.npy is missing; re-run precompute")
     stored = arrays.pop("index")
-    width = stored.shape[1] if width is None else min(width, stored.shape[1])
-    vectors = torch.empty(stored.shape[0], width, dtype=dtype)  # a copy in RAM
+    eigen = projection.eigen_dim
+    width = eigen if width is None else min(width, eigen)
+    columns = np.r_[0:width, eigen:stored.shape[1]]
+    vectors = torch.empty(stored.shape[0], len(columns), dtype=dtype)  # a copy in RAM
     for lo in range(0, stored.shape[0], 8192):  # streamed: no float32 copy of the whole index
-        chunk = np.array(stored[lo:lo + 8192, :width], dtype=np.float32)
+        chunk = np.array(stored[lo:lo + 8192], dtype=np.float32)[:, columns]
         vectors[lo:lo + 8192] = torch.from_numpy(chunk).to(dtype)
-    projection.order = projection.order[:width]
+    projection = projection.narrowed(width)
     task = ClassificationTask(manifest["index_config"]["measurement"])
     return AttributionIndex(folder, manifest, tracked, task, projection, vectors, arrays)
 
 
 def query_vector(index: AttributionIndex, x: torch.Tensor, y: torch.Tensor | int | None) -> torch.Tensor:
-    """(dim,) x_q for one query input x (C, H, W) or (1, C, H, W), normalised like the dataset;
+    """(dim,) index row x_q for one query input x (C, H, W) or (1, C, H, W), normalised like the dataset;
     y None: the model's predicted label."""
     x = (x if x.ndim == 4 else x[None]).to(next(index.tracked.model.parameters()).dtype)
     with _one_thread():  # one image: thread hand-offs cost more than they save on a busy CPU
@@ -173,7 +261,7 @@ def _one_thread() -> Iterator[None]:
 
 def index_scores(index: AttributionIndex, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
     """(N,) approximate EK-FAC scores of every training example on the query (positive: helpful)."""
-    return (index.vectors @ query_vector(index, x, y).to(index.vectors.dtype)).float()
+    return index.projection.scores(query_vector(index, x, y)[None], index.vectors)[0]
 
 
 def query_index(

@@ -40,7 +40,7 @@ from .curvature.kfac import (
     KroneckerFactors, add_covariances, eigenbasis, heuristic_damping, zero_covariances,
 )
 from .gradients import TrackedModel, backward_pairs, forward_capture
-from .index import EigenProjection, IndexConfig
+from .index import EigenProjection, IndexConfig, rank_one_layers
 from .progress import Progress, silent
 from .registry import Problem
 from .task import ClassificationTask
@@ -196,8 +196,11 @@ def _fit_stage(problem, tracked, task, cfg, index, shards, folder, progress, tim
         factors = fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress)
         timings["fit_eigenvalues"] = time.perf_counter() - start
         if rank == 0:
+            probe = problem.train.tensor(torch.arange(min(2, len(problem.train))))
+            rank_one = rank_one_layers(tracked, probe.to(model_dtype(tracked)))
+            factorise = [r1 and index.factorise for r1 in rank_one]
             save_tensors(folder / "factors.safetensors",
-                         EigenProjection.select(factors, index.dim).tensors())
+                         EigenProjection.select(factors, index.dim, factorise, index.rank).tensors())
         barrier()
     dtype = model_dtype(tracked)
     return EigenProjection.from_tensors(load_tensors(folder / "factors.safetensors"), dtype)
