@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import artifacts_root, recipe
-from .evaluation import BUDGETS, detection_summary, write_report
+from .evaluation import BUDGETS, KRONFLUENCE_VARIANTS, detection_summary, write_report
 from .progress import Progress, silent, tqdm_progress
 
 REGIMES = {  # name -> recipe overrides; memorising = long training, no weight decay
@@ -165,6 +165,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ensemble", type=int, default=1, help="average EK-FAC over this many seeds")
     g.add_argument("--max-new", type=int, default=None, help="train at most this many new subset "
                    "models now (resume later); LDS uses those available")
+    g.add_argument("--kronfluence-variants", default="ekfac,ekfac_default,kfac",
+                   help="Kronfluence runs in the same LDS run (ekfac, ekfac_default, kfac)")
     g.add_argument("--methods", default="exact,ekfac,kfac,lissa,identity,index")
 
 
@@ -256,6 +258,12 @@ def _cmd(args: argparse.Namespace) -> int:
             print(md)
         return 0
     methods = tuple(m for m in args.methods.split(",") if m)
+    if kron:
+        kron = tuple(v for v in args.kronfluence_variants.split(",") if v)
+        unknown = sorted(set(kron) - set(KRONFLUENCE_VARIANTS))
+        if unknown:
+            raise SystemExit(f"unknown --kronfluence-variants {unknown}; "
+                             f"choose from {sorted(KRONFLUENCE_VARIANTS)}")
     res = run_lds_report(recipe(args.dataset, args.model), args.subsets, args.alpha,
                          args.queries, methods, args.ensemble, kron, args.data_root,
                          args.max_new, progress, out)

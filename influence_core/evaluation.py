@@ -211,14 +211,22 @@ def _index_scores(problem: object, query_x: torch.Tensor, query_y: torch.Tensor
             .double()}
 
 
+KRONFLUENCE_VARIANTS = {  # --kronfluence-variants name -> (report key, strategy, heuristic damping)
+    "ekfac": ("kronfluence_ekfac", "ekfac", True),
+    "ekfac_default": ("kronfluence_ekfac_default_damping", "ekfac", False),
+    "kfac": ("kronfluence_kfac", "kfac", True),
+}
+
+
 def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 2000,
             methods: tuple[str, ...] = ("exact", "ekfac", "kfac", "identity"),
-            ensemble: int = 1, kronfluence: bool = True, trak: bool = True,
+            ensemble: int = 1, kronfluence: bool | tuple[str, ...] = True, trak: bool = True,
             data_root: str | None = None, max_new: int | None = None,
             progress: object = None) -> dict:
     """LDS of every estimator (ours, Kronfluence's EK-FAC/K-FAC, TRAK-style, random) on cfg's
     model, against `subsets` retrainings on alpha-subsets. ensemble > 1 also scores the mean of
-    EK-FAC attributions over that many independently seeded full-data models."""
+    EK-FAC attributions over that many independently seeded full-data models. kronfluence: True
+    (every variant), False, or the KRONFLUENCE_VARIANTS names to run."""
     import dataclasses
 
     from .registry import load_dataset, load_problem
@@ -235,9 +243,9 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
 
         query = dataclasses.replace(test, labels=qy, pixels=test.pixels[q_idx],
                                     original_labels=qy)
-        for name, strat, heur in [("kronfluence_ekfac", "ekfac", True),
-                                  ("kronfluence_ekfac_default_damping", "ekfac", False),
-                                  ("kronfluence_kfac", "kfac", True)]:
+        picked = KRONFLUENCE_VARIANTS if kronfluence is True else kronfluence
+        for variant in picked:
+            name, strat, heur = KRONFLUENCE_VARIANTS[variant]
             scores[name] = kronfluence_scores(model, train, query, "margin", strat, heur)
     if trak and sum(p.numel() for p in model.parameters()) <= 50_000:
         from .baselines import trak_scores

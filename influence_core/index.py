@@ -151,24 +151,15 @@ class EigenProjection:
         e = self.eigen_dim
         out = (a[:, :e].to(b.dtype) @ b[:, :e].T).float()
         for m, us, vs in self.segments():
-            u, v = a[:, us].to(m.dtype), a[:, vs].to(m.dtype)
-            kern = u[:, :, None] * m * v[:, None, :]  # (P, d_out', d_in')
-            bu, bv = b[:, us], b[:, vs]
-            if m.numel() <= self.rank * sum(m.shape):  # exact is no dearer
-                left = kern.permute(1, 0, 2).reshape(m.shape[0], -1)  # (d_out', P * d_in')
-                prod = (bu @ left.to(b.dtype)).reshape(len(b), len(a), m.shape[1])
-                out += (prod.float() * bv.float()[:, None, :]).sum(2).T
-                continue
-            p, s, w = torch.linalg.svd(kern, full_matrices=False)  # (P, d_out', k) ...
-            r = min(self.rank, s.shape[1])
-            left = (p[:, :, :r] * s[:, None, :r]).permute(1, 0, 2).reshape(m.shape[0], -1)
-            right = w[:, :r, :].permute(2, 0, 1).reshape(m.shape[1], -1)  # (d_in', P * r)
-            prod = (bu @ left.to(b.dtype)).float() * (bv @ right.to(b.dtype)).float()
-            out += prod.reshape(len(b), len(a), r).sum(2).T
+            left, right = _kernel_factors(a[:, us], a[:, vs], m, self.rank)  # (P, d', r) each
+            r = left.shape[2]
+            bl = b[:, us] @ left.permute(1, 0, 2).reshape(m.shape[0], -1).to(b.dtype)
+            br = b[:, vs] @ right.permute(1, 0, 2).reshape(m.shape[1], -1).to(b.dtype)
+            out += (bl * br).reshape(len(b), len(a), r).sum(2, dtype=torch.float32).T
         return out
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"order": self.order, "rank": torch.tensor([self.rank])}
+        out: dict[str, torch.Tensor] = {"order": self.order, "rank": torch.tensor([self.rank])}
         for i, (f, pos) in enumerate(zip(self.factors, self.positions)):
             out.update({f"{i}.q_a": f.q_a, f"{i}.q_s": f.q_s, f"{i}.eigenvalues": f.eigenvalues,
                         f"{i}.damping": torch.tensor([f.damping], dtype=torch.float64),
@@ -190,6 +181,25 @@ class EigenProjection:
         """The same projection keeping only the first `width` eigen-part columns."""
         return EigenProjection(self.factors, self.positions, self.order[:width], self.rows,
                                self.cols, self.rank)
+
+
+def _kernel_factors(u: torch.Tensor, v: torch.Tensor, m: torch.Tensor, rank: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-`rank` factors (left (P, d_out, r), right (P, d_in, r)) of each kernel
+    K_p = diag(u_p) M diag(v_p), by the eigendecomposition of K K^T (float64; d_out <= d_in
+    assumed, else of K^T K): left = P_r S_r, right = W_r, exact when rank >= min(d_out, d_in)."""
+    kern = u.double()[:, :, None] * m.double() * v.double()[:, None, :]
+    flip = kern.shape[1] > kern.shape[2]
+    if flip:
+        kern = kern.transpose(1, 2)
+    vals, vecs = torch.linalg.eigh(kern @ kern.transpose(1, 2))  # ascending
+    r = min(rank, vals.shape[1])
+    vals, vecs = vals[:, -r:].clamp_min(0), vecs[:, :, -r:]
+    sing = vals.sqrt()
+    left = vecs * sing[:, None, :]
+    right = (kern.transpose(1, 2) @ vecs) / torch.where(sing > 0, sing, 1.0)[:, None, :]
+    left, right = left.float(), right.float()
+    return (right, left) if flip else (left, right)
 
 
 @dataclass

@@ -37,7 +37,11 @@ from .config import EKFACConfig, artifacts_root, config_hash
 from .curvature.base import fisher_pairs, model_dtype
 from .curvature.ekfac import add_eigenvalues
 from .curvature.kfac import (
-    KroneckerFactors, add_covariances, eigenbasis, heuristic_damping, zero_covariances,
+    KroneckerFactors,
+    add_covariances,
+    eigenbasis,
+    heuristic_damping,
+    zero_covariances,
 )
 from .gradients import TrackedModel, backward_pairs, forward_capture
 from .index import EigenProjection, IndexConfig, rank_one_layers
