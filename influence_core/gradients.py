@@ -176,8 +176,14 @@ def dot_with_layers(
     total = 0
     for (a, g), v in zip(pairs, vectors):
         v = v.to(a.dtype)
-        if a.shape[1] == 1:
-            total = total + torch.einsum("bo,koi,bi->bk", g[:, 0], v, a[:, 0])
+        if a.shape[1] == 1:  # (a_i V_q^T) . g_i: one GEMM per chunk of queries
+            k, d_out, d_in = v.shape
+            step = max(1, 2**25 // max(1, len(a) * d_out))  # (B, step * d_out) floats at most
+            parts = [((a[:, 0] @ v[lo:lo + step].reshape(-1, d_in).T)
+                      .reshape(len(a), -1, d_out) * g[:, 0, None, :]).sum(2)
+                     for lo in range(0, k, step)]
+            total = total + torch.cat(parts, 1)
         else:
-            total = total + torch.einsum("boi,koi->bk", torch.einsum("bto,bti->boi", g, a), v)
+            dw = torch.einsum("bto,bti->boi", g, a).flatten(1)
+            total = total + dw @ v.flatten(1).T
     return total

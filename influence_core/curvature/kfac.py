@@ -18,6 +18,9 @@ from ..task import Task
 from .base import Curvature, Pairs, fisher_pairs, iterate, model_dtype
 
 
+TINY = 1e-20  # eigenvector entries below this are rounding noise, and denormal in float32
+
+
 @dataclass
 class KroneckerFactors:
     """One layer's eigenbasis and diagonal: G_l ~= (Q_S (x) Q_A) diag(Lambda) (Q_S (x) Q_A)^T."""
@@ -26,6 +29,10 @@ class KroneckerFactors:
     q_s: torch.Tensor  # (d_out, d_out)
     eigenvalues: torch.Tensor  # Lambda (d_out, d_in)
     damping: float
+
+    def __post_init__(self) -> None:  # also for bases fitted before eigenbasis() zeroed noise
+        self.q_a = torch.where(self.q_a.abs() < TINY, 0.0, self.q_a)
+        self.q_s = torch.where(self.q_s.abs() < TINY, 0.0, self.q_s)
 
 
 def zero_covariances(tracked: TrackedModel) -> list[list[torch.Tensor]]:
@@ -61,8 +68,10 @@ def fit_covariances(
 
 
 def eigenbasis(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eigenvalues >= 0, eigenvectors) with rounding-noise entries zeroed: cast to float32
+    they would be denormals, which make every product with the basis several times slower."""
     e, q = torch.linalg.eigh(cov)
-    return e.clamp_min(0.0), q
+    return e.clamp_min(0.0), torch.where(q.abs() < TINY, 0.0, q)
 
 
 def heuristic_damping(eigenvalues: torch.Tensor, cfg: KFACConfig) -> float:
