@@ -48,7 +48,7 @@ class IndexConfig:
     factorise: bool = True  # False: rank-one layers also go through the `dim` eigen-directions
     dtype: str = "float16"  # stored precision: float16 | float32
     shard_size: int = 4096  # training examples per resumable (and distributed) shard
-    batch_size: int = 512  # examples per forward/backward in the scoring pass
+    batch_size: int = 128  # examples per forward/backward in the scoring pass (cache-friendly)
     measurement: str = "loss"  # query measurement f: loss | margin
 
     def __post_init__(self) -> None:
