@@ -36,13 +36,7 @@ from .artifacts import (
 from .config import EKFACConfig, artifacts_root, config_hash
 from .curvature.base import fisher_pairs, model_dtype
 from .curvature.ekfac import add_eigenvalues
-from .curvature.kfac import (
-    KroneckerFactors,
-    add_covariances,
-    eigenbasis,
-    heuristic_damping,
-    zero_covariances,
-)
+from .curvature.kfac import CovarianceSums, KroneckerFactors, eigenbasis, heuristic_damping
 from .gradients import TrackedModel, backward_pairs, forward_capture
 from .index import EigenProjection, IndexConfig, rank_one_layers
 from .progress import Progress, silent
@@ -107,13 +101,16 @@ def _pseudo_pairs(tracked, task, x, y, idx, cfg: EKFACConfig, what: int) -> Iter
 
 def fit_bases(problem, tracked, task, cfg, shards, progress) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Pass 1: per layer (Q_A, Q_S), float64, from A = E[sum_t a a^T], S = E[sum_t g g^T]."""
-    covs = zero_covariances(tracked)
+    sums = CovarianceSums(tracked, fold=0)  # folded per shard: the same sums from W processes
     done, total = 0, sum(hi - lo for _, lo, hi in shards)
-    for x, y, idx in _batches(problem, shards, cfg.batch_size, model_dtype(tracked)):
-        for draw, pairs in enumerate(_pseudo_pairs(tracked, task, x, y, idx, cfg, 1)):
-            add_covariances(covs, pairs, count_inputs=draw == 0)
-        done += len(idx)
-        progress(done, total, "1/3 fit covariances")
+    for shard in shards:
+        for x, y, idx in _batches(problem, [shard], cfg.batch_size, model_dtype(tracked)):
+            for draw, pairs in enumerate(_pseudo_pairs(tracked, task, x, y, idx, cfg, 1)):
+                sums.add(pairs, count_inputs=draw == 0)
+            done += len(idx)
+            progress(done, total, "1/3 fit covariances")
+        sums.flush()
+    covs = sums.sums()
     _all_reduce([t for c in covs for t in c])
     return [(_canonical(eigenbasis(a)[1]), _canonical(eigenbasis(s)[1])) for a, s in covs]
 

@@ -35,20 +35,45 @@ class KroneckerFactors:
         self.q_s = torch.where(self.q_s.abs() < TINY, 0.0, self.q_s)
 
 
-def zero_covariances(tracked: TrackedModel) -> list[list[torch.Tensor]]:
-    """Per layer [A (d_in, d_in), S (d_out, d_out)] zero sums, float64."""
-    return [[torch.zeros(s.d_in, s.d_in, dtype=torch.float64),
-             torch.zeros(s.d_out, s.d_out, dtype=torch.float64)] for s in tracked.specs]
+class CovarianceSums:
+    """Per layer A = sum_t a a^T and S = sum_t g g^T. Each batch is added in the model's dtype
+    (one in-place GEMM) to a partial sum that is folded into the float64 totals every `fold`
+    batches (0: only on flush()): no float64 copy of a d_in x d_in matrix per batch, float32
+    error bounded."""
 
+    def __init__(self, tracked: TrackedModel, fold: int = 32) -> None:
+        self.total = [[torch.zeros(s.d_in, s.d_in, dtype=torch.float64),
+                       torch.zeros(s.d_out, s.d_out, dtype=torch.float64)] for s in tracked.specs]
+        self.partial: list[list[torch.Tensor]] | None = None
+        self.fold, self.batches = fold, 0
 
-def add_covariances(covs: list[list[torch.Tensor]], pairs: Pairs, count_inputs: bool) -> None:
-    """In place: A += sum_i sum_t a a^T (once per batch: `count_inputs`), S += sum g g^T."""
-    for c, (a, g) in zip(covs, pairs):
+    def add(self, pairs: Pairs, count_inputs: bool) -> None:
+        """A += sum_t a a^T (once per batch: `count_inputs`), S += sum_t g g^T."""
+        if self.partial is None:
+            self.partial = [[torch.zeros_like(t, dtype=a.dtype) for t in c]
+                            for c, (a, _) in zip(self.total, pairs)]
+        for c, (a, g) in zip(self.partial, pairs):
+            if count_inputs:
+                a2 = a.reshape(-1, a.shape[-1])
+                c[0].addmm_(a2.T, a2)
+            g2 = g.reshape(-1, g.shape[-1])
+            c[1].addmm_(g2.T, g2)
         if count_inputs:
-            a2 = a.reshape(-1, a.shape[-1])
-            c[0] += (a2.T @ a2).double()
-        g2 = g.reshape(-1, g.shape[-1])
-        c[1] += (g2.T @ g2).double()
+            self.batches += 1
+            if self.fold and self.batches % self.fold == 0:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.partial is not None:
+            for c, part in zip(self.total, self.partial):
+                for t, q in zip(c, part):
+                    t += q.double()
+                    q.zero_()
+
+    def sums(self) -> list[list[torch.Tensor]]:
+        """The float64 totals (all batches so far)."""
+        self.flush()
+        return self.total
 
 
 def fit_covariances(
@@ -56,15 +81,15 @@ def fit_covariances(
 ) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
     """Pass 1: per layer (A, S, mean positions T), averaged over examples (float64)."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    covs, positions = zero_covariances(tracked), [0.0] * len(tracked.specs)
+    sums, positions = CovarianceSums(tracked), [0.0] * len(tracked.specs)
     dtype = model_dtype(tracked)
     for x, y, _ in iterate(data, cfg.batch_size, progress, "fit covariances", dtype=dtype):
         for draw, pairs in enumerate(fisher_pairs(tracked, task, x, y, cfg.fisher, gen)):
-            add_covariances(covs, pairs, count_inputs=draw == 0)
+            sums.add(pairs, count_inputs=draw == 0)
         for layer, (a, _) in enumerate(pairs):
             positions[layer] += a.shape[1] * a.shape[0]
     n = len(data)
-    return [(a / n, s / n, t / n) for (a, s), t in zip(covs, positions)]
+    return [(a / n, s / n, t / n) for (a, s), t in zip(sums.sums(), positions)]
 
 
 def eigenbasis(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
