@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .attribution import pairwise_influence
-from .config import artifacts_root
+from .config import EKFACConfig, artifacts_root
 from .index import (
     AttributionIndex,
     IndexConfig,
@@ -78,10 +78,11 @@ def _quality(index: AttributionIndex, problem: Problem, queries: torch.Tensor, w
 
 
 def bench_query(problem: Problem, index_cfg: IndexConfig = IndexConfig(), queries: int = 100,
-                quality: bool = True, width: int | None = None) -> dict:
+                quality: bool = True, width: int | None = None,
+                curvature: EKFACConfig = EKFACConfig()) -> dict:
     """The JSON report: load time, query latency (test and upload) at `width` columns, Spearman
     against uncompressed EK-FAC for widths up to it, and the precompute manifest."""
-    folder = artifact_folder(problem, "ekfac", index=index_cfg)
+    folder = artifact_folder(problem, "ekfac", curvature, index_cfg)
     start = time.perf_counter()
     index = load_index(folder, problem.model, width=width)
     load_s = time.perf_counter() - start
@@ -107,8 +108,9 @@ def bench_query(problem: Problem, index_cfg: IndexConfig = IndexConfig(), querie
     return report
 
 
-def bench_query_cli(args, problem: Problem, index_cfg: IndexConfig) -> int:
-    report = bench_query(problem, index_cfg, args.queries, not args.skip_quality, args.width)
+def bench_query_cli(args, problem: Problem, index_cfg: IndexConfig, curvature: EKFACConfig) -> int:
+    report = bench_query(problem, index_cfg, args.queries, not args.skip_quality, args.width,
+                         curvature)
     out = Path(args.out) if args.out else (
         artifacts_root() / "bench" / f"query-{problem.config.dataset}-{problem.config.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

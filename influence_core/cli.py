@@ -51,6 +51,8 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
                    default=None, help="linear layers as eigen-directions too (the old index)")
     p.add_argument("--measurement", default=None, help="query measurement: loss | margin")
     p.add_argument("--shard-size", type=int, default=None, help="examples per resumable shard")
+    p.add_argument("--fit-examples", type=int, default=None,
+                   help="fit EK-FAC on at most this many seeded examples (default: all)")
 
 
 def _index_config(args: argparse.Namespace):
@@ -61,10 +63,15 @@ def _index_config(args: argparse.Namespace):
     return IndexConfig(**{k: v for k, v in over.items() if v is not None})
 
 
+def _curvature_config(args: argparse.Namespace):
+    from .config import EKFACConfig
+
+    return EKFACConfig(max_examples=args.fit_examples)
+
+
 def _cmd_precompute(args: argparse.Namespace) -> int:
     import json
 
-    from .config import EKFACConfig
     from .precompute import barrier, init_distributed, precompute
 
     rank, _ = init_distributed()
@@ -73,7 +80,8 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
     barrier()
     if rank != 0:
         problem = problem_from_args(args)
-    folder = precompute(problem, args.method, EKFACConfig(), _index_config(args), tqdm_progress())
+    folder = precompute(problem, args.method, _curvature_config(args), _index_config(args),
+                        tqdm_progress())
     if rank == 0:
         manifest = json.loads((folder / "manifest.json").read_text())
         print(json.dumps({k: manifest[k] for k in ("timings", "peak_rss_mb")}, indent=1))
@@ -97,7 +105,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
     from .precompute import artifact_folder
 
     problem = problem_from_args(args)
-    index = load_index(artifact_folder(problem, args.method, index=_index_config(args)), problem.model)
+    folder = artifact_folder(problem, args.method, _curvature_config(args), _index_config(args))
+    index = load_index(folder, problem.model)
     if args.image is not None:
         x, label = problem.test.normalise(Image.open(args.image)), args.label
     else:
@@ -130,7 +139,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _bench_query(args: argparse.Namespace) -> int:
     from .bench_query import bench_query_cli
 
-    return bench_query_cli(args, problem_from_args(args), _index_config(args))
+    return bench_query_cli(args, problem_from_args(args), _index_config(args),
+                           _curvature_config(args))
 
 
 def _bench_core(args: argparse.Namespace) -> int:

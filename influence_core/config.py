@@ -90,9 +90,14 @@ class EKFACConfig:
     fisher: str = "sampled"  # sampled (true Fisher, 1 label/example) | expected | empirical
     batch_size: int = 128  # per forward/backward; 128 beats 512 on CPU (cache), measured
     seed: int = 0  # pseudo-label sampling
+    # precompute: fit covariances and eigenvalues on at most this many seeded examples (like
+    # Kronfluence's covariance_/lambda_max_examples); None: all. Scores always cover every example.
+    max_examples: int | None = None
 
     def __post_init__(self) -> None:
         _check_curvature(self.damping, self.damping_factor, self.fisher)
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"max_examples must be positive, got {self.max_examples}")
 
 
 @dataclass(frozen=True)

@@ -87,11 +87,23 @@ def _shards(n: int, size: int, rank: int, world: int) -> list[tuple[int, int, in
     return [(s, s * size, min(n, (s + 1) * size)) for s in range(-(-n // size)) if s % world == rank]
 
 
-def _batches(problem: Problem, shards: list, batch: int, dtype: torch.dtype) -> Iterator:
+def _batches(problem: Problem, shards: list, batch: int, dtype: torch.dtype,
+             order: torch.Tensor | None = None) -> Iterator:
+    """Batches of shards (s, lo, hi): positions lo..hi of `order` (None: the training set)."""
     for _, lo, hi in shards:
         for start in range(lo, hi, batch):
             idx = torch.arange(start, min(hi, start + batch))
+            idx = idx if order is None else order[idx]
             yield problem.train.tensor(idx).to(dtype), problem.train.labels[idx], idx
+
+
+def fit_order(n: int, cfg: EKFACConfig) -> torch.Tensor | None:
+    """The examples the two fit passes see: None (all n), or cfg.max_examples of them, seeded
+    and sorted (Kronfluence's covariance_max_examples / lambda_max_examples)."""
+    if cfg.max_examples is None or cfg.max_examples >= n:
+        return None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return torch.randperm(n, generator=gen)[:cfg.max_examples].sort().values
 
 
 def _pseudo_pairs(tracked, task, x, y, idx, cfg: EKFACConfig, what: int) -> Iterator:
@@ -99,12 +111,13 @@ def _pseudo_pairs(tracked, task, x, y, idx, cfg: EKFACConfig, what: int) -> Iter
     yield from fisher_pairs(tracked, task, x, y, cfg.fisher, gen)
 
 
-def fit_bases(problem, tracked, task, cfg, shards, progress) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def fit_bases(problem, tracked, task, cfg, shards, progress, order=None
+              ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Pass 1: per layer (Q_A, Q_S), float64, from A = E[sum_t a a^T], S = E[sum_t g g^T]."""
     sums = CovarianceSums(tracked, fold=0)  # folded per shard: the same sums from W processes
     done, total = 0, sum(hi - lo for _, lo, hi in shards)
     for shard in shards:
-        for x, y, idx in _batches(problem, [shard], cfg.batch_size, model_dtype(tracked)):
+        for x, y, idx in _batches(problem, [shard], cfg.batch_size, model_dtype(tracked), order):
             for draw, pairs in enumerate(_pseudo_pairs(tracked, task, x, y, idx, cfg, 1)):
                 sums.add(pairs, count_inputs=draw == 0)
             done += len(idx)
@@ -121,19 +134,20 @@ def _canonical(q: torch.Tensor) -> torch.Tensor:
     return q * torch.sign(q[pick, torch.arange(q.shape[1])])
 
 
-def fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress) -> list[KroneckerFactors]:
+def fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress, order=None
+                    ) -> list[KroneckerFactors]:
     """Pass 2: Lambda[j, k] = E_i[R_i[j, k]^2], R_i = Q_S^T DW_i Q_A; heuristic damping."""
     dtype = model_dtype(tracked)
     q = [(q_a.to(dtype), q_s.to(dtype)) for q_a, q_s in bases]
     lams = [torch.zeros(q_s.shape[0], q_a.shape[0], dtype=torch.float64) for q_a, q_s in q]
     done, total = 0, sum(hi - lo for _, lo, hi in shards)
-    for x, y, idx in _batches(problem, shards, cfg.batch_size, dtype):
+    for x, y, idx in _batches(problem, shards, cfg.batch_size, dtype, order):
         for pairs in _pseudo_pairs(tracked, task, x, y, idx, cfg, 2):
             add_eigenvalues(lams, q, pairs)
         done += len(idx)
         progress(done, total, "2/3 fit eigenvalues")
     _all_reduce(lams)
-    n = len(problem.train)
+    n = len(problem.train) if order is None else len(order)
     return [KroneckerFactors(q_a, q_s, lam / n, heuristic_damping(lam / n, cfg))
             for lam, (q_a, q_s) in zip(lams, bases)]
 
@@ -178,23 +192,27 @@ def _test_predictions(problem: Problem, task, out: dict, batch: int) -> None:
         out["test_loss"][int(idx[0]):int(idx[-1]) + 1] = task.loss(logits, y).numpy()
 
 
-def _fit_stage(problem, tracked, task, cfg, index, shards, folder, progress, timings) -> EigenProjection:
-    """Passes 1 and 2, or their saved results (bases.safetensors, factors.safetensors)."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
+def _fit_stage(problem, tracked, task, cfg, index, folder, progress, timings) -> EigenProjection:
+    """Passes 1 and 2 (over fit_order's examples), or their saved results (bases.safetensors,
+    factors.safetensors)."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    order = fit_order(len(problem.train), cfg)
+    n_fit = len(problem.train) if order is None else len(order)
+    shards = _shards(n_fit, index.shard_size, rank, world)
     if not (folder / "factors.safetensors").is_file():
         if (folder / "bases.safetensors").is_file():
             t = load_tensors(folder / "bases.safetensors")
             bases = [(t[f"{i}.q_a"], t[f"{i}.q_s"]) for i in range(len(tracked.specs))]
         else:
             start = time.perf_counter()
-            bases = fit_bases(problem, tracked, task, cfg, shards, progress)
+            bases = fit_bases(problem, tracked, task, cfg, shards, progress, order)
             timings["fit_covariances"] = time.perf_counter() - start
             if rank == 0:
                 save_tensors(folder / "bases.safetensors", {
                     k: v for i, (q_a, q_s) in enumerate(bases)
                     for k, v in ((f"{i}.q_a", q_a), (f"{i}.q_s", q_s))})
         start = time.perf_counter()
-        factors = fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress)
+        factors = fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress, order)
         timings["fit_eigenvalues"] = time.perf_counter() - start
         if rank == 0:
             probe = problem.train.tensor(torch.arange(min(2, len(problem.train))))
@@ -226,7 +244,7 @@ def precompute(
     tracked, task = TrackedModel(problem.model), ClassificationTask(index.measurement)
     n, timings = len(problem.train), manifest.setdefault("timings", {})
     mine = _shards(n, index.shard_size, rank, world)
-    proj = _fit_stage(problem, tracked, task, curvature, index, mine, folder, progress, timings)
+    proj = _fit_stage(problem, tracked, task, curvature, index, folder, progress, timings)
     manifest["damping"] = [f.damping for f in proj.factors]
     if rank == 0:
         write_json(folder / "manifest.json", manifest)  # keeps the fit timings across a resume

@@ -95,3 +95,22 @@ def test_stale_or_edited_artifact_is_refused(problem, artifacts_home) -> None:
         precompute(problem, "ekfac", EKFACConfig(), INDEX)
     with pytest.raises(ValueError, match="ekfac"):
         precompute(problem, "lissa", EKFACConfig(), INDEX)
+
+
+def test_fit_on_a_subset_still_scores_every_example(problem, artifacts_home) -> None:
+    """max_examples: the two fit passes see a seeded subset (their progress totals say so);
+    self-influence and the index still cover every example and rank like the full fit."""
+    full = _arrays(precompute(problem, "ekfac", EKFACConfig(), INDEX))
+    rec = Recorder()
+    part_folder = precompute(problem, "ekfac", EKFACConfig(max_examples=700), INDEX, rec)
+    part = _arrays(part_folder)
+    fit_totals = {t for _, t, w in rec.calls if w.startswith(("1/3", "2/3"))}
+    score_totals = {t for _, t, w in rec.calls if w.startswith("3/3")}
+    assert fit_totals == {700} and score_totals == {len(problem.train)}
+    assert part["self_influence"].shape == full["self_influence"].shape
+    assert np.isfinite(part["self_influence"]).all()
+    rho = np.corrcoef(np.argsort(np.argsort(part["self_influence"])),
+                      np.argsort(np.argsort(full["self_influence"])))[0, 1]
+    assert 0.9 <= rho < 1.0, rho  # close to the full fit, and not secretly the same fit
+    with pytest.raises(ValueError, match="max_examples"):
+        EKFACConfig(max_examples=0)
