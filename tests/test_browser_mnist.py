@@ -1,0 +1,123 @@
+"""Interaction latency of Review and Explore on MNIST (mnist/cnn, 60k training images) in Debian's
+chromium, after precompute: each interaction timed from the key press or click until the script
+run has finished and every image has loaded. Reported, not asserted (README, "Dashboard latency").
+
+    INFLUENCE_AUDIT_LATENCY_HOME=/path/with/precomputed/artifacts \
+        pytest -m slow tests/test_browser_mnist.py -s
+
+Without INFLUENCE_AUDIT_LATENCY_HOME the first page load trains and precomputes (minutes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ROOT,
+    SERVER_START_S,
+    _free_port,
+    _wait_healthy,
+    counter,
+    settle,
+    suspect,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+SETUP_S = 1800  # first load without prepared artifacts: train mnist/cnn and precompute
+REPEATS = 3
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def mnist_server(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    home = os.environ.get("INFLUENCE_AUDIT_LATENCY_HOME") or str(tmp_path_factory.mktemp("home"))
+    log = (Path(tmp_path_factory.mktemp("log")) / "streamlit.log").open("w")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py",
+         "--server.headless", "true", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env={**os.environ, "INFLUENCE_AUDIT_HOME": home},
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, SERVER_START_S)
+        yield f"{url}/{{page}}?dataset=mnist&model=cnn&data_root={data_root}&annotator=lat"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+
+
+def _time(page: object, action: object, wait: object = None, images: bool = True) -> float:
+    start = time.perf_counter()
+    action()
+    if wait is not None:
+        wait()
+    settle(page, 60, images=images)
+    return time.perf_counter() - start
+
+
+def test_review_and_explore_latency_on_mnist(mnist_server: str, tmp_path: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is absent")
+    out: dict[str, list[float]] = {}
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        start = time.perf_counter()
+        page.goto(mnist_server.format(page="review"))
+        settle(page, SETUP_S)
+        out["review: first load (setup when missing)"] = [time.perf_counter() - start]
+
+        def until_counter(n: int):
+            return lambda: page.get_by_text(f"{n} reviewed", exact=False).first.wait_for(
+                timeout=60_000)
+
+        for _ in range(REPEATS):
+            done = counter(page)
+            out.setdefault("review: relabel (L)", []).append(
+                _time(page, lambda: page.keyboard.press("l"), until_counter(done + 1)))
+            out.setdefault("review: undo (U)", []).append(
+                _time(page, lambda: page.keyboard.press("u"), until_counter(done)))
+            out.setdefault("review: remove (button)", []).append(_time(
+                page, lambda: page.get_by_role("button", name="Remove").click(),
+                until_counter(done + 1)))
+            out.setdefault("review: undo (button)", []).append(_time(
+                page, lambda: page.get_by_role("button", name="Undo").click(),
+                until_counter(done)))
+            before = suspect(page)
+            out.setdefault("review: next suspect (N)", []).append(_time(
+                page, lambda: page.keyboard.press("n"),
+                lambda b=before: page.wait_for_function(
+                    f"() => !document.body.innerText.includes('Suspect #{b}')", timeout=60_000)))
+
+        start = time.perf_counter()
+        page.goto(mnist_server.format(page="explore"))
+        settle(page, 120)
+        out["explore: open page"] = [time.perf_counter() - start]
+        for k in range(REPEATS):
+            out.setdefault("explore: inspect a query", []).append(_time(
+                page, lambda k=k: page.get_by_role("button", name="Inspect").nth(k + 1).click()))
+            out.setdefault("explore: open a training card", []).append(_time(
+                page, lambda k=k: page.get_by_role("button", name="Card").nth(k).click()))
+            out.setdefault("explore: next grid page", []).append(_time(
+                page, lambda: page.get_by_test_id("stPaginationNext").click()))
+        browser.close()
+    report = {name: {"median_s": round(statistics.median(v), 3), "max_s": round(max(v), 3),
+                     "n": len(v)} for name, v in out.items()}
+    folder = Path(os.environ.get("INFLUENCE_AUDIT_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "latency_mnist_browser.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    assert all(v["n"] >= 1 for v in report.values())
