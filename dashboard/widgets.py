@@ -175,8 +175,8 @@ def preview_text(what: str, preview: object) -> None:
     shown = ", ".join(f"#{i} {b}→{a}" for i, b, a in
                       zip(flips["index"][:6], flips["before"][:6], flips["after"][:6]))
     more = f" (+{len(flips) - 6} more)" if len(flips) > 6 else ""
-    st.caption(f"**{what}**: test loss {loss_change:+.4f}; {len(flips)} test prediction(s) flip"
-               + (f": {shown}{more}" if len(flips) else ""))
+    st.caption(f"**{what}** (on {preview.evaluated} test images): test loss {loss_change:+.4f}; "
+               f"{len(flips)} prediction(s) flip" + (f": {shown}{more}" if len(flips) else ""))
 
 
 def explore_filter_ui(

@@ -28,7 +28,7 @@ from .audit import AuditSession, AuditState, default_log_path, open_session
 from .verify import VerifyConfig, verify_unlearning
 from .app_api import (
     Evidence, Preview, checkpoint_bytes, decision_log_path, decisions_frame, evidence, explain,
-    influenced_queries, labels_csv, open_audit, open_index, preview, query_vectors, record_many,
+    influenced_queries, labels_csv, open_audit, open_index, preview, preview_indices, query_vectors, record_many,
     review_queue, reviewed, self_influence_values, query_probabilities, train_predictions,
     train_probabilities, undo_last, ihvp_errors,
 )
@@ -51,7 +51,7 @@ __all__ = [
     "verify_unlearning",
     "Evidence", "Preview", "checkpoint_bytes", "decision_log_path", "decisions_frame",
     "evidence", "explain", "influenced_queries", "labels_csv", "open_audit", "open_index",
-    "preview", "query_vectors", "record_many", "review_queue", "reviewed",
+    "preview", "preview_indices", "query_vectors", "record_many", "review_queue", "reviewed",
     "self_influence_values", "query_probabilities", "train_predictions", "undo_last",
     "train_probabilities", "ihvp_errors",
 ]

@@ -146,19 +146,31 @@ def evidence(index: AttributionIndex, train: ImageDataset, i: int, label: int,
                     (lo.indices.numpy(), -lo.values.double().numpy()), class_support, suggested)
 
 
+PREVIEW_TEST = 2000  # test images a preview evaluates (a fixed seeded subset; all if fewer)
+
+
 @dataclass(frozen=True)
 class Preview:
     """What an edit would do, before it is committed: the change of the mean test loss and the
-    test predictions it flips (frame: index, label, before, after)."""
+    test predictions it flips (frame: index, label, before, after), on `evaluated` test images."""
 
     test_loss_change: float
     flips: pd.DataFrame
+    evaluated: int = 0
+
+
+def preview_indices(n_test: int, limit: int = PREVIEW_TEST) -> torch.Tensor:
+    """The test images previews evaluate: all of them, or a fixed seeded `limit` (sorted)."""
+    if n_test <= limit:
+        return torch.arange(n_test)
+    return torch.randperm(n_test, generator=torch.Generator().manual_seed(0))[:limit].sort().values
 
 
 def preview(session: AuditSession, state: AuditState, i: int, action: str,
-            label: int | None = None) -> Preview:
+            label: int | None = None, limit: int = PREVIEW_TEST) -> Preview:
     """Preview relabel (to `label`) or remove of training example i on top of the active edits:
-    one batched Newton step from the base model, then the test split, against `state`."""
+    one batched Newton step from the base model, then `limit` test images (preview_indices),
+    against `state`."""
     remove, relabel = session.edits()
     relabel = {j: y for j, y in relabel.items() if j != i}
     if action == "remove":
@@ -167,15 +179,17 @@ def preview(session: AuditSession, state: AuditState, i: int, action: str,
         relabel[i] = int(label)
     model = updated_model(session.curvature, session.model_delta(remove, relabel))
     test = session.problem.test
-    after = predict_logits(model, test)
-    y = test.labels
+    idx = preview_indices(len(test), limit)
+    after = predict_logits(model, subset(test, idx), batch_size=128)
+    before = state.test_logits_of(idx)
+    y = test.labels[idx]
     loss = torch.nn.functional.cross_entropy
-    change = float(loss(after.double(), y) - loss(state.test_logits.double(), y))
-    before_pred, after_pred = state.test_logits.argmax(1), after.argmax(1)
+    change = float(loss(after.double(), y) - loss(before.double(), y))
+    before_pred, after_pred = before.argmax(1), after.argmax(1)
     flipped = torch.nonzero(before_pred != after_pred)[:, 0]
     return Preview(change, pd.DataFrame({
-        "index": flipped.numpy(), "label": y[flipped].numpy(),
-        "before": before_pred[flipped].numpy(), "after": after_pred[flipped].numpy()}))
+        "index": idx[flipped].numpy(), "label": y[flipped].numpy(),
+        "before": before_pred[flipped].numpy(), "after": after_pred[flipped].numpy()}), len(idx))
 
 
 def explain(index: AttributionIndex, x: torch.Tensor | np.ndarray,

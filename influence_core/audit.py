@@ -55,12 +55,32 @@ class AuditState:
     delta: torch.Tensor  # (p,) theta - theta_base on the tracked layers
     labels: torch.Tensor  # (N,) current training labels (removed points keep theirs)
     removed: torch.Tensor  # (N,) bool
-    test_logits: torch.Tensor  # (M, K) updated model on the test split
+    test: ImageDataset  # the test split (test_logits is computed on first use)
     suspects: torch.Tensor  # (k,) remaining suspects, most suspect first (prior, else self-infl.)
     suspect_scores: torch.Tensor  # (k,) their self-influence under the updated model
     suspect_losses: torch.Tensor  # (k,) their training loss under their current labels
-    seconds: dict  # newton_step, predictions, self_influence (and refit with full_refresh)
+    seconds: dict  # newton_step, self_influence (refit with full_refresh; predictions when used)
     approximations: tuple[str, ...]
+    _lazy: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def test_logits(self) -> torch.Tensor:
+        """(M, K) the updated model on the whole test split: computed once, on first use (a
+        Review click needs none of it; Explore and full previews do)."""
+        if "test_logits" not in self._lazy:
+            start = time.perf_counter()
+            self._lazy["test_logits"] = _logits(self.model, self.test)
+            self.seconds["predictions"] = time.perf_counter() - start
+        return self._lazy["test_logits"]
+
+    def test_logits_of(self, indices: torch.Tensor) -> torch.Tensor:
+        """(len(indices), K) logits of some test examples (cached per index set)."""
+        if "test_logits" in self._lazy:
+            return self._lazy["test_logits"][indices]
+        key = ("subset", tuple(indices.tolist()))
+        if key not in self._lazy:
+            self._lazy[key] = _logits(self.model, subset(self.test, indices))
+        return self._lazy[key]
 
 
 class AuditSession:
@@ -139,9 +159,6 @@ class AuditSession:
             labels[i] = y
         removed = torch.zeros(len(labels), dtype=torch.bool)
         removed[torch.tensor(remove, dtype=torch.long)] = True
-        start = time.perf_counter()
-        test_logits = _logits(model, self.problem.test)
-        seconds["predictions"] = time.perf_counter() - start
         curv, notes = rebind(self.curvature, model), APPROXIMATIONS
         if full_refresh:
             start = time.perf_counter()
@@ -156,7 +173,7 @@ class AuditSession:
         order = torch.argsort(key, descending=True, stable=True)
         losses = _losses(model, self.task, edited, remaining[order])
         seconds["self_influence"] = time.perf_counter() - start
-        return AuditState(version, model, delta, labels, removed, test_logits, remaining[order],
+        return AuditState(version, model, delta, labels, removed, self.problem.test, remaining[order],
                           scores[order], losses, seconds, notes)
 
     def _refit(self, model: nn.Module, labels: torch.Tensor, removed: torch.Tensor) -> Curvature:
@@ -181,7 +198,7 @@ class AuditSession:
 @torch.no_grad()
 def _logits(model: nn.Module, data: ImageDataset) -> torch.Tensor:
     dtype = next(model.parameters()).dtype
-    return torch.cat([model(x.to(dtype)) for x, _, _ in data.batches(512)])
+    return torch.cat([model(x.to(dtype)) for x, _, _ in data.batches(128)])  # cache-sized
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from .progress import Progress, silent
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, data: ImageDataset, batch_size: int = 512) -> torch.Tensor:
+def predict_logits(model: nn.Module, data: ImageDataset, batch_size: int = 128) -> torch.Tensor:
     """Logits (N, K) of `model` on every example of `data`, in index order."""
     model.eval()
     return torch.cat([model(x) for x, _, _ in data.batches(batch_size)])

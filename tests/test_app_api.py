@@ -23,6 +23,7 @@ from influence_core import (
     open_audit,
     open_index,
     preview,
+    preview_indices,
     query_probabilities,
     query_vectors,
     recipe,
@@ -84,6 +85,21 @@ def test_preview_matches_the_state_after_the_decision(world: tuple) -> None:
     undo_last(session.log, "t", after.version)
     assert session.log.edits() == {}
     assert decision.id in set(decisions_frame(session.log)["undoes"].dropna())
+
+
+def test_preview_on_a_test_subset_agrees_with_the_full_preview(world: tuple) -> None:
+    """limit < test size: a fixed seeded subset is evaluated, its flips are the full preview's
+    flips inside it, and the state's subset logits are the full logits' rows."""
+    _problem, _, session = world
+    state = session.state()
+    i = int(state.suspects[1])
+    full = preview(session, state, i, "relabel", (int(session.train.labels[i]) + 1) % 10)
+    part = preview(session, state, i, "relabel", (int(session.train.labels[i]) + 1) % 10,
+                   limit=100)
+    idx = preview_indices(len(session.problem.test), 100)
+    assert part.evaluated == 100 == len(idx) and full.evaluated == len(session.problem.test)
+    assert set(part.flips["index"]) == set(full.flips["index"]) & set(idx.tolist())
+    torch.testing.assert_close(state.test_logits_of(idx), state.test_logits[idx])
 
 
 def test_record_many_skips_refused_rows_and_undo_last_is_per_annotator(world: tuple) -> None:
