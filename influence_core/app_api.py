@@ -146,7 +146,7 @@ def evidence(index: AttributionIndex, train: ImageDataset, i: int, label: int,
                     (lo.indices.numpy(), -lo.values.double().numpy()), class_support, suggested)
 
 
-PREVIEW_TEST = 2000  # test images a preview evaluates (a fixed seeded subset; all if fewer)
+PREVIEW_TEST = 1000  # test images a preview evaluates (a fixed seeded subset; all if fewer)
 
 
 @dataclass(frozen=True)
