@@ -180,7 +180,7 @@ def preview(session: AuditSession, state: AuditState, i: int, action: str,
     model = updated_model(session.curvature, session.model_delta(remove, relabel))
     test = session.problem.test
     idx = preview_indices(len(test), limit)
-    after = predict_logits(model, subset(test, idx), batch_size=128)
+    after = predict_logits(model, subset(test, idx))
     before = state.test_logits_of(idx)
     y = test.labels[idx]
     loss = torch.nn.functional.cross_entropy

@@ -79,7 +79,7 @@ class EigenProjection:
     rows: list[torch.Tensor]
     cols: list[torch.Tensor]
     rank: int = 16
-    kernels: list[torch.Tensor | None] = field(default_factory=list, repr=False)
+    kernels: list[torch.Tensor | None] = field(init=False, repr=False)  # M[rows][:, cols]
 
     def __post_init__(self) -> None:
         self.kernels = [(1.0 / (f.eigenvalues + f.damping))[r][:, c] if len(r) else None
