@@ -8,9 +8,8 @@ cached object: the next version is a new entry)."""
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,10 @@ from influence_core import (
     Preview,
     Problem,
     Progress,
+    ReviewCache,
     artifacts_root,
     decisions_frame,
     default_data_root,
-    evidence,
     explain,
     ihvp_errors,
     influenced_queries,
@@ -42,7 +41,6 @@ from influence_core import (
     open_audit,
     open_index,
     predict_logits,
-    preview,
     query_probabilities,
     query_vectors,
     recipe,
@@ -141,7 +139,7 @@ class Workspace:
     index: AttributionIndex
     session: AuditSession
     queries: object  # (M, dim) index vectors of the test queries (influence_core.query_vectors)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    cache: ReviewCache  # evidence and previews, prefetched while a card is on screen
 
 
 def _open(sel: Selection, problem: Problem, progress: Progress) -> Workspace:
@@ -149,7 +147,7 @@ def _open(sel: Selection, problem: Problem, progress: Progress) -> Workspace:
     session = open_audit(problem, index, sel.method, sel.damping, progress=progress)
     progress(0, 1, "Setup: index vectors of the test queries")
     queries = query_vectors(index, problem.test)  # Explore's training cards: (M, dim) @ x_i
-    return Workspace(sel.key, problem, index, session, queries)
+    return Workspace(sel.key, problem, index, session, queries, ReviewCache(session, index, TOP_K))
 
 
 @st.cache_resource(show_spinner=False)
@@ -174,8 +172,7 @@ def workspace_or_stop(sel: Selection) -> Workspace:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _audit_state(key: tuple, version: int, _ws: Workspace) -> AuditState:
-    with _ws.lock:  # AuditSession's own cache is not thread-safe
-        return _ws.session.state()
+    return _ws.session.state()  # thread-safe; cached by edit set (prefetched states are hits)
 
 
 def audit_state(ws: Workspace) -> AuditState:
@@ -188,17 +185,18 @@ def queue(key: tuple, version: int, _ws: Workspace) -> pd.DataFrame:
     return review_queue(_ws.session, _audit_state(key, version, _ws))
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
 def why_flagged(key: tuple, i: int, label: int, _ws: Workspace) -> Evidence:
-    return evidence(_ws.index, _ws.problem.train, i, label, TOP_K)
+    return _ws.cache.evidence(i, label)  # ReviewCache: thread-safe LRU, prefetched
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
 def edit_preview(key: tuple, version: int, i: int, action: str, label: int | None,
-            _ws: Workspace) -> Preview:
-    state = _audit_state(key, version, _ws)
-    with _ws.lock:
-        return preview(_ws.session, state, i, action, label)
+                 _ws: Workspace) -> Preview:
+    return _ws.cache.preview(_audit_state(key, version, _ws), i, action, label)
+
+
+def prefetch(ws: Workspace, i: int, neighbour: int | None) -> None:
+    """After suspect i's card is drawn: compute what its buttons will need, in the background."""
+    ws.cache.warm(audit_state(ws), i, reviewed(ws.session.log), neighbour)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

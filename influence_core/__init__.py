@@ -32,6 +32,7 @@ from .app_api import (
     review_queue, reviewed, self_influence_values, query_probabilities, train_predictions,
     train_probabilities, undo_last, ihvp_errors,
 )
+from .review_cache import ReviewCache, next_suspect
 
 __all__ = [
     "CURVATURE_CONFIGS", "ESTIMATORS", "ClassificationTask", "Curvature", "EKFACConfig",
@@ -53,5 +54,5 @@ __all__ = [
     "evidence", "explain", "influenced_queries", "labels_csv", "open_audit", "open_index",
     "preview", "preview_indices", "query_vectors", "record_many", "review_queue", "reviewed",
     "self_influence_values", "query_probabilities", "train_predictions", "undo_last",
-    "train_probabilities", "ihvp_errors",
+    "train_probabilities", "ihvp_errors", "ReviewCache", "next_suspect",
 ]

@@ -99,7 +99,7 @@ def review_queue(session: AuditSession, state: AuditState) -> pd.DataFrame:
     queue is sorted by), score (self-influence under the current model), loss, decision (last
     active action, "" when not reviewed)."""
     idx = state.suspects.tolist()
-    probs = train_probabilities(state, session.train, idx)
+    probs = _probs(state.suspect_logits)  # computed with the state (one forward)
     labels = state.labels[state.suspects].numpy()
     others = probs.copy()
     others[np.arange(len(idx)), labels] = -1.0
@@ -168,11 +168,11 @@ def preview_indices(n_test: int, limit: int = PREVIEW_TEST) -> torch.Tensor:
 
 def preview(session: AuditSession, state: AuditState, i: int, action: str,
             label: int | None = None, limit: int = PREVIEW_TEST) -> Preview:
-    """Preview relabel (to `label`) or remove of training example i on top of the active edits:
+    """Preview relabel (to `label`) or remove of training example i on top of `state`'s edits:
     one batched Newton step from the base model, then `limit` test images (preview_indices),
     against `state`."""
-    remove, relabel = session.edits()
-    relabel = {j: y for j, y in relabel.items() if j != i}
+    remove, relabel = list(state.edits[0]), dict(state.edits[1])
+    relabel.pop(i, None)
     if action == "remove":
         remove = sorted({*remove, i})
     elif label is not None and label != int(session.train.labels[i]):

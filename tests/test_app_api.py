@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from influence_core import (
+    ReviewCache,
     checkpoint_bytes,
     decisions_frame,
     evidence,
@@ -20,6 +22,7 @@ from influence_core import (
     influenced_queries,
     labels_csv,
     load_problem,
+    next_suspect,
     open_audit,
     open_index,
     preview,
@@ -136,3 +139,55 @@ def test_ihvp_errors_compare_every_estimator_with_the_exact_solve(world: tuple) 
     layers, errors = ihvp_errors(world[0], vectors=4)
     assert layers and set(errors) == {"ekfac", "kfac", "identity"}
     assert all(np.isfinite(v) and v >= 0 for v in errors.values())
+
+
+def test_prefetched_answers_equal_the_ones_a_click_computes(world: tuple) -> None:
+    """ReviewCache.warm computes, in a background thread, the states after relabelling and after
+    removing the current suspect and the next card's evidence and previews; each equals the
+    answer computed directly (from a fresh session for the states)."""
+    problem, index, session = world
+    state = session.state()
+    done = set(reviewed(session.log))
+    i = next_suspect(state, done)
+    cache = ReviewCache(session, index)
+    cache.warm(state, i, done).result(timeout=300)
+    suggested = evidence(index, problem.train, i, int(state.labels[i])).suggested
+    fresh = open_audit(problem, index, queue_size=QUEUE)
+    try:
+        for remove, relabel in (([], {i: suggested}), ([i], {})):
+            ahead = session.state_for(remove, relabel)  # a cache hit: computed by warm()
+            direct = fresh.state_for(remove, relabel)
+            assert torch.equal(ahead.delta, direct.delta)
+            assert torch.equal(ahead.suspects, direct.suspects)
+            j = next_suspect(ahead, done | {i})
+            assert j != i
+            label = int(ahead.labels[j])
+            want = evidence(index, problem.train, j, label)
+            got = cache.evidence(j, label)
+            assert got.suggested == want.suggested
+            np.testing.assert_array_equal(got.support[0], want.support[0])
+            for action, new in (("remove", None), ("relabel", want.suggested)):
+                hit, computed = cache.preview(ahead, j, action, new), preview(
+                    session, ahead, j, action, new)
+                assert hit.test_loss_change == pytest.approx(computed.test_loss_change, abs=1e-12)
+                assert hit.flips.equals(computed.flips)
+    finally:
+        fresh.log.close()
+        cache.close()
+
+
+def test_a_state_asked_for_by_two_threads_is_computed_once(world: tuple,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    problem, _, session = world
+    calls, inner = [], session._compute
+
+    def counted(*args: object) -> object:
+        calls.append(args)
+        return inner(*args)
+
+    monkeypatch.setattr(session, "_compute", counted)
+    edits = ([int(session.suspects[7]), int(session.suspects[11])], {})
+    with ThreadPoolExecutor(4) as pool:
+        states = list(pool.map(lambda _: session.state_for(*edits), range(4)))
+    assert len(calls) == 1
+    assert all(torch.equal(s.delta, states[0].delta) for s in states)

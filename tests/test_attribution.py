@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
@@ -206,3 +209,23 @@ def test_removing_helpful_points_hurts_more_than_random(digits) -> None:
             deltas[name].append(float(loss))
     mean = {k_: sum(v) / len(v) for k_, v in deltas.items()}
     assert mean["helpful"] > mean["random"] > mean["harmful"], mean
+
+
+def test_gradients_taken_in_two_threads_at_once_are_each_their_own(small_mlp, digits) -> None:
+    """Capture hooks live on shared modules; a forward in another thread must not overwrite
+    this thread's activations (the app prefetches in the background while a page computes)."""
+    train, _ = digits
+    task, tracked = ClassificationTask(), TrackedModel(small_mlp)
+    curv = fit_curvature("identity", tracked, task, train)
+    parts = [torch.arange(0, 200), torch.arange(600, 800)]
+    serial = [train_gradients(curv, task, train, idx) for idx in parts]
+    barrier = threading.Barrier(2)
+
+    def run(idx: torch.Tensor) -> list[torch.Tensor]:
+        barrier.wait()
+        return [train_gradients(curv, task, train, idx) for _ in range(20)]
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run, parts))
+    for got, want in zip(results, serial):
+        assert all(torch.equal(g, want) for g in got)

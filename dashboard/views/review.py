@@ -59,6 +59,7 @@ def card(version: int) -> None:
         widgets.preview_text(f"Relabel → {names[target]}",
                              state.edit_preview(ws.key, version, i, "relabel", target, ws))
     widgets.preview_text("Remove", state.edit_preview(ws.key, version, i, "remove", None, ws))
+    state.prefetch(ws, i, after)  # the next click's states, evidence and previews
 
 
 if current is None:

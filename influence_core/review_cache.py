@@ -1,0 +1,122 @@
+"""The Review page's answers, computed before they are asked for.
+
+While an annotator looks at suspect i, a background thread computes what the next click will
+need: the states after relabelling i (to the suggested class) and after removing it (Newton step,
+re-ranked queue), and for the card each click leads to (the next suspect after any decision, the
+neighbour for "Next") its evidence and both edit previews. A click then mostly reads caches.
+
+Everything is keyed by what it is a function of (evidence: example and label; previews: the
+state's edit set, example, action, label), so a speculative answer is exactly the answer the
+click would have computed. Entries are futures: asking for one that is being computed waits for
+it. A newer `warm` call makes the older one stop at its next step.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from .app_api import Evidence, Preview, evidence, preview
+from .audit import AuditSession, AuditState
+from .index import AttributionIndex
+
+CACHE_ENTRIES = 512
+
+
+def next_suspect(state: AuditState, reviewed: Iterable[int]) -> int | None:
+    """The first suspect of `state`'s queue without a decision (None when all have one)."""
+    done = set(reviewed)
+    return next((j for j in state.suspects.tolist() if j not in done), None)
+
+
+class ReviewCache:
+    """Thread-safe LRU of evidence and previews, plus a one-thread background prefetcher."""
+
+    def __init__(self, session: AuditSession, index: AttributionIndex, top_k: int = 8,
+                 entries: int = CACHE_ENTRIES) -> None:
+        self.session, self.index, self.top_k, self.entries = session, index, top_k, entries
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple, Future] = OrderedDict()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-prefetch")
+        self._generation = 0
+
+    def _cached(self, key: tuple, compute: Callable[[], object]) -> object:
+        with self._lock:
+            pending, owner = self._cache.get(key), False
+            if pending is None:
+                pending, owner = Future(), True
+                self._cache[key] = pending
+            self._cache.move_to_end(key)
+        if owner:
+            try:
+                pending.set_result(compute())
+            except BaseException as exc:
+                with self._lock:
+                    self._cache.pop(key, None)
+                pending.set_exception(exc)
+                raise
+            with self._lock:
+                while len(self._cache) > self.entries:
+                    self._cache.popitem(last=False)
+        return pending.result()
+
+    def evidence(self, i: int, label: int) -> Evidence:
+        """app_api.evidence (model-independent: it reads the precomputed index)."""
+        return self._cached(("evidence", i, label), lambda: evidence(
+            self.index, self.session.train, i, label, self.top_k))
+
+    def preview(self, state: AuditState, i: int, action: str, label: int | None = None
+                ) -> Preview:
+        """app_api.preview on top of `state`'s edits."""
+        label = label if action == "relabel" else None
+        return self._cached(("preview", state.edits, i, action, label),
+                            lambda: preview(self.session, state, i, action, label))
+
+    def card(self, state: AuditState, j: int) -> None:
+        """Everything the Review card of suspect j shows under `state`."""
+        given = int(state.labels[j])
+        suggested = self.evidence(j, given).suggested
+        self.preview(state, j, "remove")
+        self.preview(state, j, "relabel", suggested)
+
+    def warm(self, state: AuditState, i: int, reviewed: Iterable[int],
+             neighbour: int | None = None) -> Future:
+        """Schedule, in the background, what the clicks available on suspect i's card need."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        return self._worker.submit(self._warm, generation, state, i, frozenset(reviewed),
+                                   neighbour)
+
+    def _warm(self, generation: int, state: AuditState, i: int, reviewed: frozenset[int],
+              neighbour: int | None) -> None:
+        def stale() -> bool:
+            return generation != self._generation
+
+        after = reviewed | {i}
+        remove, relabel = list(state.edits[0]), dict(state.edits[1])
+        suggested = self.evidence(i, int(state.labels[i])).suggested
+        steps: list[Callable[[], None]] = [lambda: self.card(state, i)]
+        if not state.removed[i]:  # the likeliest clicks first: relabel (suggested), then remove
+            edits = [(remove, {**relabel, i: suggested}),
+                     (sorted({*remove, i}), {k: v for k, v in relabel.items() if k != i})]
+            for r, rl in edits:
+                steps.append(lambda r=r, rl=rl: self._next_card(
+                    self.session.state_for(r, rl), after))
+        steps.append(lambda: self._next_card(state, after))  # after Keep
+        if neighbour is not None:  # after Next
+            steps.append(lambda: self.card(state, neighbour))
+        for step in steps:
+            if stale():
+                return
+            step()
+
+    def _next_card(self, state: AuditState, reviewed: frozenset[int]) -> None:
+        j = next_suspect(state, reviewed)
+        if j is not None:
+            self.card(state, j)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
