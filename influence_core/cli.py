@@ -53,20 +53,28 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=None, help="examples per resumable shard")
     p.add_argument("--fit-examples", type=int, default=None,
                    help="fit EK-FAC on at most this many seeded examples (default: all)")
+    p.add_argument("--covariance-examples", type=int, default=None,
+                   help="EK-FAC covariances (pass 1) on at most this many of them")
+    p.add_argument("--matmul", default=None, choices=("auto", "float32", "bfloat16"),
+                   help="precision of precompute's big products (auto: bfloat16 where the CPU "
+                        "has bf16 units)")
 
 
 def _index_config(args: argparse.Namespace):
     from .index import IndexConfig
 
     over = {"dim": args.dim, "rank": args.rank, "factorise": args.factorise,
-            "measurement": args.measurement, "shard_size": args.shard_size}
+            "measurement": args.measurement, "shard_size": args.shard_size,
+            "matmul": args.matmul}
     return IndexConfig(**{k: v for k, v in over.items() if v is not None})
 
 
 def _curvature_config(args: argparse.Namespace):
     from .config import EKFACConfig
 
-    return EKFACConfig(max_examples=args.fit_examples)
+    over = {"max_examples": args.fit_examples,
+            "covariance_max_examples": args.covariance_examples}
+    return EKFACConfig(**{k: v for k, v in over.items() if v is not None})
 
 
 def _cmd_precompute(args: argparse.Namespace) -> int:

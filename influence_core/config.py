@@ -93,11 +93,16 @@ class EKFACConfig:
     # precompute: fit covariances and eigenvalues on at most this many seeded examples (like
     # Kronfluence's covariance_/lambda_max_examples); None: all. Scores always cover every example.
     max_examples: int | None = None
+    # precompute: covariances (pass 1) on at most this many of those (Kronfluence's
+    # covariance_max_examples); the eigenvalue correction still sees max_examples. None: all.
+    covariance_max_examples: int | None = None
 
     def __post_init__(self) -> None:
         _check_curvature(self.damping, self.damping_factor, self.fisher)
-        if self.max_examples is not None and self.max_examples < 1:
-            raise ValueError(f"max_examples must be positive, got {self.max_examples}")
+        for name in ("max_examples", "covariance_max_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
 
 
 @dataclass(frozen=True)

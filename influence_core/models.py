@@ -98,6 +98,14 @@ MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {  # (C, H
 }
 
 
+def channels_last(model: nn.Module) -> nn.Module:
+    """A CNN's parameters in channels-last layout, in place (same values; on CPU its forward is
+    ~2x faster, max-pooling vectorising over channels); other models unchanged."""
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def build_model(name: str, shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """A fresh `name` model for (C, H, W) inputs and `num_classes` outputs (logits)."""
     if name not in MODELS:

@@ -11,6 +11,7 @@ saved as stages, pass 3 marks each finished shard; nothing finished is recompute
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import resource
@@ -38,7 +39,8 @@ from .curvature.base import fisher_pairs, model_dtype
 from .curvature.ekfac import add_eigenvalues
 from .curvature.kfac import CovarianceSums, KroneckerFactors, eigenbasis, heuristic_damping
 from .gradients import TrackedModel, backward_pairs, forward_capture
-from .index import EigenProjection, IndexConfig, rank_one_layers
+from .index import EigenProjection, IndexConfig, matmul_dtype, rank_one_layers
+from .models import channels_last
 from .progress import Progress, silent
 from .registry import Problem
 from .task import ClassificationTask
@@ -97,13 +99,17 @@ def _batches(problem: Problem, shards: list, batch: int, dtype: torch.dtype,
             yield problem.train.tensor(idx).to(dtype), problem.train.labels[idx], idx
 
 
-def fit_order(n: int, cfg: EKFACConfig) -> torch.Tensor | None:
-    """The examples the two fit passes see: None (all n), or cfg.max_examples of them, seeded
-    and sorted (Kronfluence's covariance_max_examples / lambda_max_examples)."""
-    if cfg.max_examples is None or cfg.max_examples >= n:
+def fit_order(n: int, cfg: EKFACConfig, covariances: bool = False) -> torch.Tensor | None:
+    """The examples a fit pass sees: None (all n), or cfg.max_examples of them (with
+    `covariances`, also at most cfg.covariance_max_examples), seeded and sorted, as Kronfluence's
+    lambda_max_examples / covariance_max_examples. Prefixes of one permutation: the covariance
+    examples are a subset of the eigenvalue examples."""
+    limits = [cfg.max_examples] + ([cfg.covariance_max_examples] if covariances else [])
+    limit = min((k for k in limits if k is not None), default=None)
+    if limit is None or limit >= n:
         return None
     gen = torch.Generator().manual_seed(cfg.seed)
-    return torch.randperm(n, generator=gen)[:cfg.max_examples].sort().values
+    return torch.randperm(n, generator=gen)[:limit].sort().values
 
 
 def _pseudo_pairs(tracked, task, x, y, idx, cfg: EKFACConfig, what: int) -> Iterator:
@@ -111,10 +117,10 @@ def _pseudo_pairs(tracked, task, x, y, idx, cfg: EKFACConfig, what: int) -> Iter
     yield from fisher_pairs(tracked, task, x, y, cfg.fisher, gen)
 
 
-def fit_bases(problem, tracked, task, cfg, shards, progress, order=None
+def fit_bases(problem, tracked, task, cfg, shards, progress, order=None, compute=None
               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Pass 1: per layer (Q_A, Q_S), float64, from A = E[sum_t a a^T], S = E[sum_t g g^T]."""
-    sums = CovarianceSums(tracked, fold=0)  # folded per shard: the same sums from W processes
+    sums = CovarianceSums(tracked, fold=0, compute=compute)  # folded per shard: W processes agree
     done, total = 0, sum(hi - lo for _, lo, hi in shards)
     for shard in shards:
         for x, y, idx in _batches(problem, [shard], cfg.batch_size, model_dtype(tracked), order):
@@ -134,16 +140,16 @@ def _canonical(q: torch.Tensor) -> torch.Tensor:
     return q * torch.sign(q[pick, torch.arange(q.shape[1])])
 
 
-def fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress, order=None
-                    ) -> list[KroneckerFactors]:
+def fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress, order=None,
+                    compute=None) -> list[KroneckerFactors]:
     """Pass 2: Lambda[j, k] = E_i[R_i[j, k]^2], R_i = Q_S^T DW_i Q_A; heuristic damping."""
     dtype = model_dtype(tracked)
-    q = [(q_a.to(dtype), q_s.to(dtype)) for q_a, q_s in bases]
+    q = [(q_a.to(compute or dtype), q_s.to(compute or dtype)) for q_a, q_s in bases]
     lams = [torch.zeros(q_s.shape[0], q_a.shape[0], dtype=torch.float64) for q_a, q_s in q]
     done, total = 0, sum(hi - lo for _, lo, hi in shards)
     for x, y, idx in _batches(problem, shards, cfg.batch_size, dtype, order):
         for pairs in _pseudo_pairs(tracked, task, x, y, idx, cfg, 2):
-            add_eigenvalues(lams, q, pairs)
+            add_eigenvalues(lams, q, pairs, compute)
         done += len(idx)
         progress(done, total, "2/3 fit eigenvalues")
     _all_reduce(lams)
@@ -160,7 +166,8 @@ def _open_outputs(folder: Path, n: int, n_test: int, classes: int, cfg: IndexCon
     return {k: open_array(folder / f"{k}.npy", s, d, create) for k, (s, d) in shapes.items()}
 
 
-def score_and_index(problem, tracked, task, proj, cfg, shards, folder, out, progress) -> None:
+def score_and_index(problem, tracked, task, proj, cfg, shards, folder, out, progress,
+                    compute=None) -> None:
     """Pass 3, fused: per batch one backward of the summed true-label loss, then index rows,
     self-influence, loss and logits; each finished shard is flushed and marked done."""
     todo = [s for s in shards if not (folder / "shards" / f"{s[0]}.done").is_file()]
@@ -171,7 +178,7 @@ def score_and_index(problem, tracked, task, proj, cfg, shards, folder, out, prog
             losses = task.loss(logits, y)
             pairs = backward_pairs(tracked, store, losses)
             with torch.no_grad():
-                feats, self_inf = proj.project(pairs)
+                feats, self_inf = proj.project(pairs, compute)
             lo, hi = int(idx[0]), int(idx[-1]) + 1
             out["index"][lo:hi] = feats.numpy().astype(cfg.dtype)
             out["self_influence"][lo:hi] = self_inf.numpy()
@@ -196,23 +203,26 @@ def _fit_stage(problem, tracked, task, cfg, index, folder, progress, timings) ->
     """Passes 1 and 2 (over fit_order's examples), or their saved results (bases.safetensors,
     factors.safetensors)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    order = fit_order(len(problem.train), cfg)
-    n_fit = len(problem.train) if order is None else len(order)
-    shards = _shards(n_fit, index.shard_size, rank, world)
+    n, compute = len(problem.train), matmul_dtype(index.matmul, model_dtype(tracked))
+    order, cov_order = fit_order(n, cfg), fit_order(n, cfg, covariances=True)
+    shards = _shards(n if order is None else len(order), index.shard_size, rank, world)
+    cov_shards = _shards(n if cov_order is None else len(cov_order), index.shard_size, rank, world)
     if not (folder / "factors.safetensors").is_file():
         if (folder / "bases.safetensors").is_file():
             t = load_tensors(folder / "bases.safetensors")
             bases = [(t[f"{i}.q_a"], t[f"{i}.q_s"]) for i in range(len(tracked.specs))]
         else:
             start = time.perf_counter()
-            bases = fit_bases(problem, tracked, task, cfg, shards, progress, order)
+            bases = fit_bases(problem, tracked, task, cfg, cov_shards, progress, cov_order,
+                              compute)
             timings["fit_covariances"] = time.perf_counter() - start
             if rank == 0:
                 save_tensors(folder / "bases.safetensors", {
                     k: v for i, (q_a, q_s) in enumerate(bases)
                     for k, v in ((f"{i}.q_a", q_a), (f"{i}.q_s", q_s))})
         start = time.perf_counter()
-        factors = fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress, order)
+        factors = fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress, order,
+                                  compute)
         timings["fit_eigenvalues"] = time.perf_counter() - start
         if rank == 0:
             probe = problem.train.tensor(torch.arange(min(2, len(problem.train))))
@@ -241,7 +251,10 @@ def precompute(
     manifest = _start_manifest(folder, fields, rank)
     if manifest.get("complete"):
         return folder
-    tracked, task = TrackedModel(problem.model), ClassificationTask(index.measurement)
+    # a channels-last copy for the three passes (problem.model may serve other threads meanwhile)
+    tracked = TrackedModel(channels_last(copy.deepcopy(problem.model)))
+    task = ClassificationTask(index.measurement)
+    manifest["matmul"] = str(matmul_dtype(index.matmul, model_dtype(tracked)) or "model dtype")
     n, timings = len(problem.train), manifest.setdefault("timings", {})
     mine = _shards(n, index.shard_size, rank, world)
     proj = _fit_stage(problem, tracked, task, curvature, index, folder, progress, timings)
@@ -254,7 +267,8 @@ def precompute(
     barrier()
     out = _open_outputs(folder, *shapes, create=False)
     start = time.perf_counter()
-    score_and_index(problem, tracked, task, proj, index, mine, folder, out, progress)
+    score_and_index(problem, tracked, task, proj, index, mine, folder, out, progress,
+                    matmul_dtype(index.matmul, model_dtype(tracked)))
     timings["self_influence_and_index"] = time.perf_counter() - start
     if rank == 0:
         _test_predictions(problem, task, out, index.batch_size)

@@ -42,14 +42,20 @@ class EKFAC(KFAC):
 
 
 def add_eigenvalues(
-    lams: list[torch.Tensor], bases: list[tuple[torch.Tensor, torch.Tensor]], pairs: Pairs
+    lams: list[torch.Tensor], bases: list[tuple[torch.Tensor, torch.Tensor]], pairs: Pairs,
+    compute: torch.dtype | None = None,
 ) -> None:
     """In place: Lambda += sum_i R_i^2, R_i = Q_S^T DW_i Q_A, per layer; bases are (Q_A, Q_S).
     Linear: (U*U)^T (V*V) with U = g Q_S, V = a Q_A; conv: DW_i = G_i^T A_i first (cheaper
-    than rotating all T patches), then rotated."""
+    than rotating all T patches), then rotated. `compute`: the dtype of the rotations (pass the
+    bases in it; e.g. bfloat16), squares and sums in the model's dtype, then float64."""
     for lam, (q_a, q_s), (a, g) in zip(lams, bases, pairs):
+        work = a.dtype
+        if compute is not None:
+            a, g = a.to(compute), g.to(compute)
         if a.shape[1] == 1:
-            lam += (((g[:, 0] @ q_s) ** 2).T @ ((a[:, 0] @ q_a) ** 2)).double()
+            u, v = (g[:, 0] @ q_s).to(work), (a[:, 0] @ q_a).to(work)
+            lam += ((u * u).T @ (v * v)).double()
         else:
-            r = q_s.T @ torch.einsum("bto,bti->boi", g, a) @ q_a
+            r = (q_s.T @ torch.einsum("bto,bti->boi", g, a) @ q_a).to(work)
             lam += r.pow(2).sum(0).double()

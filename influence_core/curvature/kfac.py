@@ -39,13 +39,15 @@ class CovarianceSums:
     """Per layer A = sum_t a a^T and S = sum_t g g^T. Each batch is added in the model's dtype
     (one in-place GEMM) to a partial sum that is folded into the float64 totals every `fold`
     batches (0: only on flush()): no float64 copy of a d_in x d_in matrix per batch, float32
-    error bounded."""
+    error bounded. `compute` (e.g. torch.bfloat16): the dtype of the per-batch products (their
+    sums are still kept in the model's dtype, then float64)."""
 
-    def __init__(self, tracked: TrackedModel, fold: int = 32) -> None:
+    def __init__(self, tracked: TrackedModel, fold: int = 32,
+                 compute: torch.dtype | None = None) -> None:
         self.total = [[torch.zeros(s.d_in, s.d_in, dtype=torch.float64),
                        torch.zeros(s.d_out, s.d_out, dtype=torch.float64)] for s in tracked.specs]
         self.partial: list[list[torch.Tensor]] | None = None
-        self.fold, self.batches = fold, 0
+        self.fold, self.batches, self.compute = fold, 0, compute
 
     def add(self, pairs: Pairs, count_inputs: bool) -> None:
         """A += sum_t a a^T (once per batch: `count_inputs`), S += sum_t g g^T."""
@@ -54,14 +56,19 @@ class CovarianceSums:
                             for c, (a, _) in zip(self.total, pairs)]
         for c, (a, g) in zip(self.partial, pairs):
             if count_inputs:
-                a2 = a.reshape(-1, a.shape[-1])
-                c[0].addmm_(a2.T, a2)
-            g2 = g.reshape(-1, g.shape[-1])
-            c[1].addmm_(g2.T, g2)
+                self._add(c[0], a.reshape(-1, a.shape[-1]))
+            self._add(c[1], g.reshape(-1, g.shape[-1]))
         if count_inputs:
             self.batches += 1
             if self.fold and self.batches % self.fold == 0:
                 self.flush()
+
+    def _add(self, total: torch.Tensor, x: torch.Tensor) -> None:
+        if self.compute is None or self.compute == x.dtype:
+            total.addmm_(x.T, x)
+        else:
+            x = x.to(self.compute)
+            total += (x.T @ x).to(total.dtype)
 
     def flush(self) -> None:
         if self.partial is not None:
