@@ -40,8 +40,12 @@ class TrackedModel:
 
     Parameters of untracked modules are frozen: influence is computed w.r.t. tracked ones."""
 
-    def __init__(self, model: nn.Module, layers: list[str] | None = None) -> None:
+    def __init__(self, model: nn.Module, layers: list[str] | None = None,
+                 input_dtype: torch.dtype | None = None) -> None:
         self.model = model.eval()
+        # captured layer inputs a in this dtype (precompute's bfloat16 products: half the bytes
+        # to copy; None: the model's dtype). Output gradients g keep the model's dtype.
+        self.input_dtype = input_dtype
         bypassed = {  # MultiheadAttention calls F.linear on out_proj's weight: no hook fires
             f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
         }
@@ -103,7 +107,7 @@ class TrackedModel:
         (the app's background prefetch, a second browser session) is not recorded here."""
         store: dict[str, list] = {}
         owner = threading.get_ident()
-        handles = [m.register_forward_hook(self._hook(n, store, owner))
+        handles = [m.register_forward_hook(self._hook(n, store, owner, self.input_dtype))
                    for n, m in self.modules.items()]
         try:
             yield store
@@ -112,10 +116,11 @@ class TrackedModel:
                 h.remove()
 
     @staticmethod
-    def _hook(name: str, store: dict, owner: int) -> Callable:
+    def _hook(name: str, store: dict, owner: int, dtype: torch.dtype | None) -> Callable:
         def hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
             if threading.get_ident() == owner:
-                store[name] = [_layer_input(m, inputs[0].detach()), out]
+                x = inputs[0].detach()
+                store[name] = [_layer_input(m, x if dtype is None else x.to(dtype)), out]
 
         return hook
 

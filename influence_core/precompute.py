@@ -254,8 +254,10 @@ def precompute(
         return folder
     # a channels-last copy for the three passes (problem.model may serve other threads meanwhile)
     tracked = TrackedModel(channels_last(copy.deepcopy(problem.model)))
+    compute = matmul_dtype(index.matmul, model_dtype(tracked))
+    tracked.input_dtype = compute  # every consumer of the inputs a multiplies in `compute`
     task = ClassificationTask(index.measurement)
-    manifest["matmul"] = str(matmul_dtype(index.matmul, model_dtype(tracked)) or "model dtype")
+    manifest["matmul"] = str(compute or "model dtype")
     n, timings = len(problem.train), manifest.setdefault("timings", {})
     mine = _shards(n, index.shard_size, rank, world)
     proj = _fit_stage(problem, tracked, task, curvature, index, folder, progress, timings)

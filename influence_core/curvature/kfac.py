@@ -52,8 +52,8 @@ class CovarianceSums:
     def add(self, pairs: Pairs, count_inputs: bool) -> None:
         """A += sum_t a a^T (once per batch: `count_inputs`), S += sum_t g g^T."""
         if self.partial is None:
-            self.partial = [[torch.zeros_like(t, dtype=a.dtype) for t in c]
-                            for c, (a, _) in zip(self.total, pairs)]
+            self.partial = [[torch.zeros_like(t, dtype=g.dtype) for t in c]  # the model's dtype
+                            for c, (_, g) in zip(self.total, pairs)]
         for c, (a, g) in zip(self.partial, pairs):
             if count_inputs:
                 self._add(c[0], a.reshape(-1, a.shape[-1]))
@@ -64,10 +64,10 @@ class CovarianceSums:
                 self.flush()
 
     def _add(self, total: torch.Tensor, x: torch.Tensor) -> None:
-        if self.compute is None or self.compute == x.dtype:
+        if x.dtype == total.dtype and self.compute in (None, x.dtype):
             total.addmm_(x.T, x)
         else:
-            x = x.to(self.compute)
+            x = x.to(self.compute or x.dtype)
             total += (x.T @ x).to(total.dtype)
 
     def flush(self) -> None:
