@@ -155,7 +155,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--noise", type=float, default=0.1)
     g.add_argument("--regime", choices=["regular", "memorising", "both"], default="both")
     g.add_argument("--subset", type=float, default=1.0, help="train on this seeded fraction")
-    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (mislabel; lds: of the full model and every subset model)")
     g.add_argument("--snapshots", type=int, default=5, help="checkpoints for summed signals")
     g.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     g = p.add_argument_group("lds")
@@ -210,7 +211,9 @@ def run_lds_report(cfg, subsets, alpha, queries, methods, ensemble, kron, data_r
     res = run_lds(cfg, subsets, alpha, queries, methods, ensemble, kron, True, data_root,
                   max_new, progress)
     if out is not None:
-        write_report(out, f"lds_{cfg.dataset}_{cfg.model}", res, lds_markdown(res),
+        default = cfg.epochs == recipe(cfg.dataset, cfg.model).epochs
+        name = f"lds_{cfg.dataset}_{cfg.model}" + ("" if default else f"_{cfg.epochs}ep")
+        write_report(out, name, res, lds_markdown(res),
                      {"per_query": lds_figure(res)})
     return res
 
@@ -264,7 +267,8 @@ def _cmd(args: argparse.Namespace) -> int:
         if unknown:
             raise SystemExit(f"unknown --kronfluence-variants {unknown}; "
                              f"choose from {sorted(KRONFLUENCE_VARIANTS)}")
-    res = run_lds_report(recipe(args.dataset, args.model), args.subsets, args.alpha,
+    over = {"epochs": args.epochs} if args.epochs else {}
+    res = run_lds_report(recipe(args.dataset, args.model, **over), args.subsets, args.alpha,
                          args.queries, methods, args.ensemble, kron, args.data_root,
                          args.max_new, progress, out)
     print(lds_markdown(res))
