@@ -112,9 +112,15 @@ def fit_order(n: int, cfg: EKFACConfig, covariances: bool = False) -> torch.Tens
     return torch.randperm(n, generator=gen)[:limit].sort().values
 
 
-def _pseudo_pairs(tracked, task, x, y, idx, cfg: EKFACConfig, what: int) -> Iterator:
+def _pseudo_pairs(tracked, task, x, y, idx, cfg: EKFACConfig, what: int,
+                  compute: torch.dtype | None = None) -> list:
+    """The fit passes' pseudo-gradients. With `compute` (bfloat16) the forward and backward run
+    under autocast: these passes only average outer products and squares, which 8-bit mantissas
+    barely move (tested), and a bf16 forward-backward is 1.5x faster here. The scoring pass,
+    whose per-example gradients are the index, keeps the model's dtype."""
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + what * 100_003 + int(idx[0]))
-    yield from fisher_pairs(tracked, task, x, y, cfg.fisher, gen)
+    with torch.autocast(x.device.type, dtype=compute or torch.bfloat16, enabled=compute is not None):
+        return list(fisher_pairs(tracked, task, x, y, cfg.fisher, gen))
 
 
 def fit_bases(problem, tracked, task, cfg, shards, progress, order=None, compute=None
@@ -124,7 +130,7 @@ def fit_bases(problem, tracked, task, cfg, shards, progress, order=None, compute
     done, total = 0, sum(hi - lo for _, lo, hi in shards)
     for shard in shards:
         for x, y, idx in _batches(problem, [shard], cfg.batch_size, model_dtype(tracked), order):
-            for draw, pairs in enumerate(_pseudo_pairs(tracked, task, x, y, idx, cfg, 1)):
+            for draw, pairs in enumerate(_pseudo_pairs(tracked, task, x, y, idx, cfg, 1, compute)):
                 sums.add(pairs, count_inputs=draw == 0)
             done += len(idx)
             progress(done, total, "1/3 fit covariances")
@@ -148,7 +154,7 @@ def fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress, order=
     lams = [torch.zeros(q_s.shape[0], q_a.shape[0], dtype=torch.float64) for q_a, q_s in q]
     done, total = 0, sum(hi - lo for _, lo, hi in shards)
     for x, y, idx in _batches(problem, shards, cfg.batch_size, dtype, order):
-        for pairs in _pseudo_pairs(tracked, task, x, y, idx, cfg, 2):
+        for pairs in _pseudo_pairs(tracked, task, x, y, idx, cfg, 2, compute):
             add_eigenvalues(lams, q, pairs, compute)
         done += len(idx)
         progress(done, total, "2/3 fit eigenvalues")

@@ -30,7 +30,6 @@ FULL_WIDTH_RTOL = 1e-4  # float32 index holding every direction vs EK-FAC pairwi
 SELF_RTOL = 1e-4  # fused self-influence vs attribution.self_influence
 TRUNCATED_SPEARMAN = 0.88  # digits CNN: 4096 of 18.8k conv directions + rank-16 kernels (0.916 seen)
 EVERYTHING = dict(dim=10**6, rank=10**4, dtype="float32", shard_size=600, matmul="float32")
-BF16_RTOL = 2e-2  # the same with bfloat16 products in the three passes (8-bit mantissas)
 
 
 def _trained(model: str) -> Problem:
@@ -69,20 +68,27 @@ def _queries(problem, n=8):
     return problem.test.tensor(q), problem.test.labels[q]
 
 
-def test_bfloat16_products_keep_the_full_width_index_close(cnn_problem, home) -> None:
-    """matmul=bfloat16 (precompute's covariances and rotations; the default where the CPU has
-    bf16 units): scores and self-influence within 2% of float32's, rankings kept (0.987 seen)."""
-    index = _index(cnn_problem, home, **{**EVERYTHING, "matmul": "bfloat16"})
+def test_bfloat16_precompute_moves_scores_less_than_the_fit_s_own_sampling(cnn_problem,
+                                                                           home) -> None:
+    """matmul=bfloat16 (the default where the CPU has bf16 units: bf16 products in all three
+    passes, autocast forward-backward in the two fit passes) against float32: the scores move
+    less than refitting float32 with another pseudo-label seed moves them, rankings are kept,
+    and so do self-influence values, whose ranking is kept."""
     reference = _index(cnn_problem, home, **EVERYTHING)
+    fast = _index(cnn_problem, home, **{**EVERYTHING, "matmul": "bfloat16"})
+    reseeded = _index(cnn_problem, home, EKFACConfig(seed=1), **EVERYTHING)
     x, y = _queries(cnn_problem)
-    exact = torch.stack([index_scores(reference, x[i], y[i]) for i in range(len(x))])
-    approx = torch.stack([index_scores(index, x[i], y[i]) for i in range(len(x))])
-    assert torch.linalg.norm(approx - exact) <= BF16_RTOL * torch.linalg.norm(exact)
-    assert min(spearmanr(a, e).statistic for a, e in zip(approx, exact)) >= 0.98
-    got = np.asarray(index.arrays["self_influence"])
-    want = np.asarray(reference.arrays["self_influence"])
-    assert np.abs(got - want).max() <= BF16_RTOL * np.abs(want).max()
-    assert spearmanr(got, want).statistic >= 0.999
+
+    def scores(index):
+        return torch.stack([index_scores(index, x[i], y[i]) for i in range(len(x))])
+
+    want = scores(reference)
+    assert torch.linalg.norm(scores(fast) - want) <= torch.linalg.norm(scores(reseeded) - want)
+    assert min(spearmanr(a, e).statistic for a, e in zip(scores(fast), want)) >= 0.98
+    got, ref, other = (np.asarray(i.arrays["self_influence"], dtype=np.float64)
+                       for i in (fast, reference, reseeded))
+    assert np.linalg.norm(got - ref) <= np.linalg.norm(other - ref)
+    assert spearmanr(got, ref).statistic >= 0.999
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])

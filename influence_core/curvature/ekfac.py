@@ -50,7 +50,7 @@ def add_eigenvalues(
     than rotating all T patches), then rotated. `compute`: the dtype of the rotations (pass the
     bases in it; e.g. bfloat16), squares and sums in the model's dtype, then float64."""
     for lam, (q_a, q_s), (a, g) in zip(lams, bases, pairs):
-        work = g.dtype  # the model's (inputs a may have been captured in `compute` already)
+        work = torch.promote_types(g.dtype, torch.float32)  # squares and sums: >= float32
         if compute is not None:
             a, g = a.to(compute), g.to(compute)
         if a.shape[1] == 1:

@@ -52,8 +52,8 @@ class CovarianceSums:
     def add(self, pairs: Pairs, count_inputs: bool) -> None:
         """A += sum_t a a^T (once per batch: `count_inputs`), S += sum_t g g^T."""
         if self.partial is None:
-            self.partial = [[torch.zeros_like(t, dtype=g.dtype) for t in c]  # the model's dtype
-                            for c, (_, g) in zip(self.total, pairs)]
+            self.partial = [[torch.zeros_like(t, dtype=torch.promote_types(g.dtype, torch.float32))
+                             for t in c] for c, (_, g) in zip(self.total, pairs)]  # >= float32
         for c, (a, g) in zip(self.partial, pairs):
             if count_inputs:
                 self._add(c[0], a.reshape(-1, a.shape[-1]))
