@@ -127,6 +127,10 @@ def lds_markdown(result: dict) -> str:
     title = (f"LDS: {c['dataset']}/{c['model']} ({c['epochs']} epochs), "
              f"{result['subsets_used']} of {result['subsets_requested']} subsets retrained, "
              f"alpha {result['alpha']}, {result['queries']} queries, margin measurement.")
+    if gt := result.get("ground_truth"):
+        title += (f" Targets: mean of {gt['seeds']} training seeds per subset; seed-to-seed "
+                  f"Spearman {gt['seed_to_seed_spearman']:.3f}, so a perfect attribution "
+                  f"reaches at most LDS {gt['lds_ceiling']:.3f}.")
     lines = [title, "", "| estimator | LDS |", "|---|---|"]
     for name, v in sorted(result["lds"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {name} | {v:.3f} |")
@@ -164,6 +168,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=0.5)
     g.add_argument("--queries", type=int, default=2000)
     g.add_argument("--ensemble", type=int, default=1, help="average EK-FAC over this many seeds")
+    g.add_argument("--seeds-per-subset", type=int, default=1,
+                   help="train each subset with this many seeds; the target is their mean margin "
+                        "(>= 2 also reports the targets' reliability and the LDS ceiling)")
     g.add_argument("--max-new", type=int, default=None, help="train at most this many new subset "
                    "models now (resume later); LDS uses those available")
     g.add_argument("--kronfluence-variants", default="ekfac,ekfac_default,kfac",
@@ -205,14 +212,15 @@ def _quick(out: Path, data_root: str | None, progress: Progress) -> dict:
 
 
 def run_lds_report(cfg, subsets, alpha, queries, methods, ensemble, kron, data_root, max_new,
-                   progress, out: Path | None) -> dict:
+                   progress, out: Path | None, seeds: int = 1) -> dict:
     from .evaluation import run_lds
 
     res = run_lds(cfg, subsets, alpha, queries, methods, ensemble, kron, True, data_root,
-                  max_new, progress)
+                  max_new, progress, seeds)
     if out is not None:
         default = cfg.epochs == recipe(cfg.dataset, cfg.model).epochs
-        name = f"lds_{cfg.dataset}_{cfg.model}" + ("" if default else f"_{cfg.epochs}ep")
+        name = (f"lds_{cfg.dataset}_{cfg.model}" + ("" if default else f"_{cfg.epochs}ep")
+                + ("" if seeds == 1 else f"_{seeds}seeds"))
         write_report(out, name, res, lds_markdown(res),
                      {"per_query": lds_figure(res)})
     return res
@@ -270,7 +278,7 @@ def _cmd(args: argparse.Namespace) -> int:
     over = {"epochs": args.epochs} if args.epochs else {}
     res = run_lds_report(recipe(args.dataset, args.model, **over), args.subsets, args.alpha,
                          args.queries, methods, args.ensemble, kron, args.data_root,
-                         args.max_new, progress, out)
+                         args.max_new, progress, out, args.seeds_per_subset)
     print(lds_markdown(res))
     return 0
 

@@ -143,10 +143,13 @@ def load_reports(folder: Path | str) -> dict[str, dict]:
 
 def subset_outputs(cfg: object, queries: torch.Tensor, subsets: int, alpha: float,
                    data_root: str | None = None, max_new: int | None = None,
-                   progress: object = None) -> tuple[np.ndarray, np.ndarray]:
-    """Train (or load) cfg's recipe on `subsets` seeded alpha-subsets; returns (masks (M', N),
-    query margins (Q, M')) for the M' <= M models available after training at most `max_new`
-    new ones (None: all). Checkpoints are cached by config, so reruns resume."""
+                   progress: object = None, seeds: int = 1
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train (or load) cfg's recipe on `subsets` seeded alpha-subsets, `seeds` training seeds
+    each (seed 0, 1, ...: init and batch order); returns (masks (M', N), query margins averaged
+    over the seeds (Q, M'), per-seed margins (seeds, Q, M')) for the M' <= M subsets whose every
+    seed is available after training at most `max_new` new models (None: all). Checkpoints are
+    cached by config, so reruns resume."""
     import dataclasses
 
     from .datasets import subset_mask
@@ -157,18 +160,34 @@ def subset_outputs(cfg: object, queries: torch.Tensor, subsets: int, alpha: floa
     train, test = load_dataset(cfg.dataset, data_root)
     masks, outputs, new = [], [], 0
     for j in range(subsets):
-        cfg_j = dataclasses.replace(cfg, subset_seed=j, subset_fraction=alpha)
-        cached = (checkpoint_dir(cfg_j) / "model.pt").is_file()
-        if not cached and max_new is not None and new >= max_new:
+        cfgs = [dataclasses.replace(cfg, subset_seed=j, subset_fraction=alpha, seed=cfg.seed + s)
+                for s in range(seeds)]
+        missing = sum(not (checkpoint_dir(c) / "model.pt").is_file() for c in cfgs)
+        if missing and max_new is not None and new + missing > max_new:
             continue
-        new += not cached
-        model, _ = train_or_load(cfg_j, train, test)
-        logits = predict_logits(model, test).index_select(0, queries)
-        outputs.append(margin(logits, test.labels[queries]).numpy())
+        new += missing
+        per_seed = []
+        for c in cfgs:
+            model, _ = train_or_load(c, train, test)
+            logits = predict_logits(model, test).index_select(0, queries)
+            per_seed.append(margin(logits, test.labels[queries]).numpy())
+        outputs.append(per_seed)
         masks.append(subset_mask(len(train), alpha, j).numpy())
         if progress is not None:
             progress(j + 1, subsets, f"LDS retrainings ({new} new)")
-    return np.array(masks), np.array(outputs).T
+    per_seed = np.array(outputs).transpose(1, 2, 0) if outputs else np.zeros((seeds, len(queries), 0))
+    return np.array(masks), per_seed.mean(0), per_seed
+
+
+def ground_truth_reliability(per_seed: np.ndarray) -> dict:
+    """How reproducible the LDS targets are: per query, the Spearman correlation across subsets
+    between the margins of two training seeds (r, mean over queries), and the LDS a perfect
+    attribution could reach against the mean of k seeds, sqrt(k r / (1 + (k - 1) r)) (Spearman-
+    Brown): a ceiling set by training noise, not by the estimator."""
+    k = per_seed.shape[0]
+    r = float(np.nanmean(spearman_rows(per_seed[0], per_seed[1])))
+    r_k = k * r / (1 + (k - 1) * r) if r > 0 else 0.0
+    return {"seeds": k, "seed_to_seed_spearman": r, "lds_ceiling": float(np.sqrt(max(r_k, 0.0)))}
 
 
 def estimator_scores(model: torch.nn.Module, train: object, query_x: torch.Tensor,
@@ -222,11 +241,13 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
             methods: tuple[str, ...] = ("exact", "ekfac", "kfac", "identity"),
             ensemble: int = 1, kronfluence: bool | tuple[str, ...] = True, trak: bool = True,
             data_root: str | None = None, max_new: int | None = None,
-            progress: object = None) -> dict:
+            progress: object = None, seeds: int = 1) -> dict:
     """LDS of every estimator (ours, Kronfluence's EK-FAC/K-FAC, TRAK-style, random) on cfg's
     model, against `subsets` retrainings on alpha-subsets. ensemble > 1 also scores the mean of
     EK-FAC attributions over that many independently seeded full-data models. kronfluence: True
-    (every variant), False, or the KRONFLUENCE_VARIANTS names to run."""
+    (every variant), False, or the KRONFLUENCE_VARIANTS names to run. seeds > 1: each subset is
+    trained with that many seeds and the target is their mean margin; the report then also gives
+    the targets' seed-to-seed reliability and the LDS ceiling it implies."""
     import dataclasses
 
     from .registry import load_dataset, load_problem
@@ -234,7 +255,8 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
     train, test = load_dataset(cfg.dataset, data_root)
     gen = torch.Generator().manual_seed(0)
     q_idx = torch.randperm(len(test), generator=gen)[: min(queries, len(test))]
-    masks, outputs = subset_outputs(cfg, q_idx, subsets, alpha, data_root, max_new, progress)
+    masks, outputs, per_seed = subset_outputs(cfg, q_idx, subsets, alpha, data_root, max_new,
+                                              progress, seeds)
     qx, qy = test.tensor(q_idx), test.labels[q_idx]
     model = load_problem(cfg, data_root).model
     scores = estimator_scores(model, train, qx, qy, methods)
@@ -263,7 +285,8 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
     return {
         "kind": "lds", "config": dataclasses.asdict(cfg), "subsets_requested": subsets,
         "subsets_used": len(masks), "alpha": alpha, "queries": len(q_idx),
-        "measurement": "margin",
+        "measurement": "margin", "seeds_per_subset": seeds,
+        **({"ground_truth": ground_truth_reliability(per_seed)} if seeds > 1 else {}),
         "lds": {k: float(np.nanmean(v)) for k, v in per_query.items()},
         "_per_query": {k: [float(x) for x in v] for k, v in per_query.items()},
     }

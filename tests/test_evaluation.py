@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from influence_core.evaluation import auprc, auroc, lds, load_reports, mislabel_curve
+from influence_core.evaluation import (
+    auprc, auroc, ground_truth_reliability, lds, load_reports, mislabel_curve,
+)
 
 LDS_EXACT_TOL = 1e-9  # Spearman of a strictly monotone transform of the prediction is exactly 1
 LDS_RANDOM_TOL = 0.05  # |mean over 100 queries| of Spearman over 200 subsets: sd ~0.007
@@ -34,6 +36,24 @@ def test_lds_is_near_zero_for_random_scores(datamodel: tuple) -> None:
     outputs = scores @ masks.T
     random = np.random.default_rng(1).normal(size=scores.shape)
     assert abs(lds(random, masks, outputs)[0]) < LDS_RANDOM_TOL
+
+
+@pytest.mark.parametrize("noise", [0.5, 1.0, 2.0])
+def test_the_lds_ceiling_is_what_a_perfect_attribution_reaches(datamodel: tuple, noise) -> None:
+    """Targets = additive datamodel + independent training noise per seed: the reported ceiling
+    (from the seed-to-seed reliability) is the LDS of the true scores against the 2-seed mean."""
+    scores, masks = datamodel
+    rng = np.random.default_rng(2)
+    signal = scores @ masks.T
+    spread = noise * signal.std(1, keepdims=True)
+    per_seed = np.stack([signal + spread * rng.normal(size=signal.shape) for _ in range(2)])
+    gt = ground_truth_reliability(per_seed)
+    perfect = lds(scores, masks, per_seed.mean(0))[0]
+    assert gt["seeds"] == 2
+    assert abs(gt["lds_ceiling"] - perfect) < 0.03, (gt, perfect)
+    identical = ground_truth_reliability(np.stack([signal, signal]))
+    assert identical["seed_to_seed_spearman"] == pytest.approx(1.0)
+    assert identical["lds_ceiling"] == pytest.approx(1.0)
 
 
 def test_mislabel_curve_on_a_constructed_ranking() -> None:
