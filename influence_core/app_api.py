@@ -52,7 +52,7 @@ def decision_log_path(problem: Problem) -> Path:
 
 
 # Up to this many training images (digits, MNIST, Fashion-MNIST, CIFAR-10) the queue uses
-# suspect_scores: 6 extra trainings at setup (about 3 min for MNIST on 2 cores), cached.
+# suspect_scores: 6 extra trainings at setup (minutes for MNIST on 2 cores), cached.
 RANKED_LIMIT = 70_000
 
 
