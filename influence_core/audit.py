@@ -19,10 +19,7 @@ What is refreshed after each update, and how:
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +31,7 @@ from .config import CURVATURE_CONFIGS
 from .curvature import Curvature, fit_curvature
 from .datasets import ImageDataset, subset
 from .gradients import TrackedModel
+from .memo import FutureCache
 from .progress import Progress, silent
 from .store import REMOVED, Decision, DecisionLog
 from .task import ClassificationTask, Task
@@ -116,8 +114,7 @@ class AuditSession:
         config = getattr(problem, "config", None)  # the training recipe's L2 strength
         self.weight_decay = weight_decay if weight_decay is not None else getattr(
             config, "weight_decay", 0.0)
-        self._cache: OrderedDict[tuple, Future] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = FutureCache(CACHE_SIZE)
 
     # -- decisions (committed before they return) ------------------------------------------
     def record(self, index: int, action: str, label: int | None = None,
@@ -143,24 +140,9 @@ class AuditSession:
                   full_refresh: bool = False) -> AuditState:
         """The state of an explicit edit set (the log is not read): cached, thread-safe."""
         key = (tuple(sorted(remove)), tuple(sorted(relabel.items())), full_refresh)
-        with self._lock:
-            pending, owner = self._cache.get(key), False
-            if pending is None:
-                pending, owner = Future(), True
-                self._cache[key] = pending
-            self._cache.move_to_end(key)
-        if owner:
-            try:
-                pending.set_result(self._compute(version, list(key[0]), dict(key[1]), full_refresh))
-            except BaseException as exc:
-                with self._lock:
-                    self._cache.pop(key, None)
-                pending.set_exception(exc)
-                raise
-            with self._lock:
-                while len(self._cache) > CACHE_SIZE:
-                    self._cache.popitem(last=False)
-        return dataclasses.replace(pending.result(), version=version)
+        state = self._cache.get(key, lambda: self._compute(version, list(key[0]), dict(key[1]),
+                                                           full_refresh))
+        return dataclasses.replace(state, version=version)
 
     def model_delta(self, remove: list[int], relabel: dict[int, int]) -> torch.Tensor:
         """(p,) the batched Newton step (plus refinement) for these edits, from the base."""

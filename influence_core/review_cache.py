@@ -14,13 +14,13 @@ it. A newer `warm` call makes the older one stop at its next step.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .app_api import Evidence, Preview, evidence, preview
 from .audit import AuditSession, AuditState
 from .index import AttributionIndex
+from .memo import FutureCache
 
 CACHE_ENTRIES = 512
 
@@ -37,30 +37,10 @@ class ReviewCache:
     def __init__(self, session: AuditSession, index: AttributionIndex, top_k: int = 8,
                  entries: int = CACHE_ENTRIES) -> None:
         self.session, self.index, self.top_k, self.entries = session, index, top_k, entries
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[tuple, Future] = OrderedDict()
+        self._lock = threading.Lock()  # guards _generation
+        self._cached = FutureCache(entries).get
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-prefetch")
         self._generation = 0
-
-    def _cached(self, key: tuple, compute: Callable[[], object]) -> object:
-        with self._lock:
-            pending, owner = self._cache.get(key), False
-            if pending is None:
-                pending, owner = Future(), True
-                self._cache[key] = pending
-            self._cache.move_to_end(key)
-        if owner:
-            try:
-                pending.set_result(compute())
-            except BaseException as exc:
-                with self._lock:
-                    self._cache.pop(key, None)
-                pending.set_exception(exc)
-                raise
-            with self._lock:
-                while len(self._cache) > self.entries:
-                    self._cache.popitem(last=False)
-        return pending.result()
 
     def evidence(self, i: int, label: int) -> Evidence:
         """app_api.evidence (model-independent: it reads the precomputed index)."""
