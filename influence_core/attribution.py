@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .curvature.base import Curvature, iterate, model_dtype
+from .curvature.base import Curvature, captured_inputs_in, iterate, model_dtype
 from .datasets import ImageDataset
 from .gradients import dot_with_layers, layer_grads, per_example_grads
 from .progress import Progress, silent
@@ -57,12 +57,15 @@ def self_influence(
     curv: Curvature, task: Task, train: ImageDataset, batch_size: int = 512,
     indices: torch.Tensor | None = None, progress: Progress = silent,
 ) -> torch.Tensor:
-    """(N,) grad L(z_i)^T (G + lambda I)^-1 grad L(z_i) for every training example."""
+    """(N,) grad L(z_i)^T (G + lambda I)^-1 grad L(z_i) for every training example. The forward
+    and backward run in the model's dtype; layer inputs are captured in the dtype the curvature
+    multiplies them in (curv.compute), which changes no result."""
     dtype = model_dtype(curv.tracked)
     out = []
-    for x, y, _ in iterate(train, batch_size, progress, "self-influence", indices, dtype):
-        pairs, _ = layer_grads(curv.tracked, x, lambda o, y=y: task.loss(o, y))
-        out.append(curv.self_influence(pairs).detach())
+    with captured_inputs_in(curv.tracked, curv.compute):
+        for x, y, _ in iterate(train, batch_size, progress, "self-influence", indices, dtype):
+            pairs, _ = layer_grads(curv.tracked, x, lambda o, y=y: task.loss(o, y))
+            out.append(curv.self_influence(pairs).detach())
     return torch.cat(out)
 
 

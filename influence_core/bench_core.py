@@ -18,9 +18,11 @@ from scipy.stats import spearmanr
 from .attribution import self_influence, train_gradients
 from .config import EKFACConfig, ExactConfig, KFACConfig, LissaConfig, artifacts_root, recipe
 from .curvature import LissaDivergedError, fit_curvature
+from .curvature.base import matmul_dtype, model_dtype
 from .datasets import ImageDataset, subset
 from .evaluation import ihvp_error
 from .gradients import TrackedModel, layer_grads
+from .models import channels_last
 from .progress import Progress, silent
 from .registry import Problem, load_problem
 from .task import ClassificationTask
@@ -36,13 +38,17 @@ def forward_backward_epoch(model: torch.nn.Module, data: ImageDataset, batch_siz
 
 
 def time_ours(model: torch.nn.Module, data: ImageDataset, batch_size: int,
-              progress: Progress = silent) -> dict:
+              progress: Progress = silent, matmul: str = "auto") -> dict:
+    """Our library path: fit_curvature("ekfac") then self_influence; `matmul` as EKFACConfig's
+    (auto: bfloat16 products and autocast fit passes where the CPU has bf16 units)."""
     tracked, task = TrackedModel(model), ClassificationTask()
+    cfg = EKFACConfig(batch_size=batch_size, matmul=matmul)
     start = time.perf_counter()
-    curv = fit_curvature("ekfac", tracked, task, data, EKFACConfig(batch_size=batch_size), progress)
+    curv = fit_curvature("ekfac", tracked, task, data, cfg, progress)
     fit_s = time.perf_counter() - start
     scores = self_influence(curv, task, data, batch_size, progress=progress)
-    return {"fit_s": fit_s, "self_s": time.perf_counter() - start - fit_s, "scores": scores}
+    return {"fit_s": fit_s, "self_s": time.perf_counter() - start - fit_s, "scores": scores,
+            "matmul": str(matmul_dtype(matmul, model_dtype(tracked)) or "float32")}
 
 
 def time_kronfluence(model: torch.nn.Module, data: ImageDataset, batch_size: int) -> dict:
@@ -71,32 +77,34 @@ def time_kronfluence(model: torch.nn.Module, data: ImageDataset, batch_size: int
     return {"fit_s": fit_s, "self_s": self_s, "scores": scores}
 
 
-def speed_table(problem: Problem, subset_size: int, batch_size: int, progress: Progress) -> dict:
-    model, train = problem.model, problem.train
-    epoch_full = forward_backward_epoch(model, train, batch_size)
-    ours_full = time_ours(model, train, batch_size, progress)
-    gen = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(train), generator=gen)[:subset_size].sort().values
-    small = subset(train, idx)
-    epoch_small = forward_backward_epoch(model, small, batch_size)
-    ours = time_ours(model, small, batch_size)
-    theirs = time_kronfluence(model, small, batch_size)
-    rho = float(spearmanr(ours["scores"].numpy(), theirs["scores"].numpy())[0])
-    total = {k: v["fit_s"] + v["self_s"] for k, v in (("ours", ours), ("kronfluence", theirs))}
-    return {
-        "full": {"n": len(train), "epoch_s": epoch_full, "fit_s": ours_full["fit_s"],
-                 "self_s": ours_full["self_s"],
-                 "epochs_worth": (ours_full["fit_s"] + ours_full["self_s"]) / epoch_full},
-        "subset": {
-            "n": subset_size, "epoch_s": epoch_small,
-            "ours": {"fit_s": ours["fit_s"], "self_s": ours["self_s"],
-                     "epochs_worth": total["ours"] / epoch_small},
-            "kronfluence": {"fit_s": theirs["fit_s"], "self_s": theirs["self_s"],
-                            "epochs_worth": total["kronfluence"] / epoch_small},
-            "ratio_ours_over_kronfluence": total["ours"] / total["kronfluence"],
-            "spearman_self_influence": rho,
-        },
-    }
+def speed_table(problem: Problem, subset_size: int | None, batch_size: int,
+                progress: Progress) -> dict:
+    """Ours (default precision, and float32) and Kronfluence on the same examples (the whole
+    training set, or a seeded subset of `subset_size`) and the same model: a channels-last copy
+    (what the precompute runs; its max-pooling vectorises over channels), given to both."""
+    model, data = channels_last(copy.deepcopy(problem.model)), problem.train
+    if subset_size is not None and subset_size < len(data):
+        gen = torch.Generator().manual_seed(0)
+        data = subset(data, torch.randperm(len(data), generator=gen)[:subset_size].sort().values)
+    epoch = forward_backward_epoch(model, data, batch_size)
+    runs = {"ours": time_ours(model, data, batch_size, progress),
+            "ours_float32": time_ours(model, data, batch_size, progress, matmul="float32"),
+            "kronfluence": time_kronfluence(model, data, batch_size)}
+    reference = runs["kronfluence"]["fit_s"] + runs["kronfluence"]["self_s"]
+    theirs = runs["kronfluence"]["scores"].numpy()
+    report = {"n": len(data), "whole_training_set": len(data) == len(problem.train),
+              "epoch_s": epoch}
+    for name, run in runs.items():
+        total = run["fit_s"] + run["self_s"]
+        report[name] = {"fit_s": run["fit_s"], "self_s": run["self_s"], "total_s": total,
+                        "epochs_worth": total / epoch}
+        if "matmul" in run:
+            report[name]["matmul"] = run["matmul"]
+        if name != "kronfluence":
+            report[name]["ratio_over_kronfluence"] = total / reference
+            report[name]["spearman_with_kronfluence"] = float(
+                spearmanr(run["scores"].numpy(), theirs)[0])
+    return report
 
 
 def ihvp_errors(problem: Problem, probes: int, lissa_depths: list[int], multipliers: list[float],
@@ -130,7 +138,7 @@ def ihvp_errors(problem: Problem, probes: int, lissa_depths: list[int], multipli
     return out
 
 
-def bench_core(data_root: str | None, subset_size: int = 4096, batch_size: int = 512,
+def bench_core(data_root: str | None, subset_size: int | None = None, batch_size: int = 128,
                threads: int = 2, out: str | None = None, progress: Progress = silent) -> dict:
     torch.set_num_threads(threads)
     mnist = load_problem(recipe("mnist", "cnn"), data_root, progress=progress)
@@ -148,19 +156,22 @@ def bench_core(data_root: str | None, subset_size: int = 4096, batch_size: int =
 
 
 def format_table(r: dict) -> str:
-    m, s = r["mnist_cnn"]["full"], r["mnist_cnn"]["subset"]
-    o, k = s["ours"], s["kronfluence"]
-    e = r["digits_mlp_ihvp_error"]
+    m, e = r["mnist_cnn"], r["digits_mlp_ihvp_error"]
+    where = "all" if m.get("whole_training_set") else "a seeded subset of"
+    rows = [("ours", m["ours"]), ("ours, float32 products", m["ours_float32"]),
+            ("Kronfluence 1.0.1", m["kronfluence"])]
     lines = [
-        f"mnist/cnn EK-FAC, {r['threads']} threads, batch {r['batch_size']}",
-        "| run | examples | fit (s) | self-influence (s) | epochs' worth |",
-        "|---|---|---|---|---|",
-        f"| ours | {m['n']} | {m['fit_s']:.1f} | {m['self_s']:.1f} | {m['epochs_worth']:.2f} |",
-        f"| ours | {s['n']} | {o['fit_s']:.2f} | {o['self_s']:.2f} | {o['epochs_worth']:.2f} |",
-        f"| Kronfluence 1.0.1 | {s['n']} | {k['fit_s']:.2f} | {k['self_s']:.2f} "
-        f"| {k['epochs_worth']:.2f} |",
-        f"ratio ours/Kronfluence (same {s['n']} examples): {s['ratio_ours_over_kronfluence']:.3f};"
-        f" Spearman of self-influence: {s['spearman_self_influence']:.4f}",
+        f"mnist/cnn EK-FAC fit + self-influence on {where} {m['n']} training images, "
+        f"{r['threads']} threads, batch {r['batch_size']} (one forward-backward epoch "
+        f"{m['epoch_s']:.1f} s)",
+        "| run | fit (s) | self-influence (s) | total (s) | epochs' worth | ours / Kronfluence "
+        "| Spearman vs Kronfluence |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {name}{' (' + run['matmul'] + ')' if 'matmul' in run else ''} | {run['fit_s']:.1f} "
+          f"| {run['self_s']:.1f} | {run['total_s']:.1f} | {run['epochs_worth']:.2f} | "
+          + (f"{run['ratio_over_kronfluence']:.3f} | {run['spearman_with_kronfluence']:.4f} |"
+             if "ratio_over_kronfluence" in run else "1 | 1 |")
+          for name, run in rows],
         "",
         f"digits/mlp relative IHVP error vs exact ({e['num_params']} parameters, "
         f"{e['probes']} training gradients; identity's error is ~1 by construction)",

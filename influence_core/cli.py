@@ -135,8 +135,11 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--width", type=int, default=None, help="query: load only this many columns")
     p.add_argument("--skip-quality", action="store_true", help="query: latency only")
-    p.add_argument("--subset", type=int, default=4096,
-                   help="core: examples on which both we and Kronfluence are timed")
+    p.add_argument("--subset", type=int, default=None,
+                   help="core: time both we and Kronfluence on this many seeded examples "
+                        "(default: the whole training set)")
+    p.add_argument("--bench-batch-size", type=int, default=128,
+                   help="core: examples per forward-backward, the same for both")
     p.add_argument("--threads", type=int, default=2, help="core: torch threads for both")
 
 
@@ -154,7 +157,7 @@ def _bench_query(args: argparse.Namespace) -> int:
 def _bench_core(args: argparse.Namespace) -> int:
     from .bench_core import bench_core
 
-    bench_core(args.data_root, args.subset, 512, args.threads, args.out,
+    bench_core(args.data_root, args.subset, args.bench_batch_size, args.threads, args.out,
                tqdm_progress())
     return 0
 

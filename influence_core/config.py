@@ -74,6 +74,9 @@ def recipe(dataset: str, model: str, **overrides: object) -> TrainConfig:
 FISHER_MODES = ("sampled", "expected", "empirical")
 
 
+MATMUL = ("auto", "float32", "bfloat16")  # curvature.base.matmul_dtype reads these
+
+
 def _check_curvature(damping: float | None, damping_factor: float, fisher: str) -> None:
     if damping is not None and damping < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
@@ -96,9 +99,16 @@ class EKFACConfig:
     # precompute: covariances (pass 1) on at most this many of those (Kronfluence's
     # covariance_max_examples); the eigenvalue correction still sees max_examples. None: all.
     covariance_max_examples: int | None = None
+    # the library fit's big products of a float32 model (fit passes under autocast, covariance
+    # and rotation GEMMs; the rotations of self-influence): auto = bfloat16 where the CPU has
+    # bf16 matrix units, else float32. Sums, squares and damping stay float32 / float64. The
+    # precompute follows IndexConfig.matmul instead (one setting for its three passes).
+    matmul: str = "auto"
 
     def __post_init__(self) -> None:
         _check_curvature(self.damping, self.damping_factor, self.fisher)
+        if self.matmul not in MATMUL:
+            raise ValueError(f"matmul must be one of {MATMUL}, got {self.matmul!r}")
         for name in ("max_examples", "covariance_max_examples"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -21,7 +21,6 @@ where 8192 eigen-directions over all layers kept 0.67.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +33,8 @@ from torch import nn
 
 from .artifacts import ArtifactError, check_manifest, load_tensors, model_hash
 from .attribution import Ranked, top_k
+from .config import MATMUL
+from .curvature.base import cpu_has_bf16_units, matmul_dtype  # noqa: F401 (re-exported)
 from .curvature.ekfac import EKFAC
 from .curvature.kfac import KroneckerFactors
 from .gradients import TrackedModel, backward_pairs, forward_capture
@@ -64,29 +65,6 @@ class IndexConfig:
             raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
         if self.matmul not in MATMUL:
             raise ValueError(f"matmul must be one of {MATMUL}, got {self.matmul!r}")
-
-
-MATMUL = ("auto", "float32", "bfloat16")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices natively (Linux /proc/cpuinfo flags)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def matmul_dtype(setting: str, model: torch.dtype) -> torch.dtype | None:
-    """The dtype of precompute's big products (None: the model's own); float64 models (tests,
-    exact comparisons) always compute in float64."""
-    if model != torch.float32 or setting == "float32":
-        return None
-    if setting == "bfloat16" or cpu_has_bf16_units():
-        return torch.bfloat16
-    return None
 
 
 def rank_one_layers(tracked: TrackedModel, x: torch.Tensor) -> list[bool]:

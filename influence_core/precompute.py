@@ -114,13 +114,11 @@ def fit_order(n: int, cfg: EKFACConfig, covariances: bool = False) -> torch.Tens
 
 def _pseudo_pairs(tracked, task, x, y, idx, cfg: EKFACConfig, what: int,
                   compute: torch.dtype | None = None) -> list:
-    """The fit passes' pseudo-gradients. With `compute` (bfloat16) the forward and backward run
-    under autocast: these passes only average outer products and squares, which 8-bit mantissas
-    barely move (tested), and a bf16 forward-backward is 1.5x faster here. The scoring pass,
-    whose per-example gradients are the index, keeps the model's dtype."""
+    """The fit passes' pseudo-gradients, seeded per batch. With `compute` (bfloat16) the forward
+    runs under autocast (fisher_pairs; a bf16 forward-backward is 1.5x faster here). The scoring
+    pass, whose per-example gradients are the index, keeps the model's dtype."""
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + what * 100_003 + int(idx[0]))
-    with torch.autocast(x.device.type, dtype=compute or torch.bfloat16, enabled=compute is not None):
-        return list(fisher_pairs(tracked, task, x, y, cfg.fisher, gen))
+    return list(fisher_pairs(tracked, task, x, y, cfg.fisher, gen, compute))
 
 
 def fit_bases(problem, tracked, task, cfg, shards, progress, order=None, compute=None

@@ -41,17 +41,18 @@ def test_self_influence_agrees_with_kronfluence(digits_problem) -> None:
 
 
 def test_table_lists_every_estimator() -> None:
-    run = {"fit_s": 1.0, "self_s": 2.0, "epochs_worth": 3.0}
+    run = {"fit_s": 1.0, "self_s": 2.0, "total_s": 3.0, "epochs_worth": 3.0}
+    ours = {**run, "matmul": "torch.bfloat16", "ratio_over_kronfluence": 0.043,
+            "spearman_with_kronfluence": 0.9987}
     report = {
-        "threads": 2, "batch_size": 512,
-        "mnist_cnn": {"full": {"n": 60000, **run},
-                      "subset": {"n": 4096, "epoch_s": 1.0, "ours": run, "kronfluence": run,
-                                 "ratio_ours_over_kronfluence": 1.0,
-                                 "spearman_self_influence": 0.99}},
+        "threads": 2, "batch_size": 128,
+        "mnist_cnn": {"n": 60000, "whole_training_set": True, "epoch_s": 1.0, "ours": ours,
+                      "ours_float32": {**ours, "matmul": "float32"}, "kronfluence": run},
         "digits_mlp_ihvp_error": {"num_params": 10, "probes": 2, "by_damping": {1.0: {
             "damping": 0.1, "ekfac": 0.1, "kfac": 0.2, "identity": 0.9,
             "lissa_by_depth": {10: 0.5}}}},
     }
     table = format_table(report)
-    for word in ("Kronfluence", "ekfac", "kfac", "identity", "lissa 10", "0.100"):
+    for word in ("Kronfluence", "ekfac", "kfac", "identity", "lissa 10", "0.100", "0.043",
+                 "0.9987", "all 60000", "bfloat16", "float32"):
         assert word in table

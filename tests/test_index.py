@@ -9,7 +9,10 @@ from scipy.stats import spearmanr
 
 from influence_core import (
     ArtifactError,
+    ClassificationTask,
     EKFACConfig,
+    TrackedModel,
+    fit_curvature,
     IndexConfig,
     index_curvature,
     index_scores,
@@ -89,6 +92,29 @@ def test_bfloat16_precompute_moves_scores_less_than_the_fit_s_own_sampling(cnn_p
                        for i in (fast, reference, reseeded))
     assert np.linalg.norm(got - ref) <= np.linalg.norm(other - ref)
     assert spearmanr(got, ref).statistic >= 0.999
+
+
+def test_bfloat16_library_fit_moves_scores_less_than_the_fit_s_own_sampling(cnn_problem) -> None:
+    """EKFACConfig(matmul="bfloat16") (the library default where the CPU has bf16 units:
+    autocast fit passes, bf16 covariance and rotation products, bf16 rotations in
+    self-influence) against float32: self-influence and pairwise scores move less than a
+    float32 refit with another pseudo-label seed moves them, and rankings are kept."""
+    tracked, task, train = TrackedModel(cnn_problem.model), ClassificationTask(), cnn_problem.train
+    x, y = _queries(cnn_problem)
+
+    def fit(cfg):
+        curv = fit_curvature("ekfac", tracked, task, train, cfg)
+        return curv, self_influence(curv, task, train), pairwise_influence(curv, task, x, y, train)
+
+    ref_curv, ref_self, ref_pairs = fit(EKFACConfig(matmul="float32"))
+    curv, fast_self, fast_pairs = fit(EKFACConfig(matmul="bfloat16"))
+    _, other_self, other_pairs = fit(EKFACConfig(matmul="float32", seed=1))
+    assert curv.compute == torch.bfloat16 and ref_curv.compute is None
+    assert tracked.input_dtype is None  # captured inputs back to full precision after the fit
+    assert torch.linalg.norm(fast_self - ref_self) <= torch.linalg.norm(other_self - ref_self)
+    assert torch.linalg.norm(fast_pairs - ref_pairs) <= torch.linalg.norm(other_pairs - ref_pairs)
+    assert spearmanr(fast_self, ref_self).statistic >= 0.999
+    assert min(spearmanr(a, b).statistic for a, b in zip(fast_pairs, ref_pairs)) >= 0.98
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])

@@ -10,8 +10,11 @@ trace(G) / p over all tracked parameters for exact and LiSSA. Pass `damping` to 
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -28,6 +31,9 @@ class Curvature(ABC):
 
     name: str = "curvature"
     tracked: TrackedModel
+    # the dtype self_influence multiplies layer inputs in (None: the model's); Kronecker
+    # methods with bfloat16 rotations set it, so the scoring pass captures inputs in it
+    compute: torch.dtype | None = None
 
     @abstractmethod
     def ihvp_layers(self, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -46,14 +52,19 @@ class Curvature(ABC):
 
 def fisher_pairs(
     tracked: TrackedModel, task: Task, x: torch.Tensor, y: torch.Tensor, mode: str,
-    generator: torch.Generator,
+    generator: torch.Generator, compute: torch.dtype | None = None,
 ) -> Iterator[Pairs]:
     """Pseudo-gradients whose outer products average to G for this batch.
 
     sampled: one label per example drawn from the model's predictive distribution (true Fisher);
     expected: every class k, with the loss scaled by sqrt(p_k) (exact expectation, K backwards);
-    empirical: the given labels (empirical Fisher)."""
-    store, outputs = forward_capture(tracked, x)
+    empirical: the given labels (empirical Fisher). `compute` (bfloat16): the forward runs under
+    autocast (the fit passes only average outer products and squares, which 8-bit mantissas
+    barely move: tested); the outputs are cast back, so losses and probabilities stay float32."""
+    amp = compute is not None
+    with torch.autocast(x.device.type, dtype=compute or torch.bfloat16, enabled=amp):
+        store, outputs = forward_capture(tracked, x)
+    outputs = outputs.to(x.dtype)
     if mode == "expected":
         probs = task.fisher_weights(outputs)
         k_classes = probs.shape[1]
@@ -83,6 +94,40 @@ def iterate(
 
 def model_dtype(tracked: TrackedModel) -> torch.dtype:
     return next(iter(tracked.modules.values())).weight.dtype
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (Linux /proc/cpuinfo flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def matmul_dtype(setting: str, model: torch.dtype) -> torch.dtype | None:
+    """The dtype of the fit passes' and the rotations' big products for a `setting` of
+    config.MATMUL (None: the model's own). auto = bfloat16 where the CPU has bf16 matrix units
+    (AMX / AVX512-BF16), else float32; float64 models (tests, exact comparisons) always compute
+    in float64."""
+    if model != torch.float32 or setting == "float32":
+        return None
+    if setting == "bfloat16" or cpu_has_bf16_units():
+        return torch.bfloat16
+    return None
+
+
+@contextmanager
+def captured_inputs_in(tracked: TrackedModel, dtype: torch.dtype | None) -> Iterator[None]:
+    """Within the block the tracked layers' inputs a are captured in `dtype` (None: the
+    model's): a fit pass whose every consumer of a multiplies in that dtype copies half the
+    bytes. Restored afterwards, so later scoring passes see full precision."""
+    before, tracked.input_dtype = tracked.input_dtype, dtype or tracked.input_dtype
+    try:
+        yield
+    finally:
+        tracked.input_dtype = before
 
 
 def trace_over_params(

@@ -13,7 +13,9 @@ from ..datasets import ImageDataset
 from ..gradients import TrackedModel
 from ..progress import Progress, silent
 from ..task import Task
-from .base import Pairs, fisher_pairs, iterate, model_dtype
+from .base import (
+    Pairs, captured_inputs_in, fisher_pairs, iterate, matmul_dtype, model_dtype,
+)
 from .kfac import KFAC, KroneckerFactors, _cast, eigenbasis, fit_covariances, heuristic_damping
 
 
@@ -26,19 +28,22 @@ class EKFAC(KFAC):
         progress: Progress = silent,
     ) -> EKFAC:
         dtype = model_dtype(tracked)
+        compute = matmul_dtype(cfg.matmul, dtype)
         bases = []
         for a, s, _ in fit_covariances(tracked, task, data, cfg, progress):
             bases.append((eigenbasis(a)[1].to(dtype), eigenbasis(s)[1].to(dtype)))
+        rotate = [(q_a.to(compute or dtype), q_s.to(compute or dtype)) for q_a, q_s in bases]
         lams = [torch.zeros(q_s.shape[0], q_a.shape[0], dtype=torch.float64) for q_a, q_s in bases]
         gen = torch.Generator().manual_seed(cfg.seed + 1)
-        for x, y, _ in iterate(data, cfg.batch_size, progress, "fit eigenvalues", dtype=dtype):
-            for pairs in fisher_pairs(tracked, task, x, y, cfg.fisher, gen):
-                add_eigenvalues(lams, bases, pairs)
+        with captured_inputs_in(tracked, compute):
+            for x, y, _ in iterate(data, cfg.batch_size, progress, "fit eigenvalues", dtype=dtype):
+                for pairs in fisher_pairs(tracked, task, x, y, cfg.fisher, gen, compute):
+                    add_eigenvalues(lams, rotate, pairs, compute)
         factors = [
             KroneckerFactors(q_a, q_s, lam / len(data), heuristic_damping(lam / len(data), cfg))
             for lam, (q_a, q_s) in zip(lams, bases)
         ]
-        return cls(tracked, _cast(factors, dtype))
+        return cls(tracked, _cast(factors, dtype), compute)
 
 
 def add_eigenvalues(

@@ -15,7 +15,9 @@ from ..datasets import ImageDataset
 from ..gradients import TrackedModel
 from ..progress import Progress, silent
 from ..task import Task
-from .base import Curvature, Pairs, fisher_pairs, iterate, model_dtype
+from .base import (
+    Curvature, Pairs, captured_inputs_in, fisher_pairs, iterate, matmul_dtype, model_dtype,
+)
 
 
 TINY = 1e-20  # eigenvector entries below this are rounding noise, and denormal in float32
@@ -39,8 +41,12 @@ class CovarianceSums:
     """Per layer A = sum_t a a^T and S = sum_t g g^T. Each batch is added in the model's dtype
     (one in-place GEMM) to a partial sum that is folded into the float64 totals every `fold`
     batches (0: only on flush()): no float64 copy of a d_in x d_in matrix per batch, float32
-    error bounded. `compute` (e.g. torch.bfloat16): the dtype of the per-batch products (their
-    sums are still kept in the model's dtype, then float64)."""
+    error bounded. `compute` (e.g. torch.bfloat16): the dtype of the products that dominate the
+    cost, those of conv layers (T patches per example: mnist/cnn conv2 121); linear layers'
+    stay in the model's dtype. A bfloat16 product is rounded to 8 bits before it is summed;
+    for linear layers' input covariances that rounding moved pairwise scores (digits CNN) 2x
+    more than all conv products together, and as much as refitting with another pseudo-label
+    seed does (tests/test_index.py), at a fifth of the pass's cost."""
 
     def __init__(self, tracked: TrackedModel, fold: int = 32,
                  compute: torch.dtype | None = None) -> None:
@@ -55,20 +61,22 @@ class CovarianceSums:
             self.partial = [[torch.zeros_like(t, dtype=torch.promote_types(g.dtype, torch.float32))
                              for t in c] for c, (_, g) in zip(self.total, pairs)]  # >= float32
         for c, (a, g) in zip(self.partial, pairs):
+            conv = a.shape[1] > 1
             if count_inputs:
-                self._add(c[0], a.reshape(-1, a.shape[-1]))
-            self._add(c[1], g.reshape(-1, g.shape[-1]))
+                self._add(c[0], a.reshape(-1, a.shape[-1]), conv)
+            self._add(c[1], g.reshape(-1, g.shape[-1]), conv)
         if count_inputs:
             self.batches += 1
             if self.fold and self.batches % self.fold == 0:
                 self.flush()
 
-    def _add(self, total: torch.Tensor, x: torch.Tensor) -> None:
-        if x.dtype == total.dtype and self.compute in (None, x.dtype):
-            total.addmm_(x.T, x)
-        else:
-            x = x.to(self.compute or x.dtype)
+    def _add(self, total: torch.Tensor, x: torch.Tensor, in_compute: bool) -> None:
+        if in_compute and self.compute is not None:
+            x = x.to(self.compute)
             total += (x.T @ x).to(total.dtype)
+        else:
+            x = x.to(total.dtype)
+            total.addmm_(x.T, x)
 
     def flush(self) -> None:
         if self.partial is not None:
@@ -86,15 +94,19 @@ class CovarianceSums:
 def fit_covariances(
     tracked: TrackedModel, task: Task, data: ImageDataset, cfg: KFACConfig, progress: Progress
 ) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
-    """Pass 1: per layer (A, S, mean positions T), averaged over examples (float64)."""
+    """Pass 1: per layer (A, S, mean positions T), averaged over examples (float64); the
+    forward and the products in cfg.matmul's dtype."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    sums, positions = CovarianceSums(tracked), [0.0] * len(tracked.specs)
     dtype = model_dtype(tracked)
-    for x, y, _ in iterate(data, cfg.batch_size, progress, "fit covariances", dtype=dtype):
-        for draw, pairs in enumerate(fisher_pairs(tracked, task, x, y, cfg.fisher, gen)):
-            sums.add(pairs, count_inputs=draw == 0)
-        for layer, (a, _) in enumerate(pairs):
-            positions[layer] += a.shape[1] * a.shape[0]
+    compute = matmul_dtype(cfg.matmul, dtype)
+    sums, positions = CovarianceSums(tracked, compute=compute), [0.0] * len(tracked.specs)
+    with captured_inputs_in(tracked, compute):
+        for x, y, _ in iterate(data, cfg.batch_size, progress, "fit covariances", dtype=dtype):
+            for draw, pairs in enumerate(fisher_pairs(tracked, task, x, y, cfg.fisher, gen,
+                                                      compute)):
+                sums.add(pairs, count_inputs=draw == 0)
+            for layer, (a, _) in enumerate(pairs):
+                positions[layer] += a.shape[1] * a.shape[0]
     n = len(data)
     return [(a / n, s / n, t / n) for (a, s), t in zip(sums.sums(), positions)]
 
@@ -113,8 +125,11 @@ def heuristic_damping(eigenvalues: torch.Tensor, cfg: KFACConfig) -> float:
 class KFAC(Curvature):
     name = "kfac"
 
-    def __init__(self, tracked: TrackedModel, factors: list[KroneckerFactors]) -> None:
-        self.tracked, self.factors = tracked, factors
+    def __init__(self, tracked: TrackedModel, factors: list[KroneckerFactors],
+                 compute: torch.dtype | None = None) -> None:
+        """`compute`: the dtype of self-influence's rotations (None: the factors' own)."""
+        self.tracked, self.factors, self.compute = tracked, factors, compute
+        self._bases: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
     @classmethod
     def fit(
@@ -126,7 +141,8 @@ class KFAC(Curvature):
             (e_a, q_a), (e_s, q_s) = eigenbasis(a), eigenbasis(s)
             lam = torch.outer(e_s, e_a) / max(t, 1.0)  # conv: T positions counted twice
             factors.append(KroneckerFactors(q_a, q_s, lam, heuristic_damping(lam, cfg)))
-        return cls(tracked, _cast(factors, model_dtype(tracked)))
+        dtype = model_dtype(tracked)
+        return cls(tracked, _cast(factors, dtype), matmul_dtype(cfg.matmul, dtype))
 
     def ihvp_layers(self, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
         out = []
@@ -137,17 +153,31 @@ class KFAC(Curvature):
 
     def self_influence(self, pairs: Pairs) -> torch.Tensor:
         """sum_l sum_jk R_i[j,k]^2 / (Lambda + lambda), R_i = Q_S^T DW_i Q_A. Linear layers use
-        the rank-one form rowsum(((U*U) @ M) * (V*V)), U = g Q_S, V = a Q_A."""
+        the rank-one form rowsum(((U*U) @ M) * (V*V)), U = g Q_S, V = a Q_A; conv layers form
+        DW_i = g_i^T a_i first (cheaper than rotating all T patches), then rotate it. Rotations
+        in `compute`, squares and sums in float32 or wider."""
         total = 0
-        for f, (a, g) in zip(self.factors, pairs):
-            inv = 1.0 / (f.eigenvalues + f.damping)
-            u, v = g.to(f.q_s.dtype) @ f.q_s, a.to(f.q_a.dtype) @ f.q_a
+        for (q_a, q_s, inv), (a, g) in zip(self._rotation_bases(), pairs):
+            work = inv.dtype
             if a.shape[1] == 1:
-                total = total + (((u[:, 0] ** 2) @ inv) * v[:, 0] ** 2).sum(1)
+                u, v = (g[:, 0].to(q_s.dtype) @ q_s).to(work), (a[:, 0].to(q_a.dtype) @ q_a).to(work)
+                total = total + (((u * u) @ inv) * (v * v)).sum(1)
             else:
-                r = torch.einsum("bto,bti->boi", u, v)
-                total = total + (r.pow(2) * inv).sum((1, 2))
+                # DW_i in the dtype of the larger of a, g (no copy of it), then rotated in
+                # `compute`: mnist/cnn conv1's g is 3x its patches
+                dtype = a.dtype if a.numel() >= g.numel() else g.dtype
+                dw = torch.einsum("bto,bti->boi", g.to(dtype), a.to(dtype)).to(q_a.dtype)
+                r = (q_s.T @ dw @ q_a).to(work)
+                total = total + (r * r).flatten(1) @ inv.flatten()
         return total
+
+    def _rotation_bases(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per layer (Q_A, Q_S) in the rotations' dtype and 1 / (Lambda + lambda), cached."""
+        if self._bases is None:
+            self._bases = [(f.q_a.to(self.compute or f.q_a.dtype),
+                            f.q_s.to(self.compute or f.q_s.dtype),
+                            1.0 / (f.eigenvalues + f.damping)) for f in self.factors]
+        return self._bases
 
 
 def _cast(factors: list[KroneckerFactors], dtype: torch.dtype) -> list[KroneckerFactors]:
