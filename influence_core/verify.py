@@ -40,7 +40,7 @@ from .progress import Progress, silent
 from .registry import Problem, load_problem
 from .task import ClassificationTask
 from .training import predict_logits, train_model
-from .unlearning import edited_objective, newton_step, refine, updated_model
+from .unlearning import MAX_POINTS, edited_objective, newton_step, refine, updated_model
 
 EXPERIMENTS = ("remove", "relabel")
 MODELS = ("nothing", "newton", "refined", "refined_full", "retrained", "noise_floor")
@@ -58,6 +58,7 @@ class VerifyConfig:
     noise: float = 0.1  # label-repair run
     refine_steps: int = 3  # line-searched steps on the edited objective (unlearning.refine)
     full_refine: bool = False  # also refine to convergence (up to 20 steps): refined_full
+    refine_points: int = MAX_POINTS  # the edited objective's subsample of kept points
     noise_floor: bool = True  # retrain the edited data with seed 1
     experiments: tuple[str, ...] = EXPERIMENTS
     latency_repeats: int = 20
@@ -104,7 +105,7 @@ def _unlearned(curv, task, problem: Problem, cfg: VerifyConfig, remove: list[int
     for name, steps in (("refined", cfg.refine_steps), ("refined_full", 20 * cfg.full_refine)):
         if steps:
             refined = refine(curv, task, problem.train, delta, remove, relabel, steps,
-                             weight_decay=wd)
+                             weight_decay=wd, max_points=cfg.refine_points)
             models[name] = updated_model(curv, refined)
     return models, delta
 
