@@ -167,7 +167,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--subsets", type=int, default=100)
     g.add_argument("--alpha", type=float, default=0.5)
     g.add_argument("--queries", type=int, default=2000)
-    g.add_argument("--ensemble", type=int, default=1, help="average EK-FAC over this many seeds")
+    g.add_argument("--ensemble", type=int, default=1,
+                   help="also average EK-FAC and index attributions over models of this many seeds")
     g.add_argument("--seeds-per-subset", type=int, default=1,
                    help="train each subset with this many seeds; the target is their mean margin "
                         "(>= 2 also reports the targets' reliability and the LDS ceiling)")

@@ -244,10 +244,11 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
             progress: object = None, seeds: int = 1) -> dict:
     """LDS of every estimator (ours, Kronfluence's EK-FAC/K-FAC, TRAK-style, random) on cfg's
     model, against `subsets` retrainings on alpha-subsets. ensemble > 1 also scores the mean of
-    EK-FAC attributions over that many independently seeded full-data models. kronfluence: True
-    (every variant), False, or the KRONFLUENCE_VARIANTS names to run. seeds > 1: each subset is
-    trained with that many seeds and the target is their mean margin; the report then also gives
-    the targets' seed-to-seed reliability and the LDS ceiling it implies."""
+    EK-FAC (and index) attributions over that many independently seeded full-data models.
+    kronfluence: True (every variant), False, or the KRONFLUENCE_VARIANTS names to run.
+    seeds > 1: each subset is trained with that many seeds and the target is their mean margin;
+    the report then also gives the targets' seed-to-seed reliability and the LDS ceiling it
+    implies."""
     import dataclasses
 
     from .registry import load_dataset, load_problem
@@ -275,11 +276,16 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
         scores["trak_projected"] = trak_scores(model, train, qx, qy)
     if "index" in methods:
         scores.update(_index_scores(load_problem(cfg, data_root), qx, qy))
-    if ensemble > 1:
-        runs = [scores["ekfac"]] + [
-            estimator_scores(load_problem(dataclasses.replace(cfg, seed=s), data_root).model,
-                             train, qx, qy, ("ekfac",))["ekfac"] for s in range(1, ensemble)]
-        scores[f"ekfac_ensemble{ensemble}"] = sum(runs) / ensemble
+    if ensemble > 1:  # the same estimator on models trained with seeds 1.. k-1, averaged
+        others = [load_problem(dataclasses.replace(cfg, seed=s), data_root)
+                  for s in range(1, ensemble)]
+        if "ekfac" in scores:
+            runs = [scores["ekfac"]] + [
+                estimator_scores(p.model, train, qx, qy, ("ekfac",))["ekfac"] for p in others]
+            scores[f"ekfac_ensemble{ensemble}"] = sum(runs) / ensemble
+        if "index" in scores:
+            runs = [scores["index"]] + [_index_scores(p, qx, qy)["index"] for p in others]
+            scores[f"index_ensemble{ensemble}"] = sum(runs) / ensemble
     scores["random"] = torch.randn(len(q_idx), len(train), generator=gen).double()
     per_query = {k: lds(v, masks, outputs)[1] for k, v in scores.items()}
     return {

@@ -45,7 +45,7 @@ class TrackedModel:
         self.model = model.eval()
         # captured layer inputs a in this dtype (precompute's bfloat16 products: half the bytes
         # to copy; None: the model's dtype). Output gradients g keep the model's dtype.
-        self.input_dtype = input_dtype
+        self._input_dtype, self._this_thread = input_dtype, threading.local()
         bypassed = {  # MultiheadAttention calls F.linear on out_proj's weight: no hook fires
             f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
         }
@@ -72,6 +72,27 @@ class TrackedModel:
             LayerSpec(n, m.weight.shape[0], m.weight[0].numel() + (m.bias is not None))
             for n, m in self.modules.items()
         ]
+
+    @property
+    def input_dtype(self) -> torch.dtype | None:
+        """The dtype layer inputs are captured in, in this thread (inputs_in may override it)."""
+        return getattr(self._this_thread, "dtype", self._input_dtype)
+
+    @input_dtype.setter
+    def input_dtype(self, dtype: torch.dtype | None) -> None:
+        self._input_dtype = dtype
+
+    @contextmanager
+    def inputs_in(self, dtype: torch.dtype | None) -> Iterator[None]:
+        """Within the block, captures in THIS thread record layer inputs in `dtype` (None: no
+        change); other threads (the app's prefetch scoring pairwise influence on the same
+        model) keep full precision."""
+        before = self.input_dtype
+        self._this_thread.dtype = dtype or before
+        try:
+            yield
+        finally:
+            self._this_thread.dtype = before
 
     @property
     def num_params(self) -> int:

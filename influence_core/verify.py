@@ -280,8 +280,10 @@ def verify_unlearning(cfg: VerifyConfig, data_root: str | None = None,
     if "relabel" in cfg.experiments:
         damping = result.get("remove", {}).get("damping", cfg.damping)
         if damping is None:  # relabel alone: calibrate on the held-out removal sets first
-            damping = _removal(clean, VerifyConfig(**(asdict(cfg) | {"extra_sets": False,
-                               "latency_repeats": 0, "refine_steps": 0})), progress)["damping"]
+            calibrate = {"extra_sets": False, "latency_repeats": 0, "refine_steps": 0,
+                         "full_refine": False, "noise_floor": False}  # Newton steps only
+            damping = _removal(clean, VerifyConfig(**(asdict(cfg) | calibrate)),
+                               progress)["damping"]
         result["relabel"] = _relabel(clean, cfg, damping, data_root, progress)
     folder = artifacts_root() / "verify"
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from influence_core import (
     load_dataset, pairwise_influence, query_gradients, self_influence, top_k, train_gradients,
 )
 from influence_core.config import TrainConfig
+from influence_core.gradients import forward_capture
 from influence_core.training import train_model
 
 LOO_PEARSON = 0.95  # predicted vs actual change of query loss, convex model
@@ -229,6 +230,34 @@ def test_gradients_taken_in_two_threads_at_once_are_each_their_own(small_mlp, di
         results = list(pool.map(run, parts))
     for got, want in zip(results, serial):
         assert all(torch.equal(g, want) for g in got)
+
+
+def test_reduced_precision_capture_is_this_thread_s_only(small_mlp, digits) -> None:
+    """inputs_in (self-influence and the fit passes capture inputs in their rotation dtype)
+    holds in its own thread: another thread scoring on the same model at that moment captures
+    full precision."""
+    train, _ = digits
+    tracked = TrackedModel(small_mlp)
+    x = train.tensor(torch.arange(4)).double()
+    inside, outside = threading.Event(), threading.Event()
+    seen = {}
+
+    def low() -> None:
+        with tracked.inputs_in(torch.float32):
+            inside.set()
+            outside.wait(10)
+            seen["low"] = forward_capture(tracked, x)[0]["1"][0].dtype
+        seen["after"] = forward_capture(tracked, x)[0]["1"][0].dtype
+
+    def full() -> None:
+        inside.wait(10)
+        seen["other"] = forward_capture(tracked, x)[0]["1"][0].dtype
+        outside.set()
+
+    with ThreadPoolExecutor(2) as pool:
+        for f in [pool.submit(low), pool.submit(full)]:
+            f.result()
+    assert seen == {"low": torch.float32, "other": torch.float64, "after": torch.float64}
 
 
 @pytest.mark.parametrize("conv", [

@@ -131,3 +131,35 @@ def test_quick_regression_guard(artifacts_home, tmp_path) -> None:
     assert set(got) == set(QUICK_PINNED)
     for key, value in QUICK_PINNED.items():
         assert abs(got[key] - value) < QUICK_TOL, (key, got[key], value)
+
+
+def test_index_ensemble_averages_the_seeds_attributions(artifacts_home, monkeypatch) -> None:
+    """--ensemble k scores the mean of the index attributions of k independently seeded models
+    (index_ensemble<k>): its LDS is the LDS of that mean, next to the single model's."""
+    import dataclasses
+
+    from influence_core import evaluation
+    from influence_core.config import recipe
+    from influence_core.registry import load_dataset
+
+    seen = []
+
+    def attributions(seed: int, queries: int, n: int) -> torch.Tensor:
+        return torch.randn(queries, n, generator=torch.Generator().manual_seed(seed)).double()
+
+    def fake_index(problem, qx, qy):  # attributions that depend on the model's training seed
+        seen.append(problem.config.seed)
+        return {"index": attributions(problem.config.seed, len(qx), len(problem.train))}
+
+    monkeypatch.setattr(evaluation, "_index_scores", fake_index)
+    cfg = dataclasses.replace(recipe("digits", "mlp"), epochs=2)
+    res = evaluation.run_lds(cfg, subsets=6, queries=10, methods=("index",), ensemble=2,
+                             kronfluence=False, trak=False)
+    assert seen == [0, 1]
+    train, test = load_dataset("digits")
+    q_idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:10]
+    masks, outputs, _ = evaluation.subset_outputs(cfg, q_idx, 6, 0.5)  # cached trainings
+    mean = (attributions(0, 10, len(train)) + attributions(1, 10, len(train))) / 2
+    assert res["lds"]["index_ensemble2"] == pytest.approx(evaluation.lds(mean, masks, outputs)[0])
+    assert res["lds"]["index"] == pytest.approx(
+        evaluation.lds(attributions(0, 10, len(train)), masks, outputs)[0])

@@ -120,14 +120,11 @@ def matmul_dtype(setting: str, model: torch.dtype) -> torch.dtype | None:
 
 @contextmanager
 def captured_inputs_in(tracked: TrackedModel, dtype: torch.dtype | None) -> Iterator[None]:
-    """Within the block the tracked layers' inputs a are captured in `dtype` (None: the
-    model's): a fit pass whose every consumer of a multiplies in that dtype copies half the
+    """Within the block (in this thread) the tracked layers' inputs a are captured in `dtype`
+    (None: unchanged): a pass whose every consumer of a multiplies in that dtype copies half the
     bytes. Restored afterwards, so later scoring passes see full precision."""
-    before, tracked.input_dtype = tracked.input_dtype, dtype or tracked.input_dtype
-    try:
+    with tracked.inputs_in(dtype):
         yield
-    finally:
-        tracked.input_dtype = before
 
 
 def trace_over_params(
