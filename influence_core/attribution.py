@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .curvature.base import Curvature, captured_inputs_in, iterate, model_dtype
+from .curvature.base import Curvature, iterate, model_dtype
 from .datasets import ImageDataset
 from .gradients import dot_with_layers, layer_grads, per_example_grads
 from .progress import Progress, silent
@@ -62,7 +62,7 @@ def self_influence(
     multiplies them in (curv.compute), which changes no result."""
     dtype = model_dtype(curv.tracked)
     out = []
-    with captured_inputs_in(curv.tracked, curv.compute):
+    with curv.tracked.inputs_in(curv.compute):
         for x, y, _ in iterate(train, batch_size, progress, "self-influence", indices, dtype):
             pairs, _ = layer_grads(curv.tracked, x, lambda o, y=y: task.loss(o, y))
             out.append(curv.self_influence(pairs).detach())

@@ -279,13 +279,11 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
     if ensemble > 1:  # the same estimator on models trained with seeds 1.. k-1, averaged
         others = [load_problem(dataclasses.replace(cfg, seed=s), data_root)
                   for s in range(1, ensemble)]
-        if "ekfac" in scores:
-            runs = [scores["ekfac"]] + [
-                estimator_scores(p.model, train, qx, qy, ("ekfac",))["ekfac"] for p in others]
-            scores[f"ekfac_ensemble{ensemble}"] = sum(runs) / ensemble
-        if "index" in scores:
-            runs = [scores["index"]] + [_index_scores(p, qx, qy)["index"] for p in others]
-            scores[f"index_ensemble{ensemble}"] = sum(runs) / ensemble
+        rescore = {"ekfac": lambda p: estimator_scores(p.model, train, qx, qy, ("ekfac",)),
+                   "index": lambda p: _index_scores(p, qx, qy)}
+        for name in [m for m in rescore if m in scores]:
+            runs = [scores[name]] + [rescore[name](p)[name] for p in others]
+            scores[f"{name}_ensemble{ensemble}"] = sum(runs) / ensemble
     scores["random"] = torch.randn(len(q_idx), len(train), generator=gen).double()
     per_query = {k: lds(v, masks, outputs)[1] for k, v in scores.items()}
     return {

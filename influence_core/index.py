@@ -34,7 +34,6 @@ from torch import nn
 from .artifacts import ArtifactError, check_manifest, load_tensors, model_hash
 from .attribution import Ranked, top_k
 from .config import MATMUL
-from .curvature.base import cpu_has_bf16_units, matmul_dtype  # noqa: F401 (re-exported)
 from .curvature.ekfac import EKFAC
 from .curvature.kfac import KroneckerFactors
 from .gradients import TrackedModel, backward_pairs, forward_capture

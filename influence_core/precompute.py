@@ -35,11 +35,11 @@ from .artifacts import (
     write_json,
 )
 from .config import EKFACConfig, artifacts_root, config_hash
-from .curvature.base import fisher_pairs, model_dtype
+from .curvature.base import fisher_pairs, matmul_dtype, model_dtype
 from .curvature.ekfac import add_eigenvalues
 from .curvature.kfac import CovarianceSums, KroneckerFactors, eigenbasis, heuristic_damping
 from .gradients import TrackedModel, backward_pairs, forward_capture
-from .index import EigenProjection, IndexConfig, matmul_dtype, rank_one_layers
+from .index import EigenProjection, IndexConfig, rank_one_layers
 from .models import channels_last
 from .progress import Progress, silent
 from .registry import Problem

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -116,15 +115,6 @@ def matmul_dtype(setting: str, model: torch.dtype) -> torch.dtype | None:
     if setting == "bfloat16" or cpu_has_bf16_units():
         return torch.bfloat16
     return None
-
-
-@contextmanager
-def captured_inputs_in(tracked: TrackedModel, dtype: torch.dtype | None) -> Iterator[None]:
-    """Within the block (in this thread) the tracked layers' inputs a are captured in `dtype`
-    (None: unchanged): a pass whose every consumer of a multiplies in that dtype copies half the
-    bytes. Restored afterwards, so later scoring passes see full precision."""
-    with tracked.inputs_in(dtype):
-        yield
 
 
 def trace_over_params(

@@ -13,9 +13,7 @@ from ..datasets import ImageDataset
 from ..gradients import TrackedModel
 from ..progress import Progress, silent
 from ..task import Task
-from .base import (
-    Pairs, captured_inputs_in, fisher_pairs, iterate, matmul_dtype, model_dtype,
-)
+from .base import Pairs, fisher_pairs, iterate, matmul_dtype, model_dtype
 from .kfac import KFAC, KroneckerFactors, _cast, eigenbasis, fit_covariances, heuristic_damping
 
 
@@ -35,7 +33,7 @@ class EKFAC(KFAC):
         rotate = [(q_a.to(compute or dtype), q_s.to(compute or dtype)) for q_a, q_s in bases]
         lams = [torch.zeros(q_s.shape[0], q_a.shape[0], dtype=torch.float64) for q_a, q_s in bases]
         gen = torch.Generator().manual_seed(cfg.seed + 1)
-        with captured_inputs_in(tracked, compute):
+        with tracked.inputs_in(compute):
             for x, y, _ in iterate(data, cfg.batch_size, progress, "fit eigenvalues", dtype=dtype):
                 for pairs in fisher_pairs(tracked, task, x, y, cfg.fisher, gen, compute):
                     add_eigenvalues(lams, rotate, pairs, compute)
