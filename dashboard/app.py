@@ -14,9 +14,9 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on sys.path, no
 import streamlit as st
 
 from dashboard import state, widgets
-from influence_core import DATASETS, ESTIMATORS, default_data_root, fast_floats
+from influence_core import DATASETS, ESTIMATORS, default_data_root, tune_runtime
 
-fast_floats()
+tune_runtime()
 
 VIEWS = Path(__file__).resolve().parent / "views"
 MODEL_CHOICES = ["mlp", "cnn"]

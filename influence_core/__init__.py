@@ -11,7 +11,8 @@ from .datasets import DatasetError, ImageDataset, inject_label_noise
 from .curvature import ESTIMATORS, Curvature, LissaDivergedError, fit_curvature
 from .gradients import TrackedModel, UnsupportedLayerError
 from .models import MODELS, CheckpointError, build_model, load_checkpoint
-from .progress import Progress, fast_floats, silent, tqdm_progress
+from .progress import Progress, silent, tqdm_progress
+from .runtime import tune_runtime
 from .registry import DATASETS, Problem, load_dataset, load_problem
 from .task import ClassificationTask, Task, margin
 from .training import accuracy, predict_logits, train_or_load
@@ -42,7 +43,8 @@ __all__ = [
     "DATASETS", "MODELS", "CheckpointError", "DatasetError", "ImageDataset", "Problem",
     "Progress", "TrainConfig", "accuracy", "artifacts_root", "build_model", "config_hash",
     "default_data_root", "inject_label_noise", "load_checkpoint", "load_dataset",
-    "fast_floats", "load_problem", "predict_logits", "recipe", "silent", "tqdm_progress", "train_or_load",
+    "load_problem", "predict_logits", "recipe", "silent", "tqdm_progress", "train_or_load",
+    "tune_runtime",
     "ArtifactError", "AttributionIndex", "IndexConfig", "artifact_folder", "index_curvature",
     "index_scores", "load_index", "model_hash", "precompute", "query_index",
     "DEFAULT_SIGNAL", "auprc", "auroc", "ihvp_error", "lds", "load_reports", "mislabel_curve",

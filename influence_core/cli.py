@@ -7,7 +7,8 @@ import argparse
 import sys
 
 from .config import recipe
-from .progress import fast_floats, tqdm_progress
+from .progress import tqdm_progress
+from .runtime import tune_runtime
 
 
 def _add_problem_args(p: argparse.ArgumentParser) -> None:
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (_, add_args, help_text) in COMMANDS.items():
         add_args(sub.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
-    fast_floats()
+    tune_runtime()
     try:
         return COMMANDS[args.command][0](args)
     except (ValueError, FileNotFoundError) as exc:  # DatasetError, CheckpointError, bad config

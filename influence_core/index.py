@@ -36,7 +36,7 @@ from .attribution import Ranked, top_k
 from .config import MATMUL
 from .curvature.ekfac import EKFAC
 from .curvature.kfac import KroneckerFactors
-from .gradients import TrackedModel, backward_pairs, forward_capture
+from .gradients import LAYOUT, TrackedModel, backward_pairs, forward_capture
 from .task import ClassificationTask, Task
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
@@ -245,7 +245,8 @@ def load_index(
     (bfloat16 halves the bytes each query reads). Refuses (ArtifactError) when the model's hash, or any field of `expected`
     (e.g. {"method": "ekfac"}), differs from the manifest."""
     folder = Path(folder)
-    manifest = check_manifest(folder, {"model_hash": model_hash(model), **(expected or {})})
+    manifest = check_manifest(folder, {"model_hash": model_hash(model), "layout": LAYOUT,
+                                       **(expected or {})})
     model_dtype = next(model.parameters()).dtype
     projection = EigenProjection.from_tensors(load_tensors(folder / "factors.safetensors"),
                                               model_dtype)

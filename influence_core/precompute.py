@@ -38,7 +38,7 @@ from .config import EKFACConfig, artifacts_root, config_hash
 from .curvature.base import fisher_pairs, matmul_dtype, model_dtype
 from .curvature.ekfac import add_eigenvalues
 from .curvature.kfac import CovarianceSums, KroneckerFactors, eigenbasis, heuristic_damping
-from .gradients import TrackedModel, backward_pairs, forward_capture
+from .gradients import LAYOUT, TrackedModel, backward_pairs, forward_capture
 from .index import EigenProjection, IndexConfig, rank_one_layers
 from .models import channels_last
 from .progress import Progress, silent
@@ -74,7 +74,7 @@ def artifact_fields(problem: Problem, method: str, curvature: EKFACConfig, index
             "layers": list(tracked.modules), "num_params": tracked.num_params,
             "train_config_hash": config_hash(problem.config), "model_hash": model_hash(problem.model),
             "method": method, "curvature_config": dataclasses.asdict(curvature),
-            "index_config": dataclasses.asdict(index)}
+            "index_config": dataclasses.asdict(index), "layout": LAYOUT}
 
 
 def artifact_folder(problem: Problem, method: str = "ekfac", curvature: EKFACConfig = EKFACConfig(),

@@ -15,7 +15,7 @@ from influence_core import (
     load_dataset, pairwise_influence, query_gradients, self_influence, top_k, train_gradients,
 )
 from influence_core.config import TrainConfig
-from influence_core.gradients import forward_capture
+from influence_core.gradients import forward_capture, weight_matrix, weight_of
 from influence_core.training import train_model
 
 LOO_PEARSON = 0.95  # predicted vs actual change of query loss, convex model
@@ -89,7 +89,7 @@ def test_per_example_gradients_match_a_loop() -> None:
     for i in range(5):
         model.zero_grad()
         task.loss(model(x[i : i + 1]), y[i : i + 1]).sum().backward()
-        loop = torch.cat([torch.cat([m.weight.grad.reshape(m.weight.shape[0], -1),
+        loop = torch.cat([torch.cat([weight_matrix(m, m.weight.grad),
                                      m.bias.grad[:, None]], 1).flatten()
                           for m in (model[0], model[3])])
         assert torch.allclose(batched[i], loop, atol=1e-12)
@@ -277,7 +277,30 @@ def test_captured_conv_patches_reproduce_the_convolution(conv) -> None:
         with tracked.capture() as store:
             out = layer(x)
         patches = store["0"][0]
-        w = layer.weight.flatten(1)
+        w = weight_matrix(layer, layer.weight)
         if layer.bias is not None:
             w = torch.cat([w, layer.bias[:, None]], 1)
         torch.testing.assert_close(patches @ w.T, out.flatten(2).transpose(1, 2))
+
+
+def test_parameter_layout_round_trips_through_the_modules() -> None:
+    """flat_params -> as_params gives back each module's own tensors; add_to_params moves each
+    weight entry by the delta at its position in the layout (conv columns in (kh, kw, C)
+    order, checked against a hand-indexed entry)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, (2, 3)), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(2 * 3 * 2, 4)).double()
+    tracked = TrackedModel(model)
+    params = tracked.as_params(tracked.flat_params())
+    for name, value in model.named_parameters():
+        assert torch.equal(params[name], value)
+    conv = model[0]
+    assert torch.equal(weight_of(conv, weight_matrix(conv, conv.weight)), conv.weight)
+    before = conv.weight.detach().clone()
+    delta = torch.zeros(tracked.num_params, dtype=torch.float64)
+    # row 1, kernel offset (kh=1, kw=2), channel 0: column (1 * 3 + 2) * 3 + 0 of the matrix
+    d_in = tracked.specs[0].d_in
+    delta[1 * d_in + (1 * 3 + 2) * 3 + 0] = 1.0
+    tracked.add_to_params(delta)
+    moved = (conv.weight.detach() - before).nonzero().tolist()
+    assert moved == [[1, 0, 1, 2]]

@@ -39,9 +39,9 @@ def toy_mlp() -> tuple[nn.Module, ImageDataset]:
 def toy_cnn() -> tuple[nn.Module, ImageDataset]:
     torch.manual_seed(1)
     model = nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 3 * 3, 4)
+        nn.Conv2d(2, 3, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 3 * 3, 4)
     ).double()
-    x = torch.randn(24, 1, 6, 6, dtype=torch.float64)
+    x = torch.randn(24, 2, 6, 6, dtype=torch.float64)  # 2 channels: the column order matters
     y = torch.randint(0, 4, (24,))
     return model, tensor_dataset(x, y, 4)
 
@@ -51,13 +51,7 @@ def dense_gauss_newton(tracked: TrackedModel, data: ImageDataset) -> torch.Tenso
     model, theta = tracked.model, tracked.flat_params()
 
     def logits(flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        params = {}
-        for name, mat in zip(tracked.modules, tracked.split(flat)):
-            m = tracked.modules[name]
-            w = m.weight[0].numel()
-            params[f"{name}.weight"] = mat[:, :w].reshape(m.weight.shape)
-            params[f"{name}.bias"] = mat[:, w]
-        return functional_call(model, params, (x,))
+        return functional_call(model, tracked.as_params(flat), (x,))
 
     x = data.tensor(torch.arange(len(data)))
     jac = jacrev(logits)(theta, x)  # (N, K, p)
@@ -195,3 +189,67 @@ def test_attention_projections_are_left_frozen() -> None:
     v = torch.randn(2, tracked.num_params, dtype=torch.float64)
     want = torch.linalg.solve(g + 1e-2 * torch.eye(len(g), dtype=g.dtype), v.T).T
     assert rel_err(exact.ihvp(v), want) < EXACT_TOL
+
+
+def test_eigenbasis_splits_off_dead_coordinates_exactly() -> None:
+    """Coordinates of variance exactly 0 get unit eigenvectors with eigenvalue 0; every other
+    eigenvector is exactly 0 on them, and Q diag(e) Q^T is the covariance."""
+    from influence_core.curvature.kfac import eigenbasis
+
+    torch.manual_seed(0)
+    x = torch.randn(50, 6, dtype=torch.float64)
+    x[:, [1, 4]] = 0.0  # two dead coordinates
+    cov = x.T @ x / 50
+    e, q = eigenbasis(cov)
+    torch.testing.assert_close(q @ torch.diag(e) @ q.T, cov)
+    torch.testing.assert_close(q.T @ q, torch.eye(6, dtype=torch.float64))
+    on_dead = (q[[1, 4]] != 0).any(0)  # the eigenvectors touching a dead coordinate
+    assert on_dead.sum() == 2 and (e[on_dead] == 0).all()
+    assert torch.equal(q[[1, 4]][:, on_dead].abs(), torch.eye(2, dtype=torch.float64))
+
+
+def test_covariance_sums_accumulate_the_full_gram_matrix() -> None:
+    """Only the upper block triangle is multiplied per batch; the mirrored sum is X^T X."""
+    from influence_core.curvature.kfac import CovarianceSums
+
+    torch.manual_seed(0)
+    tracked = TrackedModel(nn.Sequential(nn.Linear(300, 200)))
+    sums = CovarianceSums(tracked, fold=2)
+    batches = [(torch.randn(7, 1, 301), torch.randn(7, 1, 200)) for _ in range(5)]
+    for a, g in batches:
+        sums.add([(a, g)], count_inputs=True)
+    (a_sum, s_sum), = sums.sums()
+    a_all = torch.cat([a[:, 0] for a, _ in batches]).double()
+    g_all = torch.cat([g[:, 0] for _, g in batches]).double()
+    torch.testing.assert_close(a_sum, a_all.T @ a_all, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(s_sum, g_all.T @ g_all, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["kfac", "ekfac"])
+def test_skipped_dead_directions_change_no_score(method: str) -> None:
+    """With dead ReLU units (variance exactly 0 in the fit), the data passes skip their
+    eigen-directions; self-influence still equals the diagonal of the pairwise scores (whose
+    IHVP uses every direction), also for inputs that wake a dead unit (the full-basis path)."""
+    from influence_core import pairwise_influence, self_influence
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 6),
+                          nn.ReLU(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        model[0].bias[1] = -100.0  # conv channel 1 never fires on these inputs
+        model[3].bias[[2, 5]] = -100.0  # hidden units 2 and 5 neither
+    x = torch.randn(30, 2, 3, 3, dtype=torch.float64)
+    data = tensor_dataset(x, torch.randint(0, 3, (30,)), 3)
+    tracked, task = TrackedModel(model), ClassificationTask()
+    curv = fit_curvature(method, tracked, task, data, EKFACConfig() if method == "ekfac"
+                         else KFACConfig())
+    kept = [(len(rot.s.dirs), len(rot.a.dirs)) for rot, _, _ in curv._rotation_bases()]
+    assert kept[0][0] == 3 and kept[1] == (4, 13) and kept[2][1] == 5  # dead ones skipped
+    awake = x.clone()
+    awake[:4, :, :2, :2] = 200.0 * model[0].weight[1].detach().sign()  # wakes conv channel 1
+    for inputs in (x, awake):
+        probe = tensor_dataset(inputs, data.labels, 3)
+        idx = torch.arange(10)
+        pair = pairwise_influence(curv, task, inputs[idx], data.labels[idx], probe, indices=idx)
+        selfi = self_influence(curv, task, probe, indices=idx)
+        torch.testing.assert_close(pair.diagonal(), selfi, rtol=1e-9, atol=0)

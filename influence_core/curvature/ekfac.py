@@ -14,7 +14,8 @@ from ..gradients import TrackedModel
 from ..progress import Progress, silent
 from ..task import Task
 from .base import Pairs, fisher_pairs, iterate, matmul_dtype, model_dtype
-from .kfac import KFAC, KroneckerFactors, _cast, eigenbasis, fit_covariances, heuristic_damping
+from .kfac import (KFAC, KroneckerFactors, Rotation, _cast, eigenbasis, fit_covariances,
+                   heuristic_damping, rotate_conv)
 
 
 class EKFAC(KFAC):
@@ -27,10 +28,11 @@ class EKFAC(KFAC):
     ) -> EKFAC:
         dtype = model_dtype(tracked)
         compute = matmul_dtype(cfg.matmul, dtype)
-        bases = []
+        bases, rotate = [], []
         for a, s, _ in fit_covariances(tracked, task, data, cfg, progress):
-            bases.append((eigenbasis(a)[1].to(dtype), eigenbasis(s)[1].to(dtype)))
-        rotate = [(q_a.to(compute or dtype), q_s.to(compute or dtype)) for q_a, q_s in bases]
+            (e_a, q_a), (e_s, q_s) = eigenbasis(a), eigenbasis(s)
+            bases.append((q_a.to(dtype), q_s.to(dtype)))
+            rotate.append(Rotation.of(q_a, q_s, e_a == 0, e_s == 0).to(compute or dtype))
         lams = [torch.zeros(q_s.shape[0], q_a.shape[0], dtype=torch.float64) for q_a, q_s in bases]
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         with tracked.inputs_in(compute):
@@ -45,20 +47,28 @@ class EKFAC(KFAC):
 
 
 def add_eigenvalues(
-    lams: list[torch.Tensor], bases: list[tuple[torch.Tensor, torch.Tensor]], pairs: Pairs,
-    compute: torch.dtype | None = None,
+    lams: list[torch.Tensor], bases: list[Rotation | tuple[torch.Tensor, torch.Tensor]],
+    pairs: Pairs, compute: torch.dtype | None = None,
 ) -> None:
-    """In place: Lambda += sum_i R_i^2, R_i = Q_S^T DW_i Q_A, per layer; bases are (Q_A, Q_S).
-    Linear: (U*U)^T (V*V) with U = g Q_S, V = a Q_A; conv: DW_i = G_i^T A_i first (cheaper
-    than rotating all T patches), then rotated. `compute`: the dtype of the rotations (pass the
+    """In place: Lambda += sum_i R_i^2, R_i = Q_S^T DW_i Q_A, per layer; bases are Rotations
+    (Lambda's skipped rows and columns stay 0) or (Q_A, Q_S). Linear: (U*U)^T (V*V) with
+    U = g Q_S, V = a Q_A; conv: rotate_conv. `compute`: the dtype of the rotations (pass the
     bases in it; e.g. bfloat16), squares and sums in the model's dtype, then float64."""
-    for lam, (q_a, q_s), (a, g) in zip(lams, bases, pairs):
+    for lam, rot, (a, g) in zip(lams, bases, pairs):
         work = torch.promote_types(g.dtype, torch.float32)  # squares and sums: >= float32
         if compute is not None:
             a, g = a.to(compute), g.to(compute)
+        if isinstance(rot, Rotation):
+            side_a, side_s = rot.sides(a, g)
+            a, g, q_a, q_s = side_a.take(a), side_s.take(g), side_a.q, side_s.q
+        else:
+            (q_a, q_s), side_a = rot, None
         if a.shape[1] == 1:
             u, v = (g[:, 0] @ q_s).to(work), (a[:, 0] @ q_a).to(work)
-            lam += ((u * u).T @ (v * v)).double()
+            block = ((u * u).T @ (v * v)).double()
         else:
-            r = (q_s.T @ torch.einsum("bto,bti->boi", g, a) @ q_a).to(work)
-            lam += r.pow(2).sum(0).double()
+            block = rotate_conv(a, g, q_a, q_s).to(work).pow(2).sum(0).double()
+        if side_a is None or len(side_a.dirs) == lam.shape[1] and len(side_s.dirs) == lam.shape[0]:
+            lam += block
+        else:
+            lam.index_put_((side_s.dirs[:, None], side_a.dirs), block, accumulate=True)

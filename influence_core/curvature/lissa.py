@@ -99,17 +99,9 @@ class Lissa(Curvature):
         return self.data.tensor(idx).to(model_dtype(self.tracked))
 
     def _logits_fn(self, x: torch.Tensor):
-        model = self.tracked.model
-        names = list(self.tracked.modules)
+        tracked = self.tracked
 
         def f(theta: torch.Tensor) -> torch.Tensor:
-            params = {}
-            for name, mat in zip(names, self.tracked.split(theta)):
-                m = self.tracked.modules[name]
-                w_size = m.weight[0].numel()
-                params[f"{name}.weight"] = mat[:, :w_size].reshape(m.weight.shape)
-                if m.bias is not None:
-                    params[f"{name}.bias"] = mat[:, w_size]
-            return functional_call(model, params, (x,))
+            return functional_call(tracked.model, tracked.as_params(theta), (x,))
 
         return f
