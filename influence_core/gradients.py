@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 LAYOUT = "conv-columns-kh-kw-c"  # recorded in artifacts: factors and indices depend on it
 
 

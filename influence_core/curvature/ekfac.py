@@ -14,8 +14,16 @@ from ..gradients import TrackedModel
 from ..progress import Progress, silent
 from ..task import Task
 from .base import Pairs, fisher_pairs, iterate, matmul_dtype, model_dtype
-from .kfac import (KFAC, KroneckerFactors, Rotation, _cast, eigenbasis, fit_covariances,
-                   heuristic_damping, rotate_conv)
+from .kfac import (
+    KFAC,
+    KroneckerFactors,
+    Rotation,
+    _cast,
+    eigenbasis,
+    fit_covariances,
+    heuristic_damping,
+    rotate_conv,
+)
 
 
 class EKFAC(KFAC):

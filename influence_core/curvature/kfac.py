@@ -7,6 +7,7 @@ IHVP of a layer-shaped V: Q_S [(Q_S^T V Q_A) / (Lambda + lambda)] Q_A^T.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
@@ -16,7 +17,6 @@ from ..gradients import TrackedModel
 from ..progress import Progress, silent
 from ..task import Task
 from .base import Curvature, Pairs, fisher_pairs, iterate, matmul_dtype, model_dtype
-
 
 TINY = 1e-20  # eigenvector entries below this are rounding noise, and denormal in float32
 
@@ -75,7 +75,7 @@ class CovarianceSums:
             return
         x = x.to(total.dtype)
         cuts = _panels(x.shape[1])
-        for lo, hi in zip(cuts, cuts[1:]):  # block rows of the upper triangle; flush mirrors
+        for lo, hi in pairwise(cuts):  # block rows of the upper triangle; flush mirrors
             total[lo:hi, lo:].addmm_(x[:, lo:hi].T, x[:, lo:])
 
     def flush(self) -> None:
@@ -83,7 +83,7 @@ class CovarianceSums:
             for c, part in zip(self.total, self.partial):
                 for t, q in zip(c, part):
                     cuts = _panels(q.shape[0])
-                    for lo, hi in zip(cuts[1:-1], cuts[2:]):
+                    for lo, hi in pairwise(cuts[1:]):
                         q[lo:hi, :lo] = q[:lo, lo:hi].T
                     t += q.double()
                     q.zero_()
