@@ -172,14 +172,11 @@ def weight_matrix(m: nn.Module, w: torch.Tensor) -> torch.Tensor:
 
 
 def weight_of(m: nn.Module, mat: torch.Tensor) -> torch.Tensor:
-    """The inverse of weight_matrix: (..., d_out, d_in - bias) -> (..., *m.weight.shape)."""
+    """The inverse of weight_matrix: (d_out, d_in - bias) -> m.weight.shape."""
     if isinstance(m, nn.Conv2d):
         c_out, c, kh, kw = m.weight.shape
-        lead = mat.shape[:-2]
-        k = len(lead)
-        return mat.reshape(*lead, c_out, kh, kw, c).permute(
-            *range(k), k, k + 3, k + 1, k + 2)
-    return mat.reshape(*mat.shape[:-2], *m.weight.shape)
+        return mat.reshape(c_out, kh, kw, c).permute(0, 3, 1, 2)
+    return mat.reshape(m.weight.shape)
 
 
 def _patches(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

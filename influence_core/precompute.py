@@ -37,7 +37,13 @@ from .artifacts import (
 from .config import EKFACConfig, artifacts_root, config_hash
 from .curvature.base import fisher_pairs, matmul_dtype, model_dtype
 from .curvature.ekfac import add_eigenvalues
-from .curvature.kfac import CovarianceSums, KroneckerFactors, eigenbasis, heuristic_damping
+from .curvature.kfac import (
+    CovarianceSums,
+    KroneckerFactors,
+    Rotation,
+    eigenbasis,
+    heuristic_damping,
+)
 from .gradients import LAYOUT, TrackedModel, backward_pairs, forward_capture
 from .index import EigenProjection, IndexConfig, rank_one_layers
 from .models import channels_last
@@ -148,8 +154,8 @@ def fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress, order=
                     compute=None) -> list[KroneckerFactors]:
     """Pass 2: Lambda[j, k] = E_i[R_i[j, k]^2], R_i = Q_S^T DW_i Q_A; heuristic damping."""
     dtype = model_dtype(tracked)
-    q = [(q_a.to(compute or dtype), q_s.to(compute or dtype)) for q_a, q_s in bases]
-    lams = [torch.zeros(q_s.shape[0], q_a.shape[0], dtype=torch.float64) for q_a, q_s in q]
+    q = [Rotation.of(q_a, q_s).to(compute or dtype) for q_a, q_s in bases]
+    lams = [torch.zeros(q_s.shape[0], q_a.shape[0], dtype=torch.float64) for q_a, q_s in bases]
     done, total = 0, sum(hi - lo for _, lo, hi in shards)
     for x, y, idx in _batches(problem, shards, cfg.batch_size, dtype, order):
         for pairs in _pseudo_pairs(tracked, task, x, y, idx, cfg, 2, compute):

@@ -304,3 +304,14 @@ def test_parameter_layout_round_trips_through_the_modules() -> None:
     tracked.add_to_params(delta)
     moved = (conv.weight.detach() - before).nonzero().tolist()
     assert moved == [[1, 0, 1, 2]]
+
+
+def test_tune_runtime_applies_both_settings_on_glibc() -> None:
+    """The CLI and app call it once; on Linux with glibc both settings must take."""
+    import platform
+
+    from influence_core import tune_runtime
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert tune_runtime() == {"flush_denormal": True, "keep_freed_memory": True}

@@ -55,28 +55,25 @@ class EKFAC(KFAC):
 
 
 def add_eigenvalues(
-    lams: list[torch.Tensor], bases: list[Rotation | tuple[torch.Tensor, torch.Tensor]],
-    pairs: Pairs, compute: torch.dtype | None = None,
+    lams: list[torch.Tensor], bases: list[Rotation], pairs: Pairs,
+    compute: torch.dtype | None = None,
 ) -> None:
-    """In place: Lambda += sum_i R_i^2, R_i = Q_S^T DW_i Q_A, per layer; bases are Rotations
-    (Lambda's skipped rows and columns stay 0) or (Q_A, Q_S). Linear: (U*U)^T (V*V) with
+    """In place: Lambda += sum_i R_i^2, R_i = Q_S^T DW_i Q_A, per layer, over the Rotation's
+    directions (Lambda's skipped rows and columns stay 0). Linear: (U*U)^T (V*V) with
     U = g Q_S, V = a Q_A; conv: rotate_conv. `compute`: the dtype of the rotations (pass the
     bases in it; e.g. bfloat16), squares and sums in the model's dtype, then float64."""
     for lam, rot, (a, g) in zip(lams, bases, pairs):
         work = torch.promote_types(g.dtype, torch.float32)  # squares and sums: >= float32
         if compute is not None:
             a, g = a.to(compute), g.to(compute)
-        if isinstance(rot, Rotation):
-            side_a, side_s = rot.sides(a, g)
-            a, g, q_a, q_s = side_a.take(a), side_s.take(g), side_a.q, side_s.q
-        else:
-            (q_a, q_s), side_a = rot, None
+        side_a, side_s = rot.sides(a, g)
+        a, g = side_a.take(a), side_s.take(g)
         if a.shape[1] == 1:
-            u, v = (g[:, 0] @ q_s).to(work), (a[:, 0] @ q_a).to(work)
+            u, v = (g[:, 0] @ side_s.q).to(work), (a[:, 0] @ side_a.q).to(work)
             block = ((u * u).T @ (v * v)).double()
         else:
-            block = rotate_conv(a, g, q_a, q_s).to(work).pow(2).sum(0).double()
-        if side_a is None or len(side_a.dirs) == lam.shape[1] and len(side_s.dirs) == lam.shape[0]:
+            block = rotate_conv(a, g, side_a.q, side_s.q).to(work).pow(2).sum(0).double()
+        if side_a is rot.full_a:
             lam += block
         else:
             lam.index_put_((side_s.dirs[:, None], side_a.dirs), block, accumulate=True)

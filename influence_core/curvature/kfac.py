@@ -39,7 +39,8 @@ class CovarianceSums:
     """Per layer A = sum_t a a^T and S = sum_t g g^T. Each batch is added in the model's dtype
     (in-place GEMMs on the upper block triangle, _panels) to a partial sum that is folded into
     the float64 totals every `fold` batches (0: only on flush()): no float64 copy of a
-    d_in x d_in matrix per batch, float32 error bounded. `compute` (e.g. torch.bfloat16): the dtype of the products that dominate the
+    d_in x d_in matrix per batch, float32 error bounded. `compute` (e.g. torch.bfloat16): the
+    dtype of the products that dominate the
     cost, those of conv layers (T patches per example: mnist/cnn conv2 121); linear layers'
     stay in the model's dtype. A bfloat16 product is rounded to 8 bits before it is summed; on
     a digits CNN, keeping linear layers' products in float32 halved how far the bf16 fit moved
@@ -157,14 +158,18 @@ class Side:
     @classmethod
     def split(cls, q: torch.Tensor, zero: torch.Tensor) -> Side:
         """`zero` (d,) bool: the directions whose eigenvalue (or every Lambda entry) is 0."""
-        d = q.shape[1]
         dead_dirs = (zero & ((q != 0).sum(0) == 1)).nonzero()[:, 0]
         dead = q[:, dead_dirs].abs().argmax(0)
-        dirs = _complement(dead_dirs, d)
-        coords = _complement(dead, q.shape[0])
+        dirs = _complement(dead_dirs, q.shape[1])
         if len(dead) == 0 or (q[dead][:, dirs] != 0).any():
-            return cls(q, None, torch.arange(d), dead[:0])
-        return cls(q[coords][:, dirs], coords, dirs, dead)
+            return cls.whole(q)
+        return cls(q[_complement(dead, q.shape[0])][:, dirs], _complement(dead, q.shape[0]),
+                   dirs, dead)
+
+    @classmethod
+    def whole(cls, q: torch.Tensor) -> Side:
+        """Every coordinate and direction."""
+        return cls(q, None, torch.arange(q.shape[1]), torch.zeros(0, dtype=torch.long))
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.coords is None else x[..., self.coords]
@@ -187,12 +192,12 @@ class Rotation:
     full_s: Side
 
     @classmethod
-    def of(cls, q_a: torch.Tensor, q_s: torch.Tensor, zero_a: torch.Tensor,
-           zero_s: torch.Tensor) -> Rotation:
-        none = torch.zeros
-        return cls(Side.split(q_a, zero_a), Side.split(q_s, zero_s),
-                   Side.split(q_a, none(q_a.shape[1], dtype=torch.bool)),
-                   Side.split(q_s, none(q_s.shape[1], dtype=torch.bool)))
+    def of(cls, q_a: torch.Tensor, q_s: torch.Tensor, zero_a: torch.Tensor | None = None,
+           zero_s: torch.Tensor | None = None) -> Rotation:
+        """`zero_*`: the directions whose eigenvalue is exactly 0 (None: skip nothing)."""
+        full_a, full_s = Side.whole(q_a), Side.whole(q_s)
+        return cls(full_a if zero_a is None else Side.split(q_a, zero_a),
+                   full_s if zero_s is None else Side.split(q_s, zero_s), full_a, full_s)
 
     def sides(self, a: torch.Tensor, g: torch.Tensor) -> tuple[Side, Side]:
         """The skipping sides if a and g are 0 on every skipped coordinate, else the full."""
