@@ -172,6 +172,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seeds-per-subset", type=int, default=1,
                    help="train each subset with this many seeds; the target is their mean margin "
                         "(>= 2 also reports the targets' reliability and the LDS ceiling)")
+    g.add_argument("--vary", choices=["init", "order"], default="init",
+                   help="what --seeds-per-subset changes: init and batch order, or batch order "
+                        "only (the same init for every model)")
     g.add_argument("--max-new", type=int, default=None, help="train at most this many new subset "
                    "models now (resume later); LDS uses those available")
     g.add_argument("--kronfluence-variants", default="ekfac,ekfac_default,kfac",
@@ -213,15 +216,15 @@ def _quick(out: Path, data_root: str | None, progress: Progress) -> dict:
 
 
 def run_lds_report(cfg, subsets, alpha, queries, methods, ensemble, kron, data_root, max_new,
-                   progress, out: Path | None, seeds: int = 1) -> dict:
+                   progress, out: Path | None, seeds: int = 1, vary: str = "init") -> dict:
     from .evaluation import run_lds
 
     res = run_lds(cfg, subsets, alpha, queries, methods, ensemble, kron, True, data_root,
-                  max_new, progress, seeds)
+                  max_new, progress, seeds, vary)
     if out is not None:
         default = cfg.epochs == recipe(cfg.dataset, cfg.model).epochs
         name = (f"lds_{cfg.dataset}_{cfg.model}" + ("" if default else f"_{cfg.epochs}ep")
-                + ("" if seeds == 1 else f"_{seeds}seeds"))
+                + ("" if seeds == 1 else f"_{seeds}{'seeds' if vary == 'init' else 'orders'}"))
         write_report(out, name, res, lds_markdown(res),
                      {"per_query": lds_figure(res)})
     return res
@@ -279,7 +282,7 @@ def _cmd(args: argparse.Namespace) -> int:
     over = {"epochs": args.epochs} if args.epochs else {}
     res = run_lds_report(recipe(args.dataset, args.model, **over), args.subsets, args.alpha,
                          args.queries, methods, args.ensemble, kron, args.data_root,
-                         args.max_new, progress, out, args.seeds_per_subset)
+                         args.max_new, progress, out, args.seeds_per_subset, args.vary)
     print(lds_markdown(res))
     return 0
 

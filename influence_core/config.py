@@ -23,9 +23,19 @@ def default_data_root() -> Path:
 
 def config_hash(*configs: object, length: int = 12) -> str:
     """A stable content hash of one or more dataclass configs (sorted-key JSON, sha256)."""
-    payload = [dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c for c in configs]
+    payload = [_hashed_fields(c) if dataclasses.is_dataclass(c) else c for c in configs]
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def _hashed_fields(config: object) -> dict:
+    """asdict, without fields marked `unhashed_default` that hold their default (a field added
+    later then keeps the hashes, and cached artifacts, of every config that leaves it alone)."""
+    out = dataclasses.asdict(config)
+    for f in dataclasses.fields(config):
+        if f.metadata.get("unhashed_default") and out[f.name] == f.default:
+            del out[f.name]
+    return out
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,9 @@ class TrainConfig:
     noise_seed: int = 0
     subset_seed: int = -1  # >= 0: train on a seeded random subset (LDS); -1: all examples
     subset_fraction: float = 1.0
+    # batch order only (>= 0); -1: from `seed` like the init. LDS uses it to tell the noise of
+    # SGD's batch order apart from that of the initialisation.
+    order_seed: int = dataclasses.field(default=-1, metadata={"unhashed_default": True})
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:

@@ -143,10 +143,11 @@ def load_reports(folder: Path | str) -> dict[str, dict]:
 
 def subset_outputs(cfg: object, queries: torch.Tensor, subsets: int, alpha: float,
                    data_root: str | None = None, max_new: int | None = None,
-                   progress: object = None, seeds: int = 1
+                   progress: object = None, seeds: int = 1, vary: str = "init"
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train (or load) cfg's recipe on `subsets` seeded alpha-subsets, `seeds` training seeds
-    each (seed 0, 1, ...: init and batch order); returns (masks (M', N), query margins averaged
+    each (vary="init": seed cfg.seed + s, init and batch order; "order": the same init, batch
+    order seeded cfg.seed + s; s = 0 is cfg itself either way); returns (masks (M', N), query margins averaged
     over the seeds (Q, M'), per-seed margins (seeds, Q, M')) for the M' <= M subsets whose every
     seed is available after training at most `max_new` new models (None: all). Checkpoints are
     cached by config, so reruns resume."""
@@ -160,8 +161,10 @@ def subset_outputs(cfg: object, queries: torch.Tensor, subsets: int, alpha: floa
     train, test = load_dataset(cfg.dataset, data_root)
     masks, outputs, new = [], [], 0
     for j in range(subsets):
-        cfgs = [dataclasses.replace(cfg, subset_seed=j, subset_fraction=alpha, seed=cfg.seed + s)
-                for s in range(seeds)]
+        base = dataclasses.replace(cfg, subset_seed=j, subset_fraction=alpha)
+        cfgs = [base] + [dataclasses.replace(base, **({"seed": cfg.seed + s} if vary == "init"
+                                                      else {"order_seed": cfg.seed + s}))
+                         for s in range(1, seeds)]
         missing = sum(not (checkpoint_dir(c) / "model.pt").is_file() for c in cfgs)
         if missing and max_new is not None and new + missing > max_new:
             continue
@@ -179,7 +182,7 @@ def subset_outputs(cfg: object, queries: torch.Tensor, subsets: int, alpha: floa
     return np.array(masks), per_seed.mean(0), per_seed
 
 
-def ground_truth_reliability(per_seed: np.ndarray) -> dict:
+def ground_truth_reliability(per_seed: np.ndarray, vary: str = "init") -> dict:
     """How reproducible the LDS targets are: per query, the Spearman correlation across subsets
     between the margins of two training seeds (r, mean over queries), and the LDS a perfect
     attribution could reach against the mean of k seeds, sqrt(k r / (1 + (k - 1) r)) (Spearman-
@@ -187,7 +190,7 @@ def ground_truth_reliability(per_seed: np.ndarray) -> dict:
     k = per_seed.shape[0]
     r = float(np.nanmean(spearman_rows(per_seed[0], per_seed[1])))
     r_k = k * r / (1 + (k - 1) * r) if r > 0 else 0.0
-    return {"seeds": k, "seed_to_seed_spearman": r, "lds_ceiling": float(np.sqrt(max(r_k, 0.0)))}
+    return {"seeds": k, "seeds_vary": vary, "seed_to_seed_spearman": r, "lds_ceiling": float(np.sqrt(max(r_k, 0.0)))}
 
 
 def estimator_scores(model: torch.nn.Module, train: object, query_x: torch.Tensor,
@@ -220,14 +223,14 @@ def _index_scores(problem: object, query_x: torch.Tensor, query_y: torch.Tensor
     """{'index': (Q, N)} from the precomputed attribution index (margin measurement), or {}
     when this checkout has no index module."""
     try:
-        from .index import IndexConfig, index_scores, load_index
+        from .index import IndexConfig, load_index, query_vector
         from .precompute import precompute
     except ImportError:
         return {}
     folder = precompute(problem, index=IndexConfig(measurement="margin"))
     index = load_index(folder, problem.model)
-    return {"index": torch.stack([index_scores(index, x, y) for x, y in zip(query_x, query_y)])
-            .double()}
+    rows = torch.stack([query_vector(index, x, y) for x, y in zip(query_x, query_y)])
+    return {"index": index.projection.scores(rows, index.vectors).double()}  # 16 at a time
 
 
 KRONFLUENCE_VARIANTS = {  # --kronfluence-variants name -> (report key, strategy, heuristic damping)
@@ -241,14 +244,15 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
             methods: tuple[str, ...] = ("exact", "ekfac", "kfac", "identity"),
             ensemble: int = 1, kronfluence: bool | tuple[str, ...] = True, trak: bool = True,
             data_root: str | None = None, max_new: int | None = None,
-            progress: object = None, seeds: int = 1) -> dict:
+            progress: object = None, seeds: int = 1, vary: str = "init") -> dict:
     """LDS of every estimator (ours, Kronfluence's EK-FAC/K-FAC, TRAK-style, random) on cfg's
     model, against `subsets` retrainings on alpha-subsets. ensemble > 1 also scores the mean of
     EK-FAC (and index) attributions over that many independently seeded full-data models.
     kronfluence: True (every variant), False, or the KRONFLUENCE_VARIANTS names to run.
     seeds > 1: each subset is trained with that many seeds and the target is their mean margin;
     the report then also gives the targets' seed-to-seed reliability and the LDS ceiling it
-    implies."""
+    implies. vary: what the seeds change, "init" (init and batch order) or "order" (batch order
+    only: every subset model then starts from the same init, as the attributed model does)."""
     import dataclasses
 
     from .registry import load_dataset, load_problem
@@ -257,7 +261,7 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
     gen = torch.Generator().manual_seed(0)
     q_idx = torch.randperm(len(test), generator=gen)[: min(queries, len(test))]
     masks, outputs, per_seed = subset_outputs(cfg, q_idx, subsets, alpha, data_root, max_new,
-                                              progress, seeds)
+                                              progress, seeds, vary)
     qx, qy = test.tensor(q_idx), test.labels[q_idx]
     model = load_problem(cfg, data_root).model
     scores = estimator_scores(model, train, qx, qy, methods)
@@ -290,7 +294,7 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
         "kind": "lds", "config": dataclasses.asdict(cfg), "subsets_requested": subsets,
         "subsets_used": len(masks), "alpha": alpha, "queries": len(q_idx),
         "measurement": "margin", "seeds_per_subset": seeds,
-        **({"ground_truth": ground_truth_reliability(per_seed)} if seeds > 1 else {}),
+        **({"ground_truth": ground_truth_reliability(per_seed, vary)} if seeds > 1 else {}),
         "lds": {k: float(np.nanmean(v)) for k, v in per_query.items()},
         "_per_query": {k: [float(x) for x in v] for k, v in per_query.items()},
     }

@@ -34,6 +34,7 @@ from torch import nn
 from .artifacts import ArtifactError, check_manifest, load_tensors, model_hash
 from .attribution import Ranked, top_k
 from .config import MATMUL
+from .curvature.base import cpu_has_bf16_units
 from .curvature.ekfac import EKFAC
 from .curvature.kfac import KroneckerFactors
 from .gradients import LAYOUT, TrackedModel, backward_pairs, forward_capture
@@ -238,13 +239,18 @@ class AttributionIndex:
 
 def load_index(
     folder: Path | str, model: nn.Module, expected: dict | None = None, width: int | None = None,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
 ) -> AttributionIndex:
     """Open a precomputed artifact folder for `model`, keeping the first `width` eigen-part
-    columns (the strongest directions; None: all) and every factor column in RAM as `dtype`
-    (bfloat16 halves the bytes each query reads). Refuses (ArtifactError) when the model's hash, or any field of `expected`
-    (e.g. {"method": "ekfac"}), differs from the manifest."""
+    columns (the strongest directions; None: all) and every factor column in RAM as `dtype`.
+    None: bfloat16 where the CPU has bf16 matrix units (half the bytes each query reads), else
+    float32 (without them, a bfloat16 product with the index is 10-15x slower than float32:
+    0.91 vs 0.06 s for fc1's 60000 x 928 block on an AVX2 CPU). Refuses (ArtifactError) when
+    the model's hash, or any field of `expected` (e.g. {"method": "ekfac"}), differs from the
+    manifest."""
     folder = Path(folder)
+    if dtype is None:
+        dtype = torch.bfloat16 if cpu_has_bf16_units() else torch.float32
     manifest = check_manifest(folder, {"model_hash": model_hash(model), "layout": LAYOUT,
                                        **(expected or {})})
     model_dtype = next(model.parameters()).dtype

@@ -37,9 +37,10 @@ def train_model(
 ) -> nn.Module:
     """SGD with momentum and cosine learning-rate decay on `data` (restricted to `indices`).
 
-    Deterministic: batch order comes from a generator seeded with cfg.seed."""
+    Deterministic: batch order comes from a generator seeded with cfg.order_seed (cfg.seed
+    when that is -1)."""
     order_src = torch.arange(len(data)) if indices is None else torch.as_tensor(indices)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed if cfg.order_seed < 0 else cfg.order_seed)
     steps_per_epoch = math.ceil(len(order_src) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     opt = torch.optim.SGD(

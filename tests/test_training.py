@@ -47,6 +47,30 @@ def test_same_seed_gives_bit_identical_weights_and_reuses_the_checkpoint(
     assert len(list(artifacts_home.rglob("model.pt"))) == 2  # one checkpoint per config
 
 
+def test_order_seed_changes_batch_order_only_and_keeps_old_hashes() -> None:
+    from influence_core.config import TrainConfig, config_hash
+    from influence_core.models import build_model
+    from influence_core.training import train_model
+
+    # hashes of configs written before order_seed existed: cached checkpoints stay valid
+    assert config_hash(TrainConfig()) == "21f30811d119"
+    assert config_hash(recipe("mnist", "cnn", subset_seed=3, subset_fraction=0.5)) == "0eb752ce942e"
+    assert config_hash(TrainConfig(order_seed=1)) != config_hash(TrainConfig())
+
+    train, _ = load_dataset("digits")
+    runs = {}
+    for order_seed in (-1, 0, 1):
+        cfg = recipe("digits", "mlp", epochs=1, order_seed=order_seed)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, train.shape, train.num_classes)
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        runs[order_seed] = (init, train_model(model, train, cfg).state_dict())
+    for name in runs[-1][0]:
+        assert torch.equal(runs[-1][0][name], runs[1][0][name])  # one init for every order
+        assert torch.equal(runs[-1][1][name], runs[0][1][name])  # -1 means the init's seed
+    assert not torch.equal(runs[-1][1]["1.weight"], runs[1][1]["1.weight"])
+
+
 def test_digits_mlp_default_recipe_reaches_goal(artifacts_home: Path) -> None:
     calls, progress = _calls()
     problem = load_problem(recipe("digits", "mlp"), progress=progress)
