@@ -81,6 +81,11 @@ def _add_verify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-extra-sets", action="store_true", help="headline removal set only")
     p.add_argument("--no-noise-floor", action="store_true", help="skip the seed-1 retraining")
     p.add_argument("--full-refine", action="store_true", help="also full-objective refinement")
+    p.add_argument("--full-refine-steps", type=int, default=20,
+                   help="line-searched steps of --full-refine (default 20)")
+    p.add_argument("--damping", type=float, default=None,
+                   help="absolute lambda of the Newton step (default: calibrated on held-out "
+                        "removal sets, which retrains 3 models and fits 6 curvatures)")
     p.add_argument("--refine-points", type=int, default=None,
                    help="kept points in the refinement's objective (default 8192; larger is "
                         "more faithful and slower)")
@@ -92,7 +97,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     cfg = VerifyConfig(dataset=args.dataset, model=args.model, curvature=args.curvature,
                        experiments=tuple(args.experiments.split(",")),
                        extra_sets=not args.no_extra_sets, noise_floor=not args.no_noise_floor,
-                       full_refine=args.full_refine,
+                       full_refine=args.full_refine, full_refine_steps=args.full_refine_steps,
+                       damping=args.damping,
                        **({"refine_points": args.refine_points} if args.refine_points else {}))
     result = verify_unlearning(cfg, args.data_root, tqdm_progress())
     print(markdown_table(result))

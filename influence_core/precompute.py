@@ -128,8 +128,9 @@ def _pseudo_pairs(tracked, task, x, y, idx, cfg: EKFACConfig, what: int,
 
 
 def fit_bases(problem, tracked, task, cfg, shards, progress, order=None, compute=None
-              ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Pass 1: per layer (Q_A, Q_S), float64, from A = E[sum_t a a^T], S = E[sum_t g g^T]."""
+              ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Pass 1: per layer (Q_A, Q_S), float64, from A = E[sum_t a a^T], S = E[sum_t g g^T], and
+    which of their eigenvalues are exactly 0 (zero_a, zero_s: pass 2 skips those directions)."""
     sums = CovarianceSums(tracked, fold=0, compute=compute)  # folded per shard: W processes agree
     done, total = 0, sum(hi - lo for _, lo, hi in shards)
     for shard in shards:
@@ -141,7 +142,11 @@ def fit_bases(problem, tracked, task, cfg, shards, progress, order=None, compute
         sums.flush()
     covs = sums.sums()
     _all_reduce([t for c in covs for t in c])
-    return [(_canonical(eigenbasis(a)[1]), _canonical(eigenbasis(s)[1])) for a, s in covs]
+    out = []
+    for a, s in covs:
+        (e_a, q_a), (e_s, q_s) = eigenbasis(a), eigenbasis(s)
+        out.append((_canonical(q_a), _canonical(q_s), e_a == 0, e_s == 0))
+    return out
 
 
 def _canonical(q: torch.Tensor) -> torch.Tensor:
@@ -152,10 +157,13 @@ def _canonical(q: torch.Tensor) -> torch.Tensor:
 
 def fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress, order=None,
                     compute=None) -> list[KroneckerFactors]:
-    """Pass 2: Lambda[j, k] = E_i[R_i[j, k]^2], R_i = Q_S^T DW_i Q_A; heuristic damping."""
+    """Pass 2: Lambda[j, k] = E_i[R_i[j, k]^2], R_i = Q_S^T DW_i Q_A; heuristic damping.
+    `bases`: (Q_A, Q_S, zero_a, zero_s) per layer; the zero directions (dead coordinates, see
+    kfac.Side) are skipped, with the full basis for any batch that reaches them (exact)."""
     dtype = model_dtype(tracked)
-    q = [Rotation.of(q_a, q_s).to(compute or dtype) for q_a, q_s in bases]
-    lams = [torch.zeros(q_s.shape[0], q_a.shape[0], dtype=torch.float64) for q_a, q_s in bases]
+    q = [Rotation.of(q_a, q_s, zero_a, zero_s).to(compute or dtype)
+         for q_a, q_s, zero_a, zero_s in bases]
+    lams = [torch.zeros(b[1].shape[0], b[0].shape[0], dtype=torch.float64) for b in bases]
     done, total = 0, sum(hi - lo for _, lo, hi in shards)
     for x, y, idx in _batches(problem, shards, cfg.batch_size, dtype, order):
         for pairs in _pseudo_pairs(tracked, task, x, y, idx, cfg, 2, compute):
@@ -165,7 +173,7 @@ def fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress, order=
     _all_reduce(lams)
     n = len(problem.train) if order is None else len(order)
     return [KroneckerFactors(q_a, q_s, lam / n, heuristic_damping(lam / n, cfg))
-            for lam, (q_a, q_s) in zip(lams, bases)]
+            for lam, (q_a, q_s, _, _) in zip(lams, bases)]
 
 
 def _open_outputs(folder: Path, n: int, n_test: int, classes: int, cfg: IndexConfig, dim: int,
@@ -220,8 +228,11 @@ def _fit_stage(problem, tracked, task, cfg, index, folder, progress, timings) ->
     cov_shards = _shards(n if cov_order is None else len(cov_order), index.shard_size, rank, world)
     if not (folder / "factors.safetensors").is_file():
         if (folder / "bases.safetensors").is_file():
-            t = load_tensors(folder / "bases.safetensors")
-            bases = [(t[f"{i}.q_a"], t[f"{i}.q_s"]) for i in range(len(tracked.specs))]
+            t = load_tensors(folder / "bases.safetensors")  # no zero masks: skip nothing
+            bases = [(t[f"{i}.q_a"], t[f"{i}.q_s"], *(t[f"{i}.zero_{side}"].bool()
+                                                       if f"{i}.zero_{side}" in t else None
+                                                       for side in "as"))
+                     for i in range(len(tracked.specs))]
         else:
             start = time.perf_counter()
             bases = fit_bases(problem, tracked, task, cfg, cov_shards, progress, cov_order,
@@ -229,8 +240,10 @@ def _fit_stage(problem, tracked, task, cfg, index, folder, progress, timings) ->
             timings["fit_covariances"] = time.perf_counter() - start
             if rank == 0:
                 save_tensors(folder / "bases.safetensors", {
-                    k: v for i, (q_a, q_s) in enumerate(bases)
-                    for k, v in ((f"{i}.q_a", q_a), (f"{i}.q_s", q_s))})
+                    k: v for i, (q_a, q_s, zero_a, zero_s) in enumerate(bases)
+                    for k, v in ((f"{i}.q_a", q_a), (f"{i}.q_s", q_s),
+                                 (f"{i}.zero_a", zero_a.to(torch.uint8)),
+                                 (f"{i}.zero_s", zero_s.to(torch.uint8)))})
         start = time.perf_counter()
         factors = fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress, order,
                                   compute)

@@ -57,7 +57,8 @@ class VerifyConfig:
     extra_sets: bool = True  # the other reported removal sets (Pearson needs them)
     noise: float = 0.1  # label-repair run
     refine_steps: int = 3  # line-searched steps on the edited objective (unlearning.refine)
-    full_refine: bool = False  # also refine to convergence (up to 20 steps): refined_full
+    full_refine: bool = False  # also refine further (full_refine_steps): refined_full
+    full_refine_steps: int = 20
     refine_points: int = MAX_POINTS  # the edited objective's subsample of kept points
     noise_floor: bool = True  # retrain the edited data with seed 1
     experiments: tuple[str, ...] = EXPERIMENTS
@@ -102,7 +103,8 @@ def _unlearned(curv, task, problem: Problem, cfg: VerifyConfig, remove: list[int
     wd = problem.config.weight_decay
     delta = newton_step(curv, task, problem.train, remove, relabel, weight_decay=wd)
     models = {"nothing": problem.model, "newton": updated_model(curv, delta)}
-    for name, steps in (("refined", cfg.refine_steps), ("refined_full", 20 * cfg.full_refine)):
+    full = cfg.full_refine_steps if cfg.full_refine else 0
+    for name, steps in (("refined", cfg.refine_steps), ("refined_full", full)):
         if steps:
             refined = refine(curv, task, problem.train, delta, remove, relabel, steps,
                              weight_decay=wd, max_points=cfg.refine_points)
@@ -246,7 +248,7 @@ def _relabel(clean: Problem, cfg: VerifyConfig, damping: float | None, data_root
         if m not in ("nothing", "retrained"):
             row[m]["accuracy_recovered"] = (
                 (row[m]["accuracy"] - row["nothing"]["accuracy"]) / gain if gain else None)
-    return {"sets": {"repair_flips": row}}
+    return {"sets": {"repair_flips": row}, "damping": damping}
 
 
 def _latency(curv, task, problem: Problem, cfg: VerifyConfig, order: torch.Tensor) -> dict:

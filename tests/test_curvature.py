@@ -253,3 +253,36 @@ def test_skipped_dead_directions_change_no_score(method: str) -> None:
         pair = pairwise_influence(curv, task, inputs[idx], data.labels[idx], probe, indices=idx)
         selfi = self_influence(curv, task, probe, indices=idx)
         torch.testing.assert_close(pair.diagonal(), selfi, rtol=1e-9, atol=0)
+
+
+def test_eigenvalue_pass_skips_dead_directions_exactly() -> None:
+    """The precompute's pass 2 with pass 1's zero-eigenvalue masks (dead ReLU units skipped)
+    gives the same Lambda as rotating every batch in the full basis, also when pass 2 sees
+    inputs that wake a dead unit (the full-basis fallback)."""
+    from types import SimpleNamespace
+
+    from influence_core.precompute import _shards, fit_bases, fit_eigenvalues
+    from influence_core.progress import silent
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 6),
+                          nn.ReLU(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        model[0].bias[1] = -100.0  # conv channel 1 never fires on these inputs
+        model[3].bias[[2, 5]] = -100.0  # hidden units 2 and 5 neither
+    x = torch.randn(40, 2, 3, 3, dtype=torch.float64)
+    labels = torch.randint(0, 3, (40,))
+    tracked, task, cfg = TrackedModel(model), ClassificationTask(), EKFACConfig(batch_size=8)
+    shards = _shards(40, 16, 0, 1)
+    bases = fit_bases(SimpleNamespace(train=tensor_dataset(x, labels, 3)), tracked, task, cfg,
+                      shards, silent)
+    assert bases[0][3].sum() == 1 and bases[1][2].sum() >= 2  # the dead directions were found
+    awake = x.clone()
+    awake[:4, :, :2, :2] = 200.0 * model[0].weight[1].detach().sign()  # wakes conv channel 1
+    for inputs in (x, awake):
+        data = SimpleNamespace(train=tensor_dataset(inputs, labels, 3))
+        skipped = fit_eigenvalues(data, tracked, task, cfg, shards, bases, silent)
+        whole = fit_eigenvalues(data, tracked, task, cfg, shards,
+                                [(q_a, q_s, None, None) for q_a, q_s, _, _ in bases], silent)
+        for got, want in zip(skipped, whole):
+            torch.testing.assert_close(got.eigenvalues, want.eigenvalues, rtol=1e-12, atol=0)
