@@ -39,6 +39,7 @@ from .curvature.base import Curvature, iterate, model_dtype
 from .datasets import ImageDataset
 from .gradients import TrackedModel, layer_grads
 from .models import channels_last
+from .progress import Progress, silent
 from .task import Task
 
 MAX_POINTS = 8192  # edited objective: a fixed random subsample of the kept points beyond this
@@ -158,6 +159,7 @@ def refine(
     curv: Curvature, task: Task, train: ImageDataset, delta: torch.Tensor,
     remove: Sequence[int] = (), relabel: Mapping[int, int] | None = None, steps: int = 3,
     weight_decay: float = 0.0, max_points: int = MAX_POINTS, batch_size: int = 512,
+    progress: Progress = silent,
 ) -> torch.Tensor:
     """Up to `steps` preconditioned descent steps on the REAL edited objective J
     (edited_objective), from theta + delta: direction d = -H^-1 grad J (H = G + lambda I,
@@ -165,11 +167,12 @@ def refine(
     J(delta + t d) <= J(delta) + ARMIJO t grad J . d holds; stop when no t >= 2^-MAX_HALVINGS
     decreases J. Each accepted step strictly lowers J, so J(refined) <= J(delta) always.
     Returns the refined delta (p,). Cost per step: one gradient pass and a few loss passes
-    over the kept points (at most max_points)."""
+    over the kept points (at most max_points). `progress(step, steps, what)` after each step,
+    `what` giving J."""
     args = (task, train, remove, relabel, weight_decay, max_points, batch_size)
     dtype = model_dtype(curv.tracked)
     value, _ = edited_objective(_moved(curv, delta), *args)
-    for _ in range(steps):
+    for step in range(steps):
         _, grad = edited_objective(_moved(curv, delta), *args, with_grad=True)
         direction = -curv.ihvp(grad.to(dtype)[None])[0].double()
         slope = float(grad @ direction)
@@ -184,6 +187,7 @@ def refine(
         else:
             break  # no sufficient decrease along d: stop where we are
         delta, value = trial, trial_value
+        progress(step + 1, steps, f"refine: J = {value:.5f}")
     return delta
 
 

@@ -99,7 +99,8 @@ def _objective(model: nn.Module, problem: Problem, remove: list[int], relabel: d
 
 
 def _unlearned(curv, task, problem: Problem, cfg: VerifyConfig, remove: list[int],
-               relabel: dict[int, int]) -> tuple[dict[str, nn.Module], torch.Tensor]:
+               relabel: dict[int, int], progress: Progress = silent
+               ) -> tuple[dict[str, nn.Module], torch.Tensor]:
     wd = problem.config.weight_decay
     delta = newton_step(curv, task, problem.train, remove, relabel, weight_decay=wd)
     models = {"nothing": problem.model, "newton": updated_model(curv, delta)}
@@ -107,7 +108,7 @@ def _unlearned(curv, task, problem: Problem, cfg: VerifyConfig, remove: list[int
     for name, steps in (("refined", cfg.refine_steps), ("refined_full", full)):
         if steps:
             refined = refine(curv, task, problem.train, delta, remove, relabel, steps,
-                             weight_decay=wd, max_points=cfg.refine_points)
+                             weight_decay=wd, max_points=cfg.refine_points, progress=progress)
             models[name] = updated_model(curv, refined)
     return models, delta
 
@@ -201,7 +202,7 @@ def _removal(problem: Problem, cfg: VerifyConfig, progress: Progress) -> dict:
         keep, remove = _keep(n, removed), sorted(removed.tolist())
         retrained = _retrain(problem, problem.train.labels, keep, 0, progress)
         ref = predict_logits(retrained, problem.test)
-        models, delta = _unlearned(curv, task, problem, cfg, remove, {})
+        models, delta = _unlearned(curv, task, problem, cfg, remove, {}, progress)
         models["retrained"] = retrained
         row = {m: compare(model, ref, problem) | {"objective": _objective(model, problem, remove,
                                                                             {})}
@@ -235,7 +236,7 @@ def _relabel(clean: Problem, cfg: VerifyConfig, damping: float | None, data_root
     flips = torch.nonzero(noisy.flip_mask)[:, 0]
     repair = {int(i): int(clean.train.labels[i]) for i in flips}
     ref = predict_logits(clean.model, clean.test)  # clean labels, same seed = retrained
-    models, _ = _unlearned(curv, task, noisy, cfg, [], repair)
+    models, _ = _unlearned(curv, task, noisy, cfg, [], repair, progress)
     models["retrained"] = clean.model
     row = {m: compare(model, ref, noisy) | {"objective": _objective(model, noisy, [], repair)}
            for m, model in models.items()}
