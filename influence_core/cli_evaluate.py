@@ -128,7 +128,9 @@ def lds_markdown(result: dict) -> str:
              f"{result['subsets_used']} of {result['subsets_requested']} subsets retrained, "
              f"alpha {result['alpha']}, {result['queries']} queries, margin measurement.")
     if gt := result.get("ground_truth"):
-        title += (f" Targets: mean of {gt['seeds']} training seeds per subset; seed-to-seed "
+        what = ("batch-order seeds, one init" if gt.get("seeds_vary") == "order"
+                else "training seeds (init and batch order)")
+        title += (f" Targets: mean of {gt['seeds']} {what} per subset; seed-to-seed "
                   f"Spearman {gt['seed_to_seed_spearman']:.3f}, so a perfect attribution "
                   f"reaches at most LDS {gt['lds_ceiling']:.3f}.")
     lines = [title, "", "| estimator | LDS |", "|---|---|"]

@@ -147,9 +147,9 @@ def subset_outputs(cfg: object, queries: torch.Tensor, subsets: int, alpha: floa
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train (or load) cfg's recipe on `subsets` seeded alpha-subsets, `seeds` training seeds
     each (vary="init": seed cfg.seed + s, init and batch order; "order": the same init, batch
-    order seeded cfg.seed + s; s = 0 is cfg itself either way); returns (masks (M', N), query margins averaged
-    over the seeds (Q, M'), per-seed margins (seeds, Q, M')) for the M' <= M subsets whose every
-    seed is available after training at most `max_new` new models (None: all). Checkpoints are
+    order seeded cfg.seed + s; s = 0 is cfg itself either way); returns (masks (M', N), query
+    margins averaged over the seeds (Q, M'), per-seed margins (seeds, Q, M')) for the M' <= M
+    subsets whose every seed is available after training at most `max_new` new models (None: all). Checkpoints are
     cached by config, so reruns resume."""
     import dataclasses
 
@@ -190,7 +190,8 @@ def ground_truth_reliability(per_seed: np.ndarray, vary: str = "init") -> dict:
     k = per_seed.shape[0]
     r = float(np.nanmean(spearman_rows(per_seed[0], per_seed[1])))
     r_k = k * r / (1 + (k - 1) * r) if r > 0 else 0.0
-    return {"seeds": k, "seeds_vary": vary, "seed_to_seed_spearman": r, "lds_ceiling": float(np.sqrt(max(r_k, 0.0)))}
+    return {"seeds": k, "seeds_vary": vary, "seed_to_seed_spearman": r,
+            "lds_ceiling": float(np.sqrt(max(r_k, 0.0)))}
 
 
 def estimator_scores(model: torch.nn.Module, train: object, query_x: torch.Tensor,

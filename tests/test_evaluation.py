@@ -163,3 +163,35 @@ def test_index_ensemble_averages_the_seeds_attributions(artifacts_home, monkeypa
     assert res["lds"]["index_ensemble2"] == pytest.approx(evaluation.lds(mean, masks, outputs)[0])
     assert res["lds"]["index"] == pytest.approx(
         evaluation.lds(attributions(0, 10, len(train)), masks, outputs)[0])
+
+
+def test_vary_order_keeps_the_init_and_reseeds_the_batch_order(artifacts_home) -> None:
+    """--seeds-per-subset 2 --vary order: each subset's second model has the first's init (the
+    attributed model's seed) and another batch order; the report names what varied, and the
+    per-seed targets are those two models' margins."""
+    import dataclasses
+
+    from influence_core import evaluation
+    from influence_core.config import recipe
+    from influence_core.registry import load_dataset
+    from influence_core.task import margin
+    from influence_core.training import checkpoint_dir, predict_logits, train_or_load
+
+    cfg = dataclasses.replace(recipe("digits", "mlp"), epochs=2)
+    train, test = load_dataset("digits")
+    q_idx = torch.arange(12)
+    _, mean, per_seed = evaluation.subset_outputs(cfg, q_idx, 2, 0.5, seeds=2, vary="order")
+    for j in range(2):
+        first = dataclasses.replace(cfg, subset_seed=j, subset_fraction=0.5)
+        second = dataclasses.replace(first, order_seed=1)
+        assert (checkpoint_dir(second) / "model.pt").is_file()
+        assert not (checkpoint_dir(dataclasses.replace(first, seed=1)) / "model.pt").is_file()
+        for s, c in enumerate((first, second)):
+            model, meta = train_or_load(c, train, test)
+            assert meta["config"]["seed"] == 0
+            want = margin(predict_logits(model, test)[q_idx], test.labels[q_idx]).numpy()
+            np.testing.assert_allclose(per_seed[s, :, j], want, rtol=1e-6)
+        assert not np.allclose(per_seed[0, :, j], per_seed[1, :, j])  # another batch order
+    np.testing.assert_allclose(mean, per_seed.mean(0))
+    rel = evaluation.ground_truth_reliability(per_seed, "order")
+    assert rel["seeds_vary"] == "order" and -1 <= rel["seed_to_seed_spearman"] <= 1
