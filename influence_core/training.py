@@ -111,5 +111,7 @@ def train_or_load(
     tmp = folder / "model.pt.tmp"
     torch.save(model.state_dict(), tmp)
     tmp.replace(folder / "model.pt")
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    meta_tmp = folder / "meta.json.tmp"  # atomic too: a run killed here leaves no torn meta
+    meta_tmp.write_text(json.dumps(meta, indent=2))
+    meta_tmp.replace(folder / "meta.json")
     return model, meta
