@@ -225,6 +225,21 @@ def test_covariance_sums_accumulate_the_full_gram_matrix() -> None:
     torch.testing.assert_close(s_sum, g_all.T @ g_all, rtol=1e-5, atol=1e-4)
 
 
+def _dead_unit_model(n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A float64 conv net with dead ReLU units (conv channel 1, hidden units 2 and 5) on its
+    n random inputs x, and `awake`: x with 4 inputs that wake conv channel 1."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 6),
+                          nn.ReLU(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        model[0].bias[1] = -100.0  # conv channel 1 never fires on these inputs
+        model[3].bias[[2, 5]] = -100.0  # hidden units 2 and 5 neither
+    x = torch.randn(n, 2, 3, 3, dtype=torch.float64)
+    awake = x.clone()
+    awake[:4, :, :2, :2] = 200.0 * model[0].weight[1].detach().sign()
+    return model, x, awake
+
+
 @pytest.mark.parametrize("method", ["kfac", "ekfac"])
 def test_skipped_dead_directions_change_no_score(method: str) -> None:
     """With dead ReLU units (variance exactly 0 in the fit), the data passes skip their
@@ -232,21 +247,13 @@ def test_skipped_dead_directions_change_no_score(method: str) -> None:
     IHVP uses every direction), also for inputs that wake a dead unit (the full-basis path)."""
     from influence_core import pairwise_influence, self_influence
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 6),
-                          nn.ReLU(), nn.Linear(6, 3)).double()
-    with torch.no_grad():
-        model[0].bias[1] = -100.0  # conv channel 1 never fires on these inputs
-        model[3].bias[[2, 5]] = -100.0  # hidden units 2 and 5 neither
-    x = torch.randn(30, 2, 3, 3, dtype=torch.float64)
+    model, x, awake = _dead_unit_model(30)
     data = tensor_dataset(x, torch.randint(0, 3, (30,)), 3)
     tracked, task = TrackedModel(model), ClassificationTask()
     curv = fit_curvature(method, tracked, task, data, EKFACConfig() if method == "ekfac"
                          else KFACConfig())
     kept = [(len(rot.s.dirs), len(rot.a.dirs)) for rot, _, _ in curv._rotation_bases()]
     assert kept[0][0] == 3 and kept[1] == (4, 13) and kept[2][1] == 5  # dead ones skipped
-    awake = x.clone()
-    awake[:4, :, :2, :2] = 200.0 * model[0].weight[1].detach().sign()  # wakes conv channel 1
     for inputs in (x, awake):
         probe = tensor_dataset(inputs, data.labels, 3)
         idx = torch.arange(10)
@@ -264,21 +271,13 @@ def test_eigenvalue_pass_skips_dead_directions_exactly() -> None:
     from influence_core.precompute import _shards, fit_bases, fit_eigenvalues
     from influence_core.progress import silent
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 6),
-                          nn.ReLU(), nn.Linear(6, 3)).double()
-    with torch.no_grad():
-        model[0].bias[1] = -100.0  # conv channel 1 never fires on these inputs
-        model[3].bias[[2, 5]] = -100.0  # hidden units 2 and 5 neither
-    x = torch.randn(40, 2, 3, 3, dtype=torch.float64)
+    model, x, awake = _dead_unit_model(40)
     labels = torch.randint(0, 3, (40,))
     tracked, task, cfg = TrackedModel(model), ClassificationTask(), EKFACConfig(batch_size=8)
     shards = _shards(40, 16, 0, 1)
     bases = fit_bases(SimpleNamespace(train=tensor_dataset(x, labels, 3)), tracked, task, cfg,
                       shards, silent)
     assert bases[0][3].sum() == 1 and bases[1][2].sum() >= 2  # the dead directions were found
-    awake = x.clone()
-    awake[:4, :, :2, :2] = 200.0 * model[0].weight[1].detach().sign()  # wakes conv channel 1
     for inputs in (x, awake):
         data = SimpleNamespace(train=tensor_dataset(inputs, labels, 3))
         skipped = fit_eigenvalues(data, tracked, task, cfg, shards, bases, silent)

@@ -197,3 +197,16 @@ def test_index_is_refused_for_another_model(problem, home) -> None:
         load_index(folder, other)
     with pytest.raises(ArtifactError, match="method"):
         load_index(folder, problem.model, expected={"method": "kfac"})
+
+
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_index_is_held_in_bfloat16_only_where_the_cpu_has_bf16_units(problem, home, monkeypatch,
+                                                                     bf16_units) -> None:
+    """Without bf16 matrix units a bfloat16 product with the index is 10-15x slower than float32,
+    so load_index's default keeps float32 there."""
+    import influence_core.index as index_module
+
+    monkeypatch.setattr(index_module, "cpu_has_bf16_units", lambda: bf16_units)
+    folder = precompute(problem, "ekfac", EKFACConfig(), IndexConfig())
+    loaded = load_index(folder, problem.model)
+    assert loaded.vectors.dtype == (torch.bfloat16 if bf16_units else torch.float32)
