@@ -1,7 +1,8 @@
 """Reference implementations run beside ours in the same evaluation: Kronfluence's EK-FAC
 (pairwise and self scores), cleanlab's label issues, and TRAK-style projected-gradient scores.
 
-kronfluence and cleanlab are dev dependencies: imported inside the functions."""
+Kronfluence is the optional [kronfluence] extra, imported through `optional.require` when a
+function needs it; cleanlab is a runtime dependency, imported inside its function."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from torch import nn
 
 from .datasets import ImageDataset
 from .gradients import TrackedModel, layer_grads, per_example_grads
+from .optional import require
 from .task import margin
 
 
 def _kronfluence_task(measurement: str) -> object:
-    from kronfluence.task import Task as KTask
+    KTask = require("kronfluence.task", "Kronfluence's scores").Task
 
     class _Classification(KTask):
         def compute_train_loss(self, batch: list, model: nn.Module, sample: bool = False
@@ -52,8 +54,10 @@ def kronfluence_scores(
     """Kronfluence on CPU: pairwise scores (Q, N) of `query` against `train`, or self-influence
     (N,) when query is None. heuristic_damping: lambda = 0.1 x mean eigenvalue (ours), else
     Kronfluence's default 1e-8. Same sign convention as ours (helpful positive)."""
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
+    analyzer_mod = require("kronfluence.analyzer", "Kronfluence's scores")
+    arguments = require("kronfluence.arguments", "Kronfluence's scores")
+    Analyzer, prepare_model = analyzer_mod.Analyzer, analyzer_mod.prepare_model
+    FactorArguments, ScoreArguments = arguments.FactorArguments, arguments.ScoreArguments
 
     task = _kronfluence_task(measurement)
     prepared = prepare_model(_copy(model), task)

@@ -53,10 +53,13 @@ def time_ours(model: torch.nn.Module, data: ImageDataset, batch_size: int,
 
 def time_kronfluence(model: torch.nn.Module, data: ImageDataset, batch_size: int) -> dict:
     """Kronfluence 1.0.1 EK-FAC (its defaults; heuristic damping 0.1 x mean eigenvalue)."""
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
-
     from .baselines import _kronfluence_task, _tensor_dataset
+    from .optional import require
+
+    analyzer_mod = require("kronfluence.analyzer", "bench core's reference run")
+    arguments = require("kronfluence.arguments", "bench core's reference run")
+    Analyzer, prepare_model = analyzer_mod.Analyzer, analyzer_mod.prepare_model
+    FactorArguments, ScoreArguments = arguments.FactorArguments, arguments.ScoreArguments
 
     task = _kronfluence_task("loss")
     prepared = prepare_model(copy.deepcopy(model).eval(), task)

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from .config import recipe
+from .optional import MissingExtra
 from .progress import tqdm_progress
 from .runtime import tune_runtime
 
@@ -173,10 +174,10 @@ COMMANDS = {
     "bench": (_cmd_bench, _add_bench_args, "benchmarks: bench query | bench core"),
 }
 
-from .cli_evaluate import COMMAND as _EVALUATE  # noqa: E402  (issue 6)
+from .cli_evaluate import COMMAND as _EVALUATE  # noqa: E402  (cli_evaluate imports this module)
 
 COMMANDS["evaluate"] = _EVALUATE
-from .cli_unlearn import COMMANDS as _UNLEARN  # noqa: E402  (issue 5)
+from .cli_unlearn import COMMANDS as _UNLEARN  # noqa: E402  (cli_unlearn imports this module)
 
 COMMANDS.update(_UNLEARN)
 
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_runtime()
     try:
         return COMMANDS[args.command][0](args)
-    except (ValueError, FileNotFoundError) as exc:  # DatasetError, CheckpointError, bad config
+    # DatasetError, CheckpointError, a bad config, a missing optional extra
+    except (ValueError, FileNotFoundError, MissingExtra) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""`python -m influence_core unlearn` and `verify-unlearning` (issue 5), registered in cli.COMMANDS.
+"""`python -m influence_core unlearn` and `verify-unlearning`, registered in cli.COMMANDS.
 
   unlearn --remove 1,2,3 --relabel 7:3 8:1 [--undo ID] [--export DIR]: record the decisions in
       the model's decision log (committed first), then print the updated model's summary.
