@@ -105,7 +105,20 @@ def bench_query(problem: Problem, index_cfg: IndexConfig = IndexConfig(), querie
     }
     if quality:
         report["quality"] = _quality(index, problem, picks, widths + [eigen])
+    report["derived"] = derived_figures(report)
     return report
+
+
+def derived_figures(report: dict) -> dict:
+    """Figures computed from the report's raw numbers, stored with it: the precompute's total
+    time in epochs' worth (over the model's seconds per training epoch) and the index sizes in
+    MB (10^6 bytes)."""
+    out = {"index_file_mb": report["index_file_bytes"] / 1e6,
+           "index_ram_mb": report["index_ram_bytes"] / 1e6}
+    total = ((report.get("precompute") or {}).get("timings") or {}).get("total")
+    if total and report.get("seconds_per_epoch"):
+        out["precompute_epochs"] = total / report["seconds_per_epoch"]
+    return out
 
 
 def bench_query_cli(args, problem: Problem, index_cfg: IndexConfig, curvature: EKFACConfig) -> int:

@@ -189,9 +189,8 @@ def ground_truth_reliability(per_seed: np.ndarray, vary: str = "init") -> dict:
     Brown): a ceiling set by training noise, not by the estimator."""
     k = per_seed.shape[0]
     r = float(np.nanmean(spearman_rows(per_seed[0], per_seed[1])))
-    r_k = k * r / (1 + (k - 1) * r) if r > 0 else 0.0
     return {"seeds": k, "seeds_vary": vary, "seed_to_seed_spearman": r,
-            "lds_ceiling": float(np.sqrt(max(r_k, 0.0)))}
+            "lds_ceiling": lds_ceiling(r, k)}
 
 
 def estimator_scores(model: torch.nn.Module, train: object, query_x: torch.Tensor,
@@ -291,7 +290,7 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
             scores[f"{name}_ensemble{ensemble}"] = sum(runs) / ensemble
     scores["random"] = torch.randn(len(q_idx), len(train), generator=gen).double()
     per_query = {k: lds(v, masks, outputs)[1] for k, v in scores.items()}
-    return {
+    result = {
         "kind": "lds", "config": dataclasses.asdict(cfg), "subsets_requested": subsets,
         "subsets_used": len(masks), "alpha": alpha, "queries": len(q_idx),
         "measurement": "margin", "seeds_per_subset": seeds,
@@ -299,3 +298,23 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
         "lds": {k: float(np.nanmean(v)) for k, v in per_query.items()},
         "_per_query": {k: [float(x) for x in v] for k, v in per_query.items()},
     }
+    if seeds > 1:
+        result["derived"] = ceiling_figures(result)
+    return result
+
+
+def lds_ceiling(r: float, k: int) -> float:
+    """The LDS a perfect attribution reaches against the mean of k seeds' targets whose
+    seed-to-seed Spearman is r: sqrt(k r / (1 + (k - 1) r)) (Spearman-Brown), 0 for r <= 0."""
+    return float(np.sqrt(k * r / (1 + (k - 1) * r))) if r > 0 else 0.0
+
+
+def ceiling_figures(result: dict) -> dict:
+    """Figures computed from an LDS report with a ground-truth reliability, stored with it: the
+    ceiling against one-seed targets and each estimator's LDS as a fraction of the ceiling of
+    the targets it was measured against."""
+    gt = result["ground_truth"]
+    ceiling = gt["lds_ceiling"]
+    return {"lds_ceiling_one_seed": lds_ceiling(gt["seed_to_seed_spearman"], 1),
+            "share_of_ceiling": {k: v / ceiling for k, v in result["lds"].items()
+                                 if ceiling > 0}}

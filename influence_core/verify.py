@@ -288,12 +288,41 @@ def verify_unlearning(cfg: VerifyConfig, data_root: str | None = None,
             damping = _removal(clean, VerifyConfig(**(asdict(cfg) | calibrate)),
                                progress)["damping"]
         result["relabel"] = _relabel(clean, cfg, damping, data_root, progress)
+    result["derived"] = derived_figures(result)
     folder = artifacts_root() / "verify"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"unlearning-{cfg.dataset}-{cfg.model}.json"
     path.write_text(json.dumps(result, indent=2))
     result["path"] = str(path)
     return result
+
+
+def derived_figures(result: dict) -> dict:
+    """Figures computed from the raw numbers of a verify-unlearning result, stored with it.
+    Per experiment and set: KL ratio = KL(nothing) / KL(model) for every model with KL > 0
+    (the noise floor included) and the fraction of KL(nothing) a model closes. Removal: each
+    set's predicted / actual test-loss change, their median absolute ratio (how far off the
+    prediction's scale is) and the fraction of sets where the two have the same sign."""
+    out: dict = {}
+    for exp in EXPERIMENTS:
+        sets = result.get(exp, {}).get("sets", {})
+        if not sets:
+            continue
+        ratio, closed = {}, {}
+        for name, row in sets.items():
+            base = row["nothing"]["kl"]
+            models = [m for m in MODELS if m in row and m != "nothing" and row[m]["kl"] > 0]
+            ratio[name] = {m: base / row[m]["kl"] for m in models}
+            closed[name] = {m: 1 - row[m]["kl"] / base for m in models if base > 0}
+        out[exp] = {"kl_ratio": ratio, "kl_closed": closed}
+    points = result.get("remove", {}).get("test_loss_change", {})
+    pairs = {k: (p["predicted"], p["actual"]) for k, p in points.items() if p["actual"]}
+    if pairs:
+        over = {k: pred / act for k, (pred, act) in pairs.items()}
+        out["remove"]["predicted_over_actual"] = over
+        out["remove"]["prediction_scale_median"] = statistics.median(abs(v) for v in over.values())
+        out["remove"]["sign_agreement"] = sum(v > 0 for v in over.values()) / len(over)
+    return out
 
 
 def markdown_table(result: dict) -> str:
