@@ -21,7 +21,7 @@ for package in ("influence_core", "dashboard"):
         count += 1
         try:
             importlib.import_module(info.name)
-        except Exception as exc:  # report every failure, not the first
+        except Exception as exc:  # noqa: BLE001  (report every failure, not the first)
             failed.append(f"{info.name}: {type(exc).__name__}: {exc}")
 print(f"imported {count - len(failed)} of {count} modules with {sys.executable}")
 if failed:

@@ -31,15 +31,38 @@ def filter_tests(frame: pd.DataFrame, label: int | None, wrong: bool,
 
 
 def lds_table(reports: dict[str, dict]) -> pd.DataFrame:
-    """One row per (report, estimator): LDS, from lds_* and quick_* reports."""
+    """One row per (report, estimator): LDS, from lds_* and quick_* reports, with where the
+    report came from (shipped in docs/reports, or yours)."""
     rows = []
     for name, report in reports.items():
         result = report["result"]
         if isinstance(result.get("lds"), dict) and "lds" in result["lds"]:  # quick_* nests it
             result = result["lds"]
-        rows += [(name, k, v) for k, v in result.get("lds", {}).items()
+        rows += [(name, report.get("source", ""), k, v) for k, v in result.get("lds", {}).items()
                  if isinstance(v, (int, float))]
-    return pd.DataFrame(rows, columns=["report", "estimator", "LDS"]).sort_values(
+    return pd.DataFrame(rows, columns=["report", "source", "estimator", "LDS"]).sort_values(
         "LDS", ascending=False)
 
 
+
+
+UNLEARNING_MODELS = {"newton": "Newton step", "refined": "refined (3 steps)",
+                     "refined_full": "refined (full objective)",
+                     "noise_floor": "retrained, other seed (noise floor)"}
+
+
+def unlearning_table(result: dict) -> pd.DataFrame:
+    """One row per (edit kind, edit set, model) of a verify-unlearning report: the KL ratio
+    KL(untouched || retrained) / KL(model || retrained) (higher: closer to retraining), the
+    agreement with the retrained model's predictions and the set's size."""
+    rows = []
+    for kind in ("relabel", "remove"):
+        for name, edit in result.get(kind, {}).get("sets", {}).items():
+            base = edit.get("nothing", {}).get("kl")
+            for key, label in UNLEARNING_MODELS.items():
+                kl = edit.get(key, {}).get("kl")
+                if base is None or kl is None:
+                    continue
+                rows.append((kind, name, edit.get("size"), label,
+                             base / kl if kl > 0 else float("inf"), edit[key].get("agreement")))
+    return pd.DataFrame(rows, columns=["edit", "set", "size", "model", "KL ratio", "agreement"])

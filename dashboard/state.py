@@ -20,10 +20,10 @@ from PIL import Image
 from dashboard.jobs import Job
 from influence_core import (
     AttributionIndex,
-    CheckpointError,
-    DatasetError,
     AuditSession,
     AuditState,
+    CheckpointError,
+    DatasetError,
     Evidence,
     Preview,
     Problem,
@@ -47,6 +47,7 @@ from influence_core import (
     record_many,
     review_queue,
     reviewed,
+    run_quick,
     self_influence_values,
     train_predictions,
     train_probabilities,
@@ -78,7 +79,7 @@ class Selection:
     data_root: str = ""
     checkpoint: str = ""  # a user's state_dict; "" = the recipe's own trained checkpoint
     method: str = "ekfac"  # curvature for the Newton step (the index is always EK-FAC)
-    damping: float | None = None  # None: the estimator's heuristic
+    damping: float | None = None  # Newton step's lambda; None: open_session's default
     annotator: str = "anonymous"
 
     @property
@@ -406,15 +407,57 @@ def test_tiles(sel: Selection, frame: pd.DataFrame, idx: list[int], scores: list
 _IHVP = "ihvp_requested"
 
 
+SHIPPED_REPORTS = Path(__file__).resolve().parents[1] / "docs" / "reports"
+REPORT_KINDS = ("lds_", "mislabel_", "unlearning_", "quick_")
+_QUICK = "quick_requested"
+
+
 def reports_folder() -> Path:
     return artifacts_root() / "reports"
 
 
+def _for_problem(name: str, dataset: str, model: str) -> bool:
+    """Is the report `name` (<kind>_<dataset>_<model>[_variant], '-' or '_') about this problem?"""
+    name, tag = name.replace("-", "_"), f"{dataset}_{model}"
+    rest = next((name[len(k):] for k in REPORT_KINDS if name.startswith(k)), None)
+    return rest is not None and (rest == tag or rest.startswith(tag + "_"))
+
+
 @st.cache_data(show_spinner=False, ttl=30)
 def reports(dataset: str, model: str) -> dict[str, dict]:
-    """The reports of this dataset/model (name contains `<dataset>_<model>`), re-read every 30 s."""
-    tag = f"_{dataset}_{model}"
-    return {n: r for n, r in load_reports(reports_folder()).items() if tag in n}
+    """This problem's reports, re-read every 30 s: the ones that ship in docs/reports (source
+    "shipped") and the user's own in $INFLUENCE_AUDIT_HOME/reports ("yours"; same name wins)."""
+    found = {}
+    for source, folder in (("shipped", SHIPPED_REPORTS), ("yours", reports_folder())):
+        for name, report in load_reports(folder).items():
+            if _for_problem(name, dataset, model):
+                found[name] = {**report, "source": source}
+    return found
+
+
+def request_quick() -> None:
+    st.session_state[_QUICK] = True
+
+
+def quick_requested() -> bool:
+    return bool(st.session_state.get(_QUICK))
+
+
+@st.cache_resource(show_spinner=False)
+def _quick_job(folder: str, data_root: str) -> Job:
+    return Job(lambda p: run_quick(Path(folder), data_root or None, p),
+               "Quick evaluation of digits/mlp")
+
+
+def run_quick_evaluation(data_root: str) -> None:
+    """Run (or join, after a rerun) the quick digits/mlp evaluation with a progress bar; its
+    report goes to the user's reports folder. Then forget the job, so a later click runs anew."""
+    try:
+        _wait(_quick_job(str(reports_folder()), data_root), lambda: None)
+    finally:
+        _quick_job.clear()
+        reports.clear()
+        st.session_state[_QUICK] = False
 
 
 def request_ihvp() -> None:

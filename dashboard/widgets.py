@@ -93,12 +93,18 @@ def audit_ui(estimators: list[str], keys: tuple[str, str, str, str]) -> tuple[st
         st.subheader("Influence")
         method = st.selectbox(
             "Estimator", estimators, key=method_key, bind="query-params",
-            help="Curvature of the Newton step and its preview. The attribution index is "
-            "always EK-FAC (LDS-calibrated damping).",
+            help="Curvature of the Newton step that Relabel and Remove apply, and of their "
+            "preview. The attribution index (Explore, the evidence on Review cards) is always "
+            "EK-FAC, damped per layer by 0.1 × its mean eigenvalue (Kronfluence's heuristic).",
         )
         damping = st.number_input(
-            "Newton-step damping λ (0: calibrated)", min_value=0.0, value=0.0, format="%g", step=0.001,
-            key=damping_key, bind="query-params",
+            "Newton-step damping λ (0: 1000 × weight decay)", min_value=0.0, value=0.0,
+            format="%g", step=0.001, key=damping_key, bind="query-params",
+            help="λ in (G + λI)⁻¹ of the Newton step. 0 uses 1000 × the recipe's weight decay "
+            "(1e-3 when it has none) for every dataset and model: the multiple that "
+            "`verify-unlearning` picked on digits/mlp removal sets. It is not recalibrated for "
+            "this problem; `python -m influence_core verify-unlearning` measures how well a λ "
+            "does against retraining.",
         )
         st.subheader("Review")
         annotator = st.text_input("Annotator", value="anonymous", key=annotator_key,
@@ -194,18 +200,40 @@ def explore_filter_ui(
     return None if label == "all" else class_names.index(label), wrong, confidence
 
 
-def report_figures(reports: dict[str, dict], prefix: str, figure: str,
-                   command: str | None) -> None:
-    """Each report named prefix*: its `figure` (plotly) and its Markdown table in an expander;
-    none: `command` (Markdown naming what writes one; None: say nothing)."""
-    chosen = {name: r for name, r in reports.items() if name.startswith(prefix)}
-    if not chosen and command:
-        st.info(f"No report yet. Run {command}.")
+def report_figures(reports: dict[str, dict], prefixes: tuple[str, ...], figure: str) -> int:
+    """Each report whose name starts with one of `prefixes`: its `figure` (plotly) and its
+    Markdown table in an expander, labelled with where it came from. Returns how many."""
+    chosen = {name: r for name, r in reports.items() if name.startswith(prefixes)}
     for name, report in chosen.items():
+        source = SOURCES.get(report.get("source", ""), "")
+        st.markdown(f"**{name}** · {source}")
         if figure in report["figures"]:
             st.plotly_chart(report["figures"][figure], width="stretch", key=f"fig_{name}")
-        with st.expander(f"Table: {name}"):
-            st.markdown(report["markdown"])
+        if report["markdown"]:
+            with st.expander(f"Table: {name}"):
+                st.markdown(report["markdown"])
+    return len(chosen)
+
+
+SOURCES = {"shipped": "shipped with the app (docs/reports)",
+           "yours": "yours ($INFLUENCE_AUDIT_HOME/reports)"}
+
+
+def unlearning_chart(frame: object, name: str) -> None:
+    """Grouped bars: KL ratio to retraining per edit set and model (log scale, 1 = untouched)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for model, rows in frame.groupby("model", sort=False):
+        fig.add_trace(go.Bar(name=model, x=rows["edit"] + ": " + rows["set"], y=rows["KL ratio"],
+                             customdata=rows[["size", "agreement"]],
+                             hovertemplate="%{x}<br>KL ratio %{y:.2f}<br>size %{customdata[0]}"
+                                           "<br>agreement %{customdata[1]:.2%}<extra></extra>"))
+    fig.add_hline(y=1.0, line_dash="dot", annotation_text="untouched model")
+    fig.update_layout(barmode="group", height=360, yaxis_type="log",
+                      yaxis_title="KL(untouched‖retrained) / KL(model‖retrained)",
+                      margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h"})
+    st.plotly_chart(fig, width="stretch", key=f"unlearning_{name}")
 
 
 def bar_chart(values: dict[str, float], title: str, log: bool = False) -> None:

@@ -34,6 +34,7 @@ from .app_api import (
     train_probabilities, undo_last, ihvp_errors,
 )
 from .review_cache import ReviewCache, next_suspect
+from .cli_evaluate import run_quick
 
 __all__ = [
     "CURVATURE_CONFIGS", "ESTIMATORS", "ClassificationTask", "Curvature", "EKFACConfig",
@@ -56,5 +57,5 @@ __all__ = [
     "evidence", "explain", "influenced_queries", "labels_csv", "open_audit", "open_index",
     "preview", "preview_indices", "query_vectors", "record_many", "review_queue", "reviewed",
     "self_influence_values", "query_probabilities", "train_predictions", "undo_last",
-    "train_probabilities", "ihvp_errors", "ReviewCache", "next_suspect",
+    "train_probabilities", "ihvp_errors", "ReviewCache", "next_suspect", "run_quick",
 ]

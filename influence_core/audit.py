@@ -38,7 +38,8 @@ from .task import ClassificationTask, Task
 from .unlearning import newton_step, rebind, refine, updated_model
 
 CACHE_SIZE = 8
-UNLEARNING_DAMPING = 1000.0  # x the recipe's weight decay (absolute lambda); verify.py calibration
+UNLEARNING_DAMPING = 1000.0  # x the recipe's weight decay (absolute lambda), for every problem:
+# the multiple verify-unlearning's calibration picked on digits/mlp removal sets
 
 APPROXIMATIONS = (
     "Newton step: one second-order step from the base model (first order in the edit)",
@@ -225,9 +226,10 @@ def open_session(
     """Fit `method`'s curvature on the base model and open (or create) its decision log.
 
     damping: absolute lambda of H = G + lambda I; default UNLEARNING_DAMPING x the recipe's
-    weight decay (1e-3 if none), calibrated by verify-unlearning on held-out removal sets of
-    digits/mlp. lambda = weight decay alone (the objective's own curvature) makes the step
-    14x worse than doing nothing there (unlearning.py)."""
+    weight decay (1e-3 if none) for every dataset and model, a multiple chosen by
+    verify-unlearning's calibration on held-out removal sets of digits/mlp only. lambda = weight
+    decay alone (the objective's own curvature) makes the step 14x worse than doing nothing
+    there (unlearning.py)."""
     task = ClassificationTask()
     if damping is None:
         wd = getattr(getattr(problem, "config", None), "weight_decay", 0.0) or 1e-3

@@ -16,8 +16,9 @@ Damping. The training objective is mean loss + wd/2 |theta|^2, whose Gauss-Newto
 G + wd I, so lambda >= wd. lambda = wd is exact for a converged convex model (tests), but on the
 SGD-trained digits MLP it makes the step 14x worse (KL to the retrained model) than doing
 nothing: 690 SGD steps never converged the flat directions of G that 1/wd amplifies. The
-default (audit.UNLEARNING_DAMPING = 1000 x wd) is calibrated by verify-unlearning on removal
-sets held out from every reported one; at that lambda the single step is cautious (close to
+default (audit.UNLEARNING_DAMPING = 1000 x wd) was picked by verify-unlearning's calibration on
+digits/mlp removal sets held out from every reported one, and is used unchanged for every other
+dataset and model; at that lambda the single step is cautious (close to
 doing nothing for removals, ~1.9x closer for label repair).
 
 Refinement (`refine`) minimises the REAL edited objective J (`edited_objective`: mean loss over

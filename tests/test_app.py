@@ -265,18 +265,38 @@ def test_explore_filters_misclassified_queries(app: Callable[..., AppTest]) -> N
     assert grid and all(m and m.group(1) != m.group(2) for m in grid)
 
 
-def test_evaluate_names_the_cli_command_when_no_report_exists(
-    app: Callable[..., AppTest],
+def test_evaluate_names_the_commands_when_no_report_exists(
+    app: Callable[..., AppTest], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from dashboard import state
+
+    monkeypatch.setattr(state, "SHIPPED_REPORTS", tmp_path / "none")
     at = page("evaluate")
     assert not at.exception and not at.error
     infos = " ".join(i.value for i in at.info)
     assert "python -m influence_core evaluate mislabel --dataset digits --model mlp" in infos
-    assert "evaluate lds" in infos and "evaluate unlearning" in infos
+    assert "evaluate lds --dataset digits" in infos
+    assert "verify-unlearning --dataset digits --model mlp" in infos
     assert at.get("plotly_chart"), "the self-influence histogram"
 
 
-def test_evaluate_draws_a_detection_report(app: Callable[..., AppTest], home: Path) -> None:
+def test_evaluate_shows_the_shipped_reports_of_the_default_problem(
+    app: Callable[..., AppTest],
+) -> None:
+    """A fresh demo (digits/mlp, no report of one's own) draws the reports in docs/reports:
+    mislabel curves, the LDS table, and the unlearning chart from unlearning-digits-mlp."""
+    at = page("evaluate")
+    assert not at.exception and not at.error
+    assert not at.info, [i.value for i in at.info]
+    keys = [chart.proto.id for chart in at.get("plotly_chart")]
+    assert len(keys) >= 4, keys
+    lds = at.dataframe[0].value
+    assert set(lds["source"]) == {"shipped"}
+    assert {"ekfac", "index", "random"} <= set(lds["estimator"])
+    assert any("unlearning-digits-mlp" in md.value for md in at.markdown)
+
+
+def test_evaluate_draws_a_users_own_report(app: Callable[..., AppTest], home: Path) -> None:
     import plotly.graph_objects as go
 
     from influence_core.evaluation import write_report
@@ -285,12 +305,54 @@ def test_evaluate_draws_a_detection_report(app: Callable[..., AppTest], home: Pa
     result = {"kind": "lds", "lds": {"ekfac": 0.31, "identity": 0.05}}
     write_report(home / "reports", "mislabel_digits_mlp_regular", {"kind": "mislabel"}, "| x |",
                  {"curve": fig})
-    write_report(home / "reports", "lds_digits_mlp", result, "| y |", {})
+    write_report(home / "reports", "lds_digits_mlp_mine", result, "| y |", {})
     at = page("evaluate")
     assert not at.exception
-    assert "mislabel" not in " ".join(i.value for i in at.info)
     lds = at.dataframe[0].value
-    assert lds["estimator"].tolist() == ["ekfac", "identity"]
+    mine = lds[lds["source"] == "yours"]
+    assert mine["estimator"].tolist() == ["ekfac", "identity"]
+    assert mine["report"].tolist() == ["lds_digits_mlp_mine"] * 2
+    # the user's mislabel_digits_mlp_regular replaces the shipped report of the same name
+    assert any("mislabel_digits_mlp_regular** · yours" in md.value for md in at.markdown)
+
+
+def test_the_quick_evaluation_runs_from_the_page_with_progress(
+    app: Callable[..., AppTest], home: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The button runs the quick evaluation (here a stand-in that reports progress and writes a
+    quick_digits_mlp report, as run_quick does) and the page then draws the new report."""
+    from dashboard import state
+    from influence_core.evaluation import write_report
+
+    calls = []
+
+    def fake_quick(out: Path, data_root: object = None, progress: object = None) -> dict:
+        for step in range(3):
+            progress(step + 1, 3, "LDS retrainings")
+        calls.append(out)
+        result = {"kind": "quick", "lds": {"lds": {"ekfac": 0.42}}}
+        return write_report(out, "quick_digits_mlp", result, "| q |", {})
+
+    monkeypatch.setattr(state, "run_quick", fake_quick)
+    at = page("evaluate")
+    at.button(key="quick_go").click().run()
+    assert not at.exception
+    assert calls == [home / "reports"]
+    lds = at.dataframe[0].value
+    assert lds[lds["report"] == "quick_digits_mlp"]["LDS"].tolist() == [0.42]
+    at.run()  # the next run does not run it again
+    assert len(calls) == 1
+
+
+def test_reports_are_matched_to_their_problem_exactly() -> None:
+    from dashboard.state import _for_problem
+
+    assert _for_problem("lds_mnist_cnn_2seeds", "mnist", "cnn")
+    assert _for_problem("unlearning-mnist-cnn-relabel-refined40", "mnist", "cnn")
+    assert _for_problem("quick_digits_mlp", "digits", "mlp")
+    assert not _for_problem("lds_fashion_mnist_cnn_54subsets", "mnist", "cnn")
+    assert not _for_problem("mislabel_mnist_mlp_regular", "mnist", "cnn")
+    assert not _for_problem("bench_query_mnist_cnn", "mnist", "cnn")
 
 
 def test_a_refused_decision_is_a_warning_not_a_traceback(

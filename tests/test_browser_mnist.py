@@ -32,6 +32,7 @@ from test_browser import (
     _free_port,
     _wait_healthy,
     counter,
+    playwright_api,
     settle,
     suspect,
 )
@@ -40,7 +41,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SETUP_S = 1800  # first load without prepared artifacts: train mnist/cnn and precompute
 REPEATS = 3
 THINK_S = float(os.environ.get("INFLUENCE_AUDIT_THINK_S", "1.5"))
-sync_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +77,8 @@ def _time(page: object, action: object, wait: object = None, images: bool = True
 
 
 def test_review_and_explore_latency_on_mnist(mnist_server: str, tmp_path: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is absent")
     out: dict[str, list[float]] = {}
-    with sync_api.sync_playwright() as p:
+    with playwright_api().sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         start = time.perf_counter()

@@ -1,33 +1,61 @@
-"""Evaluate: the evaluation reports (written by `python -m influence_core evaluate ...`) as plotly
-charts, the IHVP error of each estimator against the exact solve, and the distribution of
-self-influence. Where a report is missing, the page names the command that writes it."""
+"""Evaluate: the evaluation reports of the selected problem as plotly charts (those that ship in
+docs/reports and the user's own), the quick digits evaluation on a click, the IHVP error of each
+estimator against the exact solve, and the distribution of self-influence."""
 
 import streamlit as st
 
 from dashboard import frames, state, widgets
 
-CLI = "python -m influence_core evaluate"
+CLI = "python -m influence_core"
+QUICK_PROBLEM = ("digits", "mlp")
 
 sel = state.selection()
 st.title("Evaluate")
-reports = state.reports(sel.dataset, sel.model)
 problem_args = f"--dataset {sel.dataset} --model {sel.model}"
-st.caption(f"Reports in `{state.reports_folder()}` for {sel.dataset}/{sel.model}")
+if state.quick_requested():
+    state.run_quick_evaluation(sel.data_root)
+reports = state.reports(sel.dataset, sel.model)
+st.caption(f"Reports for {sel.dataset}/{sel.model}: shipped with the app in "
+           f"`{state.SHIPPED_REPORTS}`, and yours in `{state.reports_folder()}`. Each names the "
+           "command that wrote it; `docs/benchmarks.md` explains them.")
+
+if (sel.dataset, sel.model) == QUICK_PROBLEM:
+    st.button("Run the quick evaluation on this machine (about half a minute)",
+              on_click=state.request_quick, key="quick_go",
+              help="Mislabel detection with 10% flipped labels (3 folds, 3 checkpoints) and LDS "
+                   f"on 20 retrained subsets, without Kronfluence: `{CLI} evaluate quick`. "
+                   "Writes quick_digits_mlp to your reports folder.")
 
 st.subheader("Mislabel detection against inspection budget")
-widgets.report_figures(reports, "mislabel_", "curve",
-                       f"`{CLI} mislabel {problem_args}` (or `{CLI} quick` on digits)")
+st.caption("Fraction of the flipped labels found when inspecting the top x% of each ranking.")
+if not widgets.report_figures(reports, ("mislabel_", "quick_"), "curve"):
+    st.info(f"No report for this problem yet: `{CLI} evaluate mislabel {problem_args}`.")
 
 st.subheader("Linear datamodeling score (LDS)")
 lds = frames.lds_table(reports)
 if lds.empty:
-    st.info(f"No LDS report yet. Run `{CLI} lds {problem_args}`.")
+    st.info(f"No LDS report for this problem yet: `{CLI} evaluate lds {problem_args}`.")
 else:
     st.dataframe(lds, hide_index=True)
-widgets.report_figures(reports, "lds_", "per_query", None)
+    widgets.report_figures(reports, ("lds_",), "per_query")
 
-st.subheader("Unlearning fidelity (Newton step against retraining)")
-widgets.report_figures(reports, "unlearning_", "kl", f"`{CLI} unlearning {problem_args}`")
+st.subheader("Unlearning against retraining")
+unlearning = {n: r for n, r in reports.items() if n.startswith("unlearning")}
+if not unlearning:
+    st.info(f"No report for this problem yet: `{CLI} verify-unlearning {problem_args}`.")
+for name, report in unlearning.items():
+    st.markdown(f"**{name}** · {widgets.SOURCES.get(report['source'], '')}")
+    table = frames.unlearning_table(report["result"])
+    if table.empty:
+        st.caption("No edit set with a retrained reference in this report.")
+        continue
+    widgets.unlearning_chart(table, name)
+    with st.expander(f"Table: {name}"):
+        st.dataframe(table, hide_index=True)
+st.caption("KL ratio: KL(untouched ‖ retrained) / KL(model ‖ retrained) on the test set; above "
+           "1 the edited model is closer to the retrained one than the untouched model is. The "
+           "noise floor is a second retraining with another seed: no method can be measurably "
+           "closer than that.")
 
 st.subheader("IHVP error against the exact solve")
 ws = state.workspace_or_stop(sel)
@@ -39,7 +67,7 @@ if state.ihvp_requested():
 else:
     st.button("Compute on this model (seconds on digits)", on_click=state.request_ihvp,
               key="ihvp_go")
-    st.caption("No report command writes this yet; it is computed here, on demand.")
+    st.caption("Computed here, on demand, on the loaded model.")
 
 st.subheader("Self-influence of the training set")
 widgets.histogram(state.self_influence(ws.key, ws), "self-influence (log10)", log10=True)
