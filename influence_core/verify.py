@@ -300,9 +300,10 @@ def verify_unlearning(cfg: VerifyConfig, data_root: str | None = None,
 def derived_figures(result: dict) -> dict:
     """Figures computed from the raw numbers of a verify-unlearning result, stored with it.
     Per experiment and set: KL ratio = KL(nothing) / KL(model) for every model with KL > 0
-    (the noise floor included) and the fraction of KL(nothing) a model closes. Removal: each
-    set's predicted / actual test-loss change, their median absolute ratio (how far off the
-    prediction's scale is) and the fraction of sets where the two have the same sign."""
+    (the noise floor included) and the fraction of KL(nothing) a model closes; label repair:
+    retraining's accuracy gain over the untouched model. Removal: each set's predicted / actual
+    test-loss change, their median absolute ratio (how far off the prediction's scale is) and
+    the fraction of sets where the two have the same sign."""
     out: dict = {}
     for exp in EXPERIMENTS:
         sets = result.get(exp, {}).get("sets", {})
@@ -315,6 +316,10 @@ def derived_figures(result: dict) -> dict:
             ratio[name] = {m: base / row[m]["kl"] for m in models}
             closed[name] = {m: 1 - row[m]["kl"] / base for m in models if base > 0}
         out[exp] = {"kl_ratio": ratio, "kl_closed": closed}
+        if exp == "relabel":  # what "accuracy recovered" is a fraction of
+            out[exp]["accuracy_gain"] = {name: row["retrained"]["accuracy"]
+                                         - row["nothing"]["accuracy"]
+                                         for name, row in sets.items()}
     points = result.get("remove", {}).get("test_loss_change", {})
     pairs = {k: (p["predicted"], p["actual"]) for k, p in points.items() if p["actual"]}
     if pairs:
