@@ -180,6 +180,9 @@ COMMANDS["evaluate"] = _EVALUATE
 from .cli_unlearn import COMMANDS as _UNLEARN  # noqa: E402  (cli_unlearn imports this module)
 
 COMMANDS.update(_UNLEARN)
+from .benchmarks_doc import COMMAND as _REPORT
+
+COMMANDS["report"] = _REPORT
 
 
 def main(argv: list[str] | None = None) -> int:
