@@ -314,7 +314,7 @@ def summary_rows(r: Reports) -> list[tuple[str, str, str, str]]:
          ANCHOR["lds"]),
         ("LDS, mnist/cnn", f"index {num(mn['index'], 3)}, EK-FAC {num(mn['ekfac'], 3)}",
          (f"paper {num(t['lds_paper']['mnist_cnn'], 2)}: far below; training noise caps any "
-          f"method at {num(two['derived']['lds_ceiling_one_seed'], 3)} here"), ANCHOR["lds"]),
+          f"method at {num(two['derived']['lds_ceiling_one_seed'], 3)} against one-seed targets"), ANCHOR["lds"]),
         ("mislabel detection, mnist/cnn memorising, top 10% inspected",
          f"default ranking finds {num(mem[dev]['curve']['0.10'], 3)} of flips",
          (f"cleanlab {num(mem['cleanlab']['curve']['0.10'], 3)}, self-influence "

@@ -190,4 +190,4 @@ def browser(r: Reports) -> str:
              + ". The first load of a fresh server (index load and suspect ranking from cached "
              "models) is a minute and a half and is not broken down further.")
     return "\n\n".join([head, table(["interaction", f"after {num(think, 1)} s on the card",
-                                     "clicked at once", "earlier build", "n"], rows), prose])
+                                     "clicked at once", "earlier build", "n (first column)"], rows), prose])
