@@ -289,3 +289,15 @@ def test_bulk_mode_applies_one_action_to_the_selected_rows(server: str, browser:
     picked = re.findall(r"\b(\d+) keep \S* ?bulk\b", decisions_table(page))
     assert len(picked) == 2, decisions_table(page)
     page.close()
+
+
+def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true and the browser test cannot run"):
+        playwright_api()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="/nonexistent/chromium is absent"):
+        playwright_api()
