@@ -2,39 +2,79 @@
 
 The dashboard imports only the names listed here (a test enforces it)."""
 
-from .attribution import Ranked, pairwise_influence, query_gradients, self_influence, top_k, train_gradients
-from .config import (
-    CURVATURE_CONFIGS, EKFACConfig, ExactConfig, IdentityConfig, KFACConfig, LissaConfig,
+from .app_api import (
+    Evidence,
+    Preview,
+    checkpoint_bytes,
+    decision_log_path,
+    decisions_frame,
+    evidence,
+    explain,
+    ihvp_errors,
+    influenced_queries,
+    labels_csv,
+    open_audit,
+    open_index,
+    preview,
+    preview_indices,
+    query_probabilities,
+    query_vectors,
+    record_many,
+    review_queue,
+    reviewed,
+    self_influence_values,
+    train_predictions,
+    train_probabilities,
+    undo_last,
 )
-from .config import TrainConfig, artifacts_root, config_hash, default_data_root, recipe
-from .datasets import DatasetError, ImageDataset, inject_label_noise
+from .artifacts import ArtifactError, model_hash
+from .attribution.index import (
+    AttributionIndex,
+    IndexConfig,
+    index_curvature,
+    index_scores,
+    load_index,
+    query_index,
+)
+from .attribution.precompute import artifact_folder, precompute
+from .attribution.scores import (
+    Ranked,
+    pairwise_influence,
+    query_gradients,
+    self_influence,
+    top_k,
+    train_gradients,
+)
+from .audit.review_cache import ReviewCache, next_suspect
+from .audit.session import AuditSession, AuditState, default_log_path, open_session
+from .audit.store import Decision, DecisionLog
+from .audit.suspects import DEFAULT_SIGNAL, suspect_scores, training_set
+from .audit.unlearning import newton_step, refine, updated_model
+from .cli.evaluate import run_quick
+from .config import (
+    CURVATURE_CONFIGS,
+    EKFACConfig,
+    ExactConfig,
+    IdentityConfig,
+    KFACConfig,
+    LissaConfig,
+    TrainConfig,
+    artifacts_root,
+    config_hash,
+    default_data_root,
+    recipe,
+)
 from .curvature import ESTIMATORS, Curvature, LissaDivergedError, fit_curvature
-from .gradients import TrackedModel, UnsupportedLayerError
-from .models import MODELS, CheckpointError, build_model, load_checkpoint
+from .curvature.gradients import TrackedModel, UnsupportedLayerError
+from .curvature.task import ClassificationTask, Task, margin
+from .data.datasets import DatasetError, ImageDataset, inject_label_noise
+from .data.models import MODELS, CheckpointError, build_model, load_checkpoint
+from .data.registry import DATASETS, Problem, load_dataset, load_problem
+from .data.training import accuracy, predict_logits, train_or_load
+from .evaluation.metrics import auprc, auroc, ihvp_error, lds, load_reports, mislabel_curve, run_lds
+from .evaluation.unlearning import VerifyConfig, verify_unlearning
 from .progress import Progress, silent, tqdm_progress
 from .runtime import tune_runtime
-from .registry import DATASETS, Problem, load_dataset, load_problem
-from .task import ClassificationTask, Task, margin
-from .training import accuracy, predict_logits, train_or_load
-from .artifacts import ArtifactError, model_hash
-from .index import (
-    AttributionIndex, IndexConfig, index_curvature, index_scores, load_index, query_index,
-)
-from .precompute import artifact_folder, precompute
-from .evaluation import auprc, auroc, ihvp_error, lds, load_reports, mislabel_curve, run_lds
-from .suspects import DEFAULT_SIGNAL, suspect_scores, training_set
-from .store import Decision, DecisionLog
-from .unlearning import newton_step, refine, updated_model
-from .audit import AuditSession, AuditState, default_log_path, open_session
-from .verify import VerifyConfig, verify_unlearning
-from .app_api import (
-    Evidence, Preview, checkpoint_bytes, decision_log_path, decisions_frame, evidence, explain,
-    influenced_queries, labels_csv, open_audit, open_index, preview, preview_indices, query_vectors, record_many,
-    review_queue, reviewed, self_influence_values, query_probabilities, train_predictions,
-    train_probabilities, undo_last, ihvp_errors,
-)
-from .review_cache import ReviewCache, next_suspect
-from .cli_evaluate import run_quick
 
 __all__ = [
     "CURVATURE_CONFIGS", "ESTIMATORS", "ClassificationTask", "Curvature", "EKFACConfig",

@@ -17,20 +17,20 @@ import pandas as pd
 import torch
 
 from .artifacts import model_hash
-from .audit import AuditSession, AuditState, default_log_path, open_session
+from .attribution.index import AttributionIndex, IndexConfig, index_scores, load_index, query_vector
+from .attribution.precompute import precompute
+from .audit.session import AuditSession, AuditState, default_log_path, open_session
+from .audit.store import Decision, DecisionLog, active_decisions
+from .audit.suspects import suspect_scores
+from .audit.unlearning import updated_model
 from .config import CURVATURE_CONFIGS, EKFACConfig, artifacts_root
 from .curvature import fit_curvature
-from .datasets import ImageDataset, subset
-from .gradients import TrackedModel, backward_pairs, forward_capture
-from .index import AttributionIndex, IndexConfig, index_scores, load_index, query_vector
-from .precompute import precompute
+from .curvature.gradients import TrackedModel, backward_pairs, forward_capture
+from .curvature.task import ClassificationTask
+from .data.datasets import ImageDataset, subset
+from .data.registry import Problem
+from .data.training import predict_logits
 from .progress import Progress, silent
-from .registry import Problem
-from .store import Decision, DecisionLog, active_decisions
-from .suspects import suspect_scores
-from .task import ClassificationTask
-from .training import predict_logits
-from .unlearning import updated_model
 
 QUEUE_SIZE = 500  # suspects re-ranked after every decision (most self-influential first)
 
@@ -295,8 +295,8 @@ def ihvp_errors(problem: Problem, methods: tuple[str, ...] = IHVP_METHODS, vecto
     estimator restricted to the model's last tracked layers (as many as fit EXACT_PARAMS; the
     exact solve is dense), v = training gradients of `vectors` seeded examples. Every estimator
     uses the exact solve's damping and (K-FAC, EK-FAC) the same expected Gauss-Newton G."""
-    from .attribution import train_gradients
-    from .evaluation import ihvp_error
+    from .attribution.scores import train_gradients
+    from .evaluation.metrics import ihvp_error
 
     names = list(TrackedModel(problem.model).modules)
     layers = names[-1:]

@@ -11,12 +11,21 @@ from scipy.stats import pearsonr, spearmanr
 from torch import nn
 
 from influence_core import (
-    ClassificationTask, EKFACConfig, ExactConfig, TrackedModel, fit_curvature,
-    load_dataset, pairwise_influence, query_gradients, self_influence, top_k, train_gradients,
+    ClassificationTask,
+    EKFACConfig,
+    ExactConfig,
+    TrackedModel,
+    fit_curvature,
+    load_dataset,
+    pairwise_influence,
+    query_gradients,
+    self_influence,
+    top_k,
+    train_gradients,
 )
 from influence_core.config import TrainConfig
-from influence_core.gradients import forward_capture, weight_matrix, weight_of
-from influence_core.training import train_model
+from influence_core.curvature.gradients import forward_capture, weight_matrix, weight_of
+from influence_core.data.training import train_model
 
 LOO_PEARSON = 0.95  # predicted vs actual change of query loss, convex model
 SELF_SPEARMAN = 0.99  # EK-FAC vs exact self-influence ranking (measured 0.999)

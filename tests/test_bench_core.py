@@ -7,8 +7,8 @@ import torch
 from scipy.stats import spearmanr
 
 from influence_core import load_problem, recipe
-from influence_core.bench_core import format_table, time_kronfluence, time_ours
-from influence_core.datasets import subset
+from influence_core.data.datasets import subset
+from influence_core.evaluation.bench_core import format_table, time_kronfluence, time_ours
 
 AGREEMENT = 0.95  # Spearman of self-influence, ours vs Kronfluence (both sampled true Fisher)
 

@@ -11,10 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from influence_core.bench_query import derived_figures as query_figures
-from influence_core.benchmarks_doc import END, START, render_doc, render_summary, replace_block, run
-from influence_core.evaluation import ceiling_figures, lds_ceiling
-from influence_core.verify import derived_figures as unlearning_figures
+from influence_core.evaluation.bench_query import derived_figures as query_figures
+from influence_core.evaluation.benchmarks_doc import (
+    END,
+    START,
+    render_doc,
+    render_summary,
+    replace_block,
+    run,
+)
+from influence_core.evaluation.metrics import ceiling_figures, lds_ceiling
+from influence_core.evaluation.unlearning import derived_figures as unlearning_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS, DOC, README = ROOT / "docs" / "reports", ROOT / "docs" / "benchmarks.md", ROOT / "README.md"

@@ -4,7 +4,7 @@ run has finished and every image has loaded. Reported, not asserted (README, "Da
 
 Before each Review action the test looks at the card for INFLUENCE_AUDIT_THINK_S seconds
 (default 1.5; an annotator reads the image and the evidence first): the app uses that time to
-prefetch what the buttons need (influence_core.review_cache). THINK_S=0 measures the worst case,
+prefetch what the buttons need (influence_core.audit.review_cache). THINK_S=0 measures the worst case,
 a click the moment a card appears.
 
     INFLUENCE_AUDIT_LATENCY_HOME=/path/with/precomputed/artifacts \

@@ -8,8 +8,16 @@ from torch import nn
 from torch.func import functional_call, jacrev
 
 from influence_core import (
-    EKFACConfig, ExactConfig, ImageDataset, KFACConfig, LissaConfig, LissaDivergedError,
-    ClassificationTask, TrackedModel, UnsupportedLayerError, fit_curvature,
+    ClassificationTask,
+    EKFACConfig,
+    ExactConfig,
+    ImageDataset,
+    KFACConfig,
+    LissaConfig,
+    LissaDivergedError,
+    TrackedModel,
+    UnsupportedLayerError,
+    fit_curvature,
 )
 
 EXACT_TOL = 1e-8  # relative error where the factorisation is exact (float64 round-off)
@@ -268,7 +276,7 @@ def test_eigenvalue_pass_skips_dead_directions_exactly() -> None:
     inputs that wake a dead unit (the full-basis fallback)."""
     from types import SimpleNamespace
 
-    from influence_core.precompute import _shards, fit_bases, fit_eigenvalues
+    from influence_core.attribution.precompute import _shards, fit_bases, fit_eigenvalues
     from influence_core.progress import silent
 
     model, x, awake = _dead_unit_model(40)

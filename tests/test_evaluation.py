@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from influence_core.evaluation import (
-    auprc, auroc, ground_truth_reliability, lds, load_reports, mislabel_curve,
+from influence_core.evaluation.metrics import (
+    auprc,
+    auroc,
+    ground_truth_reliability,
+    lds,
+    load_reports,
+    mislabel_curve,
 )
 
 LDS_EXACT_TOL = 1e-9  # Spearman of a strictly monotone transform of the prediction is exactly 1
@@ -72,7 +77,7 @@ def test_mislabel_curve_on_a_constructed_ranking() -> None:
 
 
 def test_suspect_combinations() -> None:
-    from influence_core.suspects import class_normalised, combine, rank_mean
+    from influence_core.audit.suspects import class_normalised, combine, rank_mean
 
     labels = torch.tensor([0, 0, 1, 1])
     scores = torch.tensor([1.0, 3.0, 100.0, 102.0])
@@ -86,7 +91,7 @@ def test_suspect_combinations() -> None:
 def test_reports_round_trip(tmp_path) -> None:
     import plotly.graph_objects as go
 
-    from influence_core.evaluation import write_report
+    from influence_core.evaluation.metrics import write_report
 
     fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1]))
     write_report(tmp_path, "mislabel_x", {"kind": "mislabel", "v": 1.5}, "| a |\n", {"curve": fig})
@@ -138,9 +143,9 @@ def test_index_ensemble_averages_the_seeds_attributions(artifacts_home, monkeypa
     (index_ensemble<k>): its LDS is the LDS of that mean, next to the single model's."""
     import dataclasses
 
-    from influence_core import evaluation
+    from influence_core.evaluation import metrics as evaluation
     from influence_core.config import recipe
-    from influence_core.registry import load_dataset
+    from influence_core.data.registry import load_dataset
 
     seen = []
 
@@ -171,11 +176,11 @@ def test_vary_order_keeps_the_init_and_reseeds_the_batch_order(artifacts_home) -
     per-seed targets are those two models' margins."""
     import dataclasses
 
-    from influence_core import evaluation
+    from influence_core.evaluation import metrics as evaluation
     from influence_core.config import recipe
-    from influence_core.registry import load_dataset
-    from influence_core.task import margin
-    from influence_core.training import checkpoint_dir, predict_logits, train_or_load
+    from influence_core.curvature.task import margin
+    from influence_core.data.registry import load_dataset
+    from influence_core.data.training import checkpoint_dir, predict_logits, train_or_load
 
     cfg = dataclasses.replace(recipe("digits", "mlp"), epochs=2)
     train, test = load_dataset("digits")

@@ -11,9 +11,9 @@ from influence_core import (
     ArtifactError,
     ClassificationTask,
     EKFACConfig,
+    IndexConfig,
     TrackedModel,
     fit_curvature,
-    IndexConfig,
     index_curvature,
     index_scores,
     load_dataset,
@@ -23,11 +23,11 @@ from influence_core import (
     query_index,
     self_influence,
 )
+from influence_core.attribution.index import query_vector
 from influence_core.config import TrainConfig
-from influence_core.index import query_vector
-from influence_core.models import build_model
-from influence_core.registry import Problem
-from influence_core.training import train_model
+from influence_core.data.models import build_model
+from influence_core.data.registry import Problem
+from influence_core.data.training import train_model
 
 FULL_WIDTH_RTOL = 1e-4  # float32 index holding every direction vs EK-FAC pairwise scores
 SELF_RTOL = 1e-4  # fused self-influence vs attribution.self_influence
@@ -204,7 +204,7 @@ def test_index_is_held_in_bfloat16_only_where_the_cpu_has_bf16_units(problem, ho
                                                                      bf16_units) -> None:
     """Without bf16 matrix units a bfloat16 product with the index is 10-15x slower than float32,
     so load_index's default keeps float32 there."""
-    import influence_core.index as index_module
+    import influence_core.attribution.index as index_module
 
     monkeypatch.setattr(index_module, "cpu_has_bf16_units", lambda: bf16_units)
     folder = precompute(problem, "ekfac", EKFACConfig(), IndexConfig())

@@ -20,9 +20,9 @@ from influence_core import (
     precompute,
 )
 from influence_core.config import TrainConfig
-from influence_core.models import build_model
-from influence_core.registry import Problem
-from influence_core.training import train_model
+from influence_core.data.models import build_model
+from influence_core.data.registry import Problem
+from influence_core.data.training import train_model
 
 INDEX = IndexConfig(dim=256, shard_size=256)  # digits: 1437 examples -> 6 shards
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from influence_core.store import REMOVED, DecisionLog
+from influence_core.audit.store import REMOVED, DecisionLog
 
 LABELS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] * 5  # N = 50
 CLASSES = 10
@@ -100,7 +100,7 @@ def test_export_csv(log: DecisionLog, tmp_path: Path) -> None:
 
 _WRITER = textwrap.dedent("""
     import sys
-    from influence_core.store import DecisionLog
+    from influence_core.audit.store import DecisionLog
     labels = [int(v) for v in sys.argv[2].split(",")]
     log = DecisionLog(sys.argv[1], labels, 10)
     start, count = int(sys.argv[3]), int(sys.argv[4])

@@ -49,8 +49,8 @@ def test_same_seed_gives_bit_identical_weights_and_reuses_the_checkpoint(
 
 def test_order_seed_changes_batch_order_only_and_keeps_old_hashes() -> None:
     from influence_core.config import TrainConfig, config_hash
-    from influence_core.models import build_model
-    from influence_core.training import train_model
+    from influence_core.data.models import build_model
+    from influence_core.data.training import train_model
 
     # hashes of configs written before order_seed existed: cached checkpoints stay valid
     assert config_hash(TrainConfig()) == "21f30811d119"

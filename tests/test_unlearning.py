@@ -21,11 +21,11 @@ from influence_core import (
     TrackedModel,
     fit_curvature,
 )
-from influence_core.attribution import train_gradients
-from influence_core.audit import AuditSession
-from influence_core.registry import load_dataset
-from influence_core.store import DecisionLog
-from influence_core.unlearning import edited_objective, newton_step, refine, updated_model
+from influence_core.attribution.scores import train_gradients
+from influence_core.audit.session import AuditSession
+from influence_core.audit.store import DecisionLog
+from influence_core.audit.unlearning import edited_objective, newton_step, refine, updated_model
+from influence_core.data.registry import load_dataset
 
 WD = 1e-2  # L2 strength = damping of the exact curvature
 COSINE_MIN = 0.9  # Newton delta vs retrained delta
@@ -175,7 +175,7 @@ def tiny_mlp() -> types.SimpleNamespace:
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    from influence_core.datasets import subset
+    from influence_core.data.datasets import subset
 
     data, task = subset(train, idx), ClassificationTask()
     curv = fit_curvature("ekfac", TrackedModel(model), task, data, EKFACConfig(damping=1e-8))

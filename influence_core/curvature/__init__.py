@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from ..config import CURVATURE_CONFIGS
-from ..datasets import ImageDataset
-from ..gradients import TrackedModel
+from ..data.datasets import ImageDataset
 from ..progress import Progress, silent
-from ..task import Task
 from .base import Curvature
 from .ekfac import EKFAC
 from .exact import ExactGaussNewton, Identity
+from .gradients import TrackedModel
 from .kfac import KFAC
 from .lissa import Lissa, LissaDivergedError
+from .task import Task
 
 ESTIMATORS = {"ekfac": EKFAC, "kfac": KFAC, "exact": ExactGaussNewton, "lissa": Lissa,
               "identity": Identity}

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from ..datasets import ImageDataset
-from ..gradients import TrackedModel, backward_pairs, forward_capture, per_example_grads
+from ..data.datasets import ImageDataset
 from ..progress import Progress, silent
-from ..task import Task
+from .gradients import TrackedModel, backward_pairs, forward_capture, per_example_grads
+from .task import Task
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (a (B,T,d_in), g (B,T,d_out))
 

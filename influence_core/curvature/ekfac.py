@@ -9,11 +9,10 @@ from __future__ import annotations
 import torch
 
 from ..config import EKFACConfig
-from ..datasets import ImageDataset
-from ..gradients import TrackedModel
+from ..data.datasets import ImageDataset
 from ..progress import Progress, silent
-from ..task import Task
 from .base import Pairs, fisher_pairs, iterate, matmul_dtype, model_dtype
+from .gradients import TrackedModel
 from .kfac import (
     KFAC,
     KroneckerFactors,
@@ -24,6 +23,7 @@ from .kfac import (
     heuristic_damping,
     rotate_conv,
 )
+from .task import Task
 
 
 class EKFAC(KFAC):

@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 
 from ..config import ExactConfig
-from ..datasets import ImageDataset
-from ..gradients import TrackedModel, per_example_grads
+from ..data.datasets import ImageDataset
 from ..progress import Progress, silent
-from ..task import Task
 from .base import Curvature, fisher_pairs, iterate, model_dtype
+from .gradients import TrackedModel, per_example_grads
+from .task import Task
 
 DENSE_LIMIT = 16_384  # beyond this many parameters, eigendecompose the Gram matrix instead
 

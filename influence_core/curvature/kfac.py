@@ -12,11 +12,11 @@ from itertools import pairwise
 import torch
 
 from ..config import KFACConfig
-from ..datasets import ImageDataset
-from ..gradients import TrackedModel
+from ..data.datasets import ImageDataset
 from ..progress import Progress, silent
-from ..task import Task
 from .base import Curvature, Pairs, fisher_pairs, iterate, matmul_dtype, model_dtype
+from .gradients import TrackedModel
+from .task import Task
 
 TINY = 1e-20  # eigenvector entries below this are rounding noise, and denormal in float32
 

@@ -15,11 +15,11 @@ import torch
 from torch.func import functional_call, jvp, vjp, vmap
 
 from ..config import LissaConfig
-from ..datasets import ImageDataset
-from ..gradients import TrackedModel
+from ..data.datasets import ImageDataset
 from ..progress import Progress, silent
-from ..task import Task
 from .base import Curvature, model_dtype, trace_over_params
+from .gradients import TrackedModel
+from .task import Task
 
 
 class LissaDivergedError(RuntimeError):

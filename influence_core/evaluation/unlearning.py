@@ -31,16 +31,16 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .attribution import self_influence
-from .config import CURVATURE_CONFIGS, artifacts_root, recipe
-from .curvature import fit_curvature
-from .gradients import TrackedModel
-from .models import build_model
-from .progress import Progress, silent
-from .registry import Problem, load_problem
-from .task import ClassificationTask
-from .training import predict_logits, train_model
-from .unlearning import MAX_POINTS, edited_objective, newton_step, refine, updated_model
+from ..attribution.scores import self_influence
+from ..audit.unlearning import MAX_POINTS, edited_objective, newton_step, refine, updated_model
+from ..config import CURVATURE_CONFIGS, artifacts_root, recipe
+from ..curvature import fit_curvature
+from ..curvature.gradients import TrackedModel
+from ..curvature.task import ClassificationTask
+from ..data.models import build_model
+from ..data.registry import Problem, load_problem
+from ..data.training import predict_logits, train_model
+from ..progress import Progress, silent
 
 EXPERIMENTS = ("remove", "relabel")
 MODELS = ("nothing", "newton", "refined", "refined_full", "retrained", "noise_floor")

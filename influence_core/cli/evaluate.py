@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import artifacts_root, recipe
-from .evaluation import BUDGETS, KRONFLUENCE_VARIANTS, detection_summary, write_report
-from .progress import Progress, silent, tqdm_progress
+from ..config import artifacts_root, recipe
+from ..evaluation.metrics import BUDGETS, KRONFLUENCE_VARIANTS, detection_summary, write_report
+from ..progress import Progress, silent, tqdm_progress
 
 REGIMES = {  # name -> recipe overrides; memorising = long training, no weight decay
     "regular": {},
@@ -52,10 +52,16 @@ def run_mislabel(cfg, data_root: str | None = None, kronfluence: bool = True,
                  snapshots: int = 5, folds: int = 5, progress: Progress = silent) -> dict:
     """Every base signal, combination and baseline on one noisy problem: detection curves,
     AUROC and AUPRC, with how many flips the model fitted."""
-    from .baselines import cleanlab_scores, kronfluence_scores
-    from .registry import load_problem
-    from .suspects import DEFAULT_SIGNAL, base_signals, combine, cross_validated_probs, training_set
-    from .training import predict_logits
+    from ..audit.suspects import (
+        DEFAULT_SIGNAL,
+        base_signals,
+        combine,
+        cross_validated_probs,
+        training_set,
+    )
+    from ..data.registry import load_problem
+    from ..data.training import predict_logits
+    from ..evaluation.baselines import cleanlab_scores, kronfluence_scores
 
     start = time.perf_counter()
     problem = load_problem(cfg, data_root, progress=progress)
@@ -200,7 +206,7 @@ def run_quick(out: Path, data_root: str | None = None, progress: Progress = sile
 
 
 def _quick(out: Path, data_root: str | None, progress: Progress) -> dict:
-    from .suspects import DEFAULT_SIGNAL
+    from ..audit.suspects import DEFAULT_SIGNAL
 
     mis = run_mislabel(mislabel_config("digits", "mlp", 0.1, "regular"), data_root, False,
                        QUICK["snapshots"], QUICK["folds"], progress)
@@ -219,7 +225,7 @@ def _quick(out: Path, data_root: str | None, progress: Progress) -> dict:
 
 def run_lds_report(cfg, subsets, alpha, queries, methods, ensemble, kron, data_root, max_new,
                    progress, out: Path | None, seeds: int = 1, vary: str = "init") -> dict:
-    from .evaluation import run_lds
+    from ..evaluation.metrics import run_lds
 
     res = run_lds(cfg, subsets, alpha, queries, methods, ensemble, kron, True, data_root,
                   max_new, progress, seeds, vary)
@@ -234,9 +240,9 @@ def run_lds_report(cfg, subsets, alpha, queries, methods, ensemble, kron, data_r
 
 def run_unlearning(dataset: str, model: str, out: Path, data_root: str | None,
                    progress: Progress) -> int:
-    """The unlearning verification (influence_core.verify, when present) as a report."""
+    """The unlearning verification (influence_core.evaluation.unlearning, when present) as a report."""
     try:
-        from .verify import VerifyConfig, markdown_table, verify_unlearning
+        from ..evaluation.unlearning import VerifyConfig, markdown_table, verify_unlearning
     except ImportError:
         print("evaluate unlearning needs influence_core/verify.py, absent in this checkout")
         return 2

@@ -26,15 +26,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .attribution import self_influence
-from .config import CURVATURE_CONFIGS
-from .curvature import Curvature, fit_curvature
-from .datasets import ImageDataset, subset
-from .gradients import TrackedModel
-from .memo import FutureCache
-from .progress import Progress, silent
+from ..attribution.scores import self_influence
+from ..config import CURVATURE_CONFIGS
+from ..curvature import Curvature, fit_curvature
+from ..curvature.gradients import TrackedModel
+from ..curvature.task import ClassificationTask, Task
+from ..data.datasets import ImageDataset, subset
+from ..memo import FutureCache
+from ..progress import Progress, silent
 from .store import REMOVED, Decision, DecisionLog
-from .task import ClassificationTask, Task
 from .unlearning import newton_step, rebind, refine, updated_model
 
 CACHE_SIZE = 8
@@ -214,7 +214,7 @@ def _logits(model: nn.Module, data: ImageDataset) -> torch.Tensor:
 
 def default_log_path(problem: object) -> Path:
     """artifacts/decisions/<checkpoint folder>.db: one log per trained model."""
-    from .config import artifacts_root
+    from ..config import artifacts_root
 
     return artifacts_root() / "decisions" / f"{Path(problem.checkpoint).parent.name}.db"
 

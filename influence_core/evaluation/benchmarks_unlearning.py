@@ -10,8 +10,8 @@ MODELS = {"newton": "Newton step", "refined": "refined", "refined_full": "refine
 
 
 def verify_command(rep: dict) -> str:
-    from .unlearning import MAX_POINTS
-    from .verify import EXPERIMENTS, VerifyConfig
+    from ..audit.unlearning import MAX_POINTS
+    from .unlearning import EXPERIMENTS, VerifyConfig
 
     c = rep["config"]
     out = f"{CLI} verify-unlearning --dataset {c['dataset']} --model {c['model']}"

@@ -36,12 +36,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .curvature.base import Curvature, iterate, model_dtype
-from .datasets import ImageDataset
-from .gradients import TrackedModel, layer_grads
-from .models import channels_last
-from .progress import Progress, silent
-from .task import Task
+from ..curvature.base import Curvature, iterate, model_dtype
+from ..curvature.gradients import TrackedModel, layer_grads
+from ..curvature.task import Task
+from ..data.datasets import ImageDataset
+from ..data.models import channels_last
+from ..progress import Progress, silent
 
 MAX_POINTS = 8192  # edited objective: a fixed random subsample of the kept points beyond this
 ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search

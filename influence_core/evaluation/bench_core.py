@@ -15,17 +15,17 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from .attribution import self_influence, train_gradients
-from .config import EKFACConfig, ExactConfig, KFACConfig, LissaConfig, artifacts_root, recipe
-from .curvature import LissaDivergedError, fit_curvature
-from .curvature.base import matmul_dtype, model_dtype
-from .datasets import ImageDataset, subset
-from .evaluation import ihvp_error
-from .gradients import TrackedModel, layer_grads
-from .models import channels_last
-from .progress import Progress, silent
-from .registry import Problem, load_problem
-from .task import ClassificationTask
+from ..attribution.scores import self_influence, train_gradients
+from ..config import EKFACConfig, ExactConfig, KFACConfig, LissaConfig, artifacts_root, recipe
+from ..curvature import LissaDivergedError, fit_curvature
+from ..curvature.base import matmul_dtype, model_dtype
+from ..curvature.gradients import TrackedModel, layer_grads
+from ..curvature.task import ClassificationTask
+from ..data.datasets import ImageDataset, subset
+from ..data.models import channels_last
+from ..data.registry import Problem, load_problem
+from ..progress import Progress, silent
+from .metrics import ihvp_error
 
 
 def forward_backward_epoch(model: torch.nn.Module, data: ImageDataset, batch_size: int) -> float:
@@ -53,8 +53,8 @@ def time_ours(model: torch.nn.Module, data: ImageDataset, batch_size: int,
 
 def time_kronfluence(model: torch.nn.Module, data: ImageDataset, batch_size: int) -> dict:
     """Kronfluence 1.0.1 EK-FAC (its defaults; heuristic damping 0.1 x mean eigenvalue)."""
+    from ..optional import require
     from .baselines import _kronfluence_task, _tensor_dataset
-    from .optional import require
 
     analyzer_mod = require("kronfluence.analyzer", "bench core's reference run")
     arguments = require("kronfluence.arguments", "bench core's reference run")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .artifacts import (
+from ..artifacts import (
     ArtifactError,
     content_key,
     load_tensors,
@@ -34,22 +34,22 @@ from .artifacts import (
     save_tensors,
     write_json,
 )
-from .config import EKFACConfig, artifacts_root, config_hash
-from .curvature.base import fisher_pairs, matmul_dtype, model_dtype
-from .curvature.ekfac import add_eigenvalues
-from .curvature.kfac import (
+from ..config import EKFACConfig, artifacts_root, config_hash
+from ..curvature.base import fisher_pairs, matmul_dtype, model_dtype
+from ..curvature.ekfac import add_eigenvalues
+from ..curvature.gradients import LAYOUT, TrackedModel, backward_pairs, forward_capture
+from ..curvature.kfac import (
     CovarianceSums,
     KroneckerFactors,
     Rotation,
     eigenbasis,
     heuristic_damping,
 )
-from .gradients import LAYOUT, TrackedModel, backward_pairs, forward_capture
+from ..curvature.task import ClassificationTask
+from ..data.models import channels_last
+from ..data.registry import Problem
+from ..progress import Progress, silent
 from .index import EigenProjection, IndexConfig, rank_one_layers
-from .models import channels_last
-from .progress import Progress, silent
-from .registry import Problem
-from .task import ClassificationTask
 
 
 def init_distributed() -> tuple[int, int]:

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import TrainConfig, artifacts_root, config_hash
+from ..config import TrainConfig, artifacts_root, config_hash
+from ..progress import Progress, silent
 from .datasets import ImageDataset, inject_label_noise, subset_mask
 from .models import build_model
-from .progress import Progress, silent
 
 
 @torch.no_grad()

@@ -14,9 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .attribution import pairwise_influence
-from .config import EKFACConfig, artifacts_root
-from .index import (
+from ..attribution.index import (
     AttributionIndex,
     IndexConfig,
     index_curvature,
@@ -24,8 +22,10 @@ from .index import (
     query_index,
     query_vector,
 )
-from .precompute import artifact_folder
-from .registry import Problem
+from ..attribution.precompute import artifact_folder
+from ..attribution.scores import pairwise_influence
+from ..config import EKFACConfig, artifacts_root
+from ..data.registry import Problem
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:

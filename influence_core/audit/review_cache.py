@@ -17,10 +17,10 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .app_api import Evidence, Preview, evidence, preview
-from .audit import AuditSession, AuditState
-from .index import AttributionIndex
-from .memo import FutureCache
+from ..app_api import Evidence, Preview, evidence, preview
+from ..attribution.index import AttributionIndex
+from ..memo import FutureCache
+from .session import AuditSession, AuditState
 
 CACHE_ENTRIES = 512
 

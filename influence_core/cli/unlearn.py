@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .progress import tqdm_progress
+from ..progress import tqdm_progress
 
 
 def _ints(text: str | None) -> list[int]:
@@ -29,7 +29,7 @@ def _pairs(items: list[str] | None) -> list[tuple[int, int]]:
 
 
 def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
-    from .cli import _add_problem_args
+    from .main import _add_problem_args
 
     _add_problem_args(p)
     p.add_argument("--remove", default=None, help="training indices to remove: 1,2,3")
@@ -44,8 +44,8 @@ def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_unlearn(args: argparse.Namespace) -> int:
-    from .audit import open_session
-    from .cli import problem_from_args
+    from ..audit.session import open_session
+    from .main import problem_from_args
 
     problem = problem_from_args(args)
     session = open_session(problem, args.method, args.log, tqdm_progress())
@@ -92,7 +92,7 @@ def _add_verify_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import VerifyConfig, markdown_table, verify_unlearning
+    from ..evaluation.unlearning import VerifyConfig, markdown_table, verify_unlearning
 
     cfg = VerifyConfig(dataset=args.dataset, model=args.model, curvature=args.curvature,
                        experiments=tuple(args.experiments.split(",")),

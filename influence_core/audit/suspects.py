@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import EKFACConfig, artifacts_root, config_hash
-from .curvature import fit_curvature
-from .datasets import ImageDataset, subset, subset_mask
-from .gradients import TrackedModel
-from .models import build_model, load_checkpoint
-from .progress import Progress, silent
-from .registry import Problem
-from .task import ClassificationTask, margin
-from .training import predict_logits, train_model
+from ..config import EKFACConfig, artifacts_root, config_hash
+from ..curvature import fit_curvature
+from ..curvature.gradients import TrackedModel
+from ..curvature.task import ClassificationTask, margin
+from ..data.datasets import ImageDataset, subset, subset_mask
+from ..data.models import build_model, load_checkpoint
+from ..data.registry import Problem
+from ..data.training import predict_logits, train_model
+from ..progress import Progress, silent
 
 #: The default suspect ranking: rank mean of the 5-fold out-of-sample loss and the loss summed
 #: over 5 trajectory snapshots. Fraction of flips found at top 10% / 20% (10% noise, `evaluate
@@ -119,7 +119,7 @@ def cross_validated_self_influence(problem: Problem, folds: int = 5, progress: P
                                    ) -> torch.Tensor:
     """(n,) out-of-sample self-influence: grad L(z_i)^T (G_k + lambda I)^-1 grad L(z_i) under
     the model of the fold that held z_i out, G_k fitted (EK-FAC) on that fold's training data."""
-    from .attribution import self_influence
+    from ..attribution.scores import self_influence
 
     data, _, _ = training_set(problem)
     out = torch.zeros(len(data), dtype=torch.float64)
@@ -135,7 +135,7 @@ def _loss(model: nn.Module, data: ImageDataset) -> torch.Tensor:
 
 
 def _self_influence(model: nn.Module, data: ImageDataset, method: str = "ekfac") -> torch.Tensor:
-    from .attribution import self_influence
+    from ..attribution.scores import self_influence
 
     tracked, task = TrackedModel(model), ClassificationTask("loss")
     cfg = EKFACConfig() if method in ("ekfac", "kfac") else None

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .curvature.base import Curvature, iterate, model_dtype
-from .datasets import ImageDataset
-from .gradients import dot_with_layers, layer_grads, per_example_grads
-from .progress import Progress, silent
-from .task import Task
+from ..curvature.base import Curvature, iterate, model_dtype
+from ..curvature.gradients import dot_with_layers, layer_grads, per_example_grads
+from ..curvature.task import Task
+from ..data.datasets import ImageDataset
+from ..progress import Progress, silent
 
 
 def query_gradients(curv: Curvature, task: Task, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

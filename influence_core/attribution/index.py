@@ -31,14 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import ArtifactError, check_manifest, load_tensors, model_hash
-from .attribution import Ranked, top_k
-from .config import MATMUL
-from .curvature.base import cpu_has_bf16_units
-from .curvature.ekfac import EKFAC
-from .curvature.kfac import KroneckerFactors
-from .gradients import LAYOUT, TrackedModel, backward_pairs, forward_capture
-from .task import ClassificationTask, Task
+from ..artifacts import ArtifactError, check_manifest, load_tensors, model_hash
+from ..config import MATMUL
+from ..curvature.base import cpu_has_bf16_units
+from ..curvature.ekfac import EKFAC
+from ..curvature.gradients import LAYOUT, TrackedModel, backward_pairs, forward_capture
+from ..curvature.kfac import KroneckerFactors
+from ..curvature.task import ClassificationTask, Task
+from .scores import Ranked, top_k
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
 LIVE = 1e-6  # a factor direction is kept when some Lambda / (Lambda + lambda) reaches this

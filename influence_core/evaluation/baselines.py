@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .datasets import ImageDataset
-from .gradients import TrackedModel, layer_grads, per_example_grads
-from .optional import require
-from .task import margin
+from ..curvature.gradients import TrackedModel, layer_grads, per_example_grads
+from ..curvature.task import margin
+from ..data.datasets import ImageDataset
+from ..optional import require
 
 
 def _kronfluence_task(measurement: str) -> object:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import recipe
-from .optional import MissingExtra
-from .progress import tqdm_progress
-from .runtime import tune_runtime
+from ..config import recipe
+from ..optional import MissingExtra
+from ..progress import tqdm_progress
+from ..runtime import tune_runtime
 
 
 def _add_problem_args(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def _add_problem_args(p: argparse.ArgumentParser) -> None:
 
 
 def problem_from_args(args: argparse.Namespace):
-    from .registry import load_problem
+    from ..data.registry import load_problem
 
     cfg = recipe(args.dataset, args.model, noise=args.noise, seed=args.seed, epochs=args.epochs,
                  weight_decay=args.weight_decay)
@@ -33,7 +33,7 @@ def problem_from_args(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import checkpoint_dir
+    from ..data.training import checkpoint_dir
 
     problem = problem_from_args(args)
     print(f"test accuracy: {problem.meta['test_accuracy']:.4f}")
@@ -63,7 +63,7 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
 
 
 def _index_config(args: argparse.Namespace):
-    from .index import IndexConfig
+    from ..attribution.index import IndexConfig
 
     over = {"dim": args.dim, "rank": args.rank, "factorise": args.factorise,
             "measurement": args.measurement, "shard_size": args.shard_size,
@@ -72,7 +72,7 @@ def _index_config(args: argparse.Namespace):
 
 
 def _curvature_config(args: argparse.Namespace):
-    from .config import EKFACConfig
+    from ..config import EKFACConfig
 
     over = {"max_examples": args.fit_examples,
             "covariance_max_examples": args.covariance_examples}
@@ -82,7 +82,7 @@ def _curvature_config(args: argparse.Namespace):
 def _cmd_precompute(args: argparse.Namespace) -> int:
     import json
 
-    from .precompute import barrier, init_distributed, precompute
+    from ..attribution.precompute import barrier, init_distributed, precompute
 
     rank, _ = init_distributed()
     if rank == 0:  # trains the model if needed; the other ranks wait, then load it
@@ -111,8 +111,8 @@ def _add_query_args(p: argparse.ArgumentParser) -> None:
 def _cmd_query(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from .index import load_index, query_index
-    from .precompute import artifact_folder
+    from ..attribution.index import load_index, query_index
+    from ..attribution.precompute import artifact_folder
 
     problem = problem_from_args(args)
     folder = artifact_folder(problem, args.method, _curvature_config(args), _index_config(args))
@@ -150,14 +150,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_query(args: argparse.Namespace) -> int:
-    from .bench_query import bench_query_cli
+    from ..evaluation.bench_query import bench_query_cli
 
     return bench_query_cli(args, problem_from_args(args), _index_config(args),
                            _curvature_config(args))
 
 
 def _bench_core(args: argparse.Namespace) -> int:
-    from .bench_core import bench_core
+    from ..evaluation.bench_core import bench_core
 
     bench_core(args.data_root, args.subset, args.bench_batch_size, args.threads, args.out,
                tqdm_progress())
@@ -174,13 +174,13 @@ COMMANDS = {
     "bench": (_cmd_bench, _add_bench_args, "benchmarks: bench query | bench core"),
 }
 
-from .cli_evaluate import COMMAND as _EVALUATE  # noqa: E402  (cli_evaluate imports this module)
+from .evaluate import COMMAND as _EVALUATE  # noqa: E402  (cli_evaluate imports this module)
 
 COMMANDS["evaluate"] = _EVALUATE
-from .cli_unlearn import COMMANDS as _UNLEARN  # noqa: E402  (cli_unlearn imports this module)
+from .unlearn import COMMANDS as _UNLEARN  # noqa: E402  (cli_unlearn imports this module)
 
 COMMANDS.update(_UNLEARN)
-from .benchmarks_doc import COMMAND as _REPORT
+from ..evaluation.benchmarks_doc import COMMAND as _REPORT
 
 COMMANDS["report"] = _REPORT
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import TrainConfig, default_data_root
+from ..progress import Progress, silent
 from . import sources
-from .config import TrainConfig, default_data_root
 from .datasets import DatasetError, ImageDataset
 from .models import MODELS, load_checkpoint
-from .progress import Progress, silent
 from .training import checkpoint_dir, train_or_load, training_labels
 
 DATASETS: dict[str, Callable[[Path], tuple[ImageDataset, ImageDataset]]] = {

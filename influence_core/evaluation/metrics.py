@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .curvature.base import Curvature
+from ..curvature.base import Curvature
 
 BUDGETS = (0.1, 0.2, 0.3, 0.4, 0.5)  # fractions of the training set inspected
 
@@ -153,10 +153,10 @@ def subset_outputs(cfg: object, queries: torch.Tensor, subsets: int, alpha: floa
     cached by config, so reruns resume."""
     import dataclasses
 
-    from .datasets import subset_mask
-    from .registry import load_dataset
-    from .task import margin
-    from .training import checkpoint_dir, predict_logits, train_or_load
+    from ..curvature.task import margin
+    from ..data.datasets import subset_mask
+    from ..data.registry import load_dataset
+    from ..data.training import checkpoint_dir, predict_logits, train_or_load
 
     train, test = load_dataset(cfg.dataset, data_root)
     masks, outputs, new = [], [], 0
@@ -197,11 +197,11 @@ def estimator_scores(model: torch.nn.Module, train: object, query_x: torch.Tenso
                      query_y: torch.Tensor, methods: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """(Q, N) margin-measurement scores of each of our estimators on one model; an estimator
     that cannot run here (exact beyond its size limit, LiSSA diverging) is skipped."""
-    from .attribution import pairwise_influence
-    from .config import ExactConfig
-    from .curvature import LissaDivergedError, fit_curvature
-    from .gradients import TrackedModel
-    from .task import ClassificationTask
+    from ..attribution.scores import pairwise_influence
+    from ..config import ExactConfig
+    from ..curvature import LissaDivergedError, fit_curvature
+    from ..curvature.gradients import TrackedModel
+    from ..curvature.task import ClassificationTask
 
     tracked, task = TrackedModel(model), ClassificationTask("margin")
     out = {}
@@ -223,8 +223,8 @@ def _index_scores(problem: object, query_x: torch.Tensor, query_y: torch.Tensor
     """{'index': (Q, N)} from the precomputed attribution index (margin measurement), or {}
     when this checkout has no index module."""
     try:
-        from .index import IndexConfig, load_index, query_vector
-        from .precompute import precompute
+        from ..attribution.index import IndexConfig, load_index, query_vector
+        from ..attribution.precompute import precompute
     except ImportError:
         return {}
     folder = precompute(problem, index=IndexConfig(measurement="margin"))
@@ -255,7 +255,7 @@ def run_lds(cfg: object, subsets: int = 100, alpha: float = 0.5, queries: int = 
     only: every subset model then starts from the same init, as the attributed model does)."""
     import dataclasses
 
-    from .registry import load_dataset, load_problem
+    from ..data.registry import load_dataset, load_problem
 
     train, test = load_dataset(cfg.dataset, data_root)
     gen = torch.Generator().manual_seed(0)
