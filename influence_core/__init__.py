@@ -30,7 +30,6 @@ from .app_api import (
 from .artifacts import ArtifactError, model_hash
 from .attribution.index import (
     AttributionIndex,
-    IndexConfig,
     index_curvature,
     index_scores,
     load_index,
@@ -56,9 +55,11 @@ from .config import (
     EKFACConfig,
     ExactConfig,
     IdentityConfig,
+    IndexConfig,
     KFACConfig,
     LissaConfig,
     TrainConfig,
+    VerifyConfig,
     artifacts_root,
     config_hash,
     default_data_root,
@@ -72,7 +73,7 @@ from .data.models import MODELS, CheckpointError, build_model, load_checkpoint
 from .data.registry import DATASETS, Problem, load_dataset, load_problem
 from .data.training import accuracy, predict_logits, train_or_load
 from .evaluation.metrics import auprc, auroc, ihvp_error, lds, load_reports, mislabel_curve, run_lds
-from .evaluation.unlearning import VerifyConfig, verify_unlearning
+from .evaluation.unlearning import verify_unlearning
 from .progress import Progress, silent, tqdm_progress
 from .runtime import tune_runtime
 

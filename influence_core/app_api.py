@@ -17,13 +17,13 @@ import pandas as pd
 import torch
 
 from .artifacts import model_hash
-from .attribution.index import AttributionIndex, IndexConfig, index_scores, load_index, query_vector
+from .attribution.index import AttributionIndex, index_scores, load_index, query_vector
 from .attribution.precompute import precompute
 from .audit.session import AuditSession, AuditState, default_log_path, open_session
 from .audit.store import Decision, DecisionLog, active_decisions
 from .audit.suspects import suspect_scores
 from .audit.unlearning import updated_model
-from .config import CURVATURE_CONFIGS, EKFACConfig, artifacts_root
+from .config import CURVATURE_CONFIGS, EKFACConfig, IndexConfig, artifacts_root
 from .curvature import fit_curvature
 from .curvature.gradients import TrackedModel, backward_pairs, forward_capture
 from .curvature.task import ClassificationTask

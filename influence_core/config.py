@@ -173,3 +173,49 @@ CURVATURE_CONFIGS = {
     "ekfac": EKFACConfig, "kfac": KFACConfig, "exact": ExactConfig,
     "lissa": LissaConfig, "identity": IdentityConfig,
 }
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    dim: int = 4096  # eigen-directions kept over the non-rank-one (conv) layers (see README)
+    rank: int = 16  # singular pairs of a query's kernel per factorised (linear) layer
+    factorise: bool = True  # False: rank-one layers also go through the `dim` eigen-directions
+    dtype: str = "float16"  # stored precision: float16 | float32
+    shard_size: int = 4096  # training examples per resumable (and distributed) shard
+    batch_size: int = 128  # examples per forward/backward in the scoring pass (cache-friendly)
+    measurement: str = "loss"  # query measurement f: loss | margin
+    # precompute's big products (covariances, rotations into the eigenbasis) of a float32 model:
+    # auto = bfloat16 where the CPU has bf16 matrix units (AMX / AVX512-BF16: 3x faster here),
+    # else float32. Sums, squares, scaling and the stored rows are unaffected (README).
+    matmul: str = "auto"
+
+    def __post_init__(self) -> None:
+        if min(self.dim, self.rank, self.batch_size, self.shard_size) < 1:
+            raise ValueError("dim, rank, batch_size and shard_size must be positive")
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
+        if self.matmul not in MATMUL:
+            raise ValueError(f"matmul must be one of {MATMUL}, got {self.matmul!r}")
+
+
+EXPERIMENTS = ("remove", "relabel")  # verify-unlearning's edit kinds
+REFINE_POINTS = 8192  # kept points in the refinement's edited objective (audit.unlearning)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    dataset: str = "digits"
+    model: str = "mlp"
+    curvature: str = "ekfac"
+    damping: float | None = None  # absolute lambda; None: calibrated on held-out sets
+    damping_grid: tuple[float, ...] = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0)  # x weight decay
+    removal_fraction: float = 0.01  # the headline removal set: top 1% self-influence
+    extra_sets: bool = True  # the other reported removal sets (Pearson needs them)
+    noise: float = 0.1  # label-repair run
+    refine_steps: int = 3  # line-searched steps on the edited objective (unlearning.refine)
+    full_refine: bool = False  # also refine further (full_refine_steps): refined_full
+    full_refine_steps: int = 20
+    refine_points: int = REFINE_POINTS  # the edited objective's subsample of kept points
+    noise_floor: bool = True  # retrain the edited data with seed 1
+    experiments: tuple[str, ...] = EXPERIMENTS
+    latency_repeats: int = 20

@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from ..artifacts import ArtifactError, check_manifest, load_tensors, model_hash
-from ..config import MATMUL
 from ..curvature.base import cpu_has_bf16_units
 from ..curvature.ekfac import EKFAC
 from ..curvature.gradients import LAYOUT, TrackedModel, backward_pairs, forward_capture
@@ -42,29 +41,6 @@ from .scores import Ranked, top_k
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
 LIVE = 1e-6  # a factor direction is kept when some Lambda / (Lambda + lambda) reaches this
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    dim: int = 4096  # eigen-directions kept over the non-rank-one (conv) layers (see README)
-    rank: int = 16  # singular pairs of a query's kernel per factorised (linear) layer
-    factorise: bool = True  # False: rank-one layers also go through the `dim` eigen-directions
-    dtype: str = "float16"  # stored precision: float16 | float32
-    shard_size: int = 4096  # training examples per resumable (and distributed) shard
-    batch_size: int = 128  # examples per forward/backward in the scoring pass (cache-friendly)
-    measurement: str = "loss"  # query measurement f: loss | margin
-    # precompute's big products (covariances, rotations into the eigenbasis) of a float32 model:
-    # auto = bfloat16 where the CPU has bf16 matrix units (AMX / AVX512-BF16: 3x faster here),
-    # else float32. Sums, squares, scaling and the stored rows are unaffected (README).
-    matmul: str = "auto"
-
-    def __post_init__(self) -> None:
-        if min(self.dim, self.rank, self.batch_size, self.shard_size) < 1:
-            raise ValueError("dim, rank, batch_size and shard_size must be positive")
-        if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
-        if self.matmul not in MATMUL:
-            raise ValueError(f"matmul must be one of {MATMUL}, got {self.matmul!r}")
 
 
 def rank_one_layers(tracked: TrackedModel, x: torch.Tensor) -> list[bool]:

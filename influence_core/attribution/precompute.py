@@ -34,7 +34,7 @@ from ..artifacts import (
     save_tensors,
     write_json,
 )
-from ..config import EKFACConfig, artifacts_root, config_hash
+from ..config import EKFACConfig, IndexConfig, artifacts_root, config_hash
 from ..curvature.base import fisher_pairs, matmul_dtype, model_dtype
 from ..curvature.ekfac import add_eigenvalues
 from ..curvature.gradients import LAYOUT, TrackedModel, backward_pairs, forward_capture
@@ -49,7 +49,7 @@ from ..curvature.task import ClassificationTask
 from ..data.models import channels_last
 from ..data.registry import Problem
 from ..progress import Progress, silent
-from .index import EigenProjection, IndexConfig, rank_one_layers
+from .index import EigenProjection, rank_one_layers
 
 
 def init_distributed() -> tuple[int, int]:

@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..config import REFINE_POINTS
 from ..curvature.base import Curvature, iterate, model_dtype
 from ..curvature.gradients import TrackedModel, layer_grads
 from ..curvature.task import Task
@@ -43,7 +44,8 @@ from ..data.datasets import ImageDataset
 from ..data.models import channels_last
 from ..progress import Progress, silent
 
-MAX_POINTS = 8192  # edited objective: a fixed random subsample of the kept points beyond this
+# edited objective: a fixed random subsample of the kept points beyond MAX_POINTS
+MAX_POINTS = REFINE_POINTS
 ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
 MAX_HALVINGS = 10  # smallest step tried: 2^-10 of the preconditioned step
 

@@ -242,7 +242,8 @@ def run_unlearning(dataset: str, model: str, out: Path, data_root: str | None,
                    progress: Progress) -> int:
     """The unlearning verification (influence_core.evaluation.unlearning, when present) as a report."""
     try:
-        from ..evaluation.unlearning import VerifyConfig, markdown_table, verify_unlearning
+        from ..config import VerifyConfig
+        from ..evaluation.unlearning import markdown_table, verify_unlearning
     except ImportError:
         print("evaluate unlearning needs influence_core/verify.py, absent in this checkout")
         return 2

@@ -63,7 +63,7 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
 
 
 def _index_config(args: argparse.Namespace):
-    from ..attribution.index import IndexConfig
+    from ..config import IndexConfig
 
     over = {"dim": args.dim, "rank": args.rank, "factorise": args.factorise,
             "measurement": args.measurement, "shard_size": args.shard_size,

@@ -92,7 +92,8 @@ def _add_verify_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from ..evaluation.unlearning import VerifyConfig, markdown_table, verify_unlearning
+    from ..config import VerifyConfig
+    from ..evaluation.unlearning import markdown_table, verify_unlearning
 
     cfg = VerifyConfig(dataset=args.dataset, model=args.model, curvature=args.curvature,
                        experiments=tuple(args.experiments.split(",")),

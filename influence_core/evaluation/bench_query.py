@@ -16,7 +16,6 @@ from PIL import Image
 
 from ..attribution.index import (
     AttributionIndex,
-    IndexConfig,
     index_curvature,
     load_index,
     query_index,
@@ -24,7 +23,7 @@ from ..attribution.index import (
 )
 from ..attribution.precompute import artifact_folder
 from ..attribution.scores import pairwise_influence
-from ..config import EKFACConfig, artifacts_root
+from ..config import EKFACConfig, IndexConfig, artifacts_root
 from ..data.registry import Problem
 
 

@@ -10,8 +10,8 @@ MODELS = {"newton": "Newton step", "refined": "refined", "refined_full": "refine
 
 
 def verify_command(rep: dict) -> str:
-    from ..audit.unlearning import MAX_POINTS
-    from .unlearning import EXPERIMENTS, VerifyConfig
+    from ..config import EXPERIMENTS, VerifyConfig
+    from ..config import REFINE_POINTS as MAX_POINTS
 
     c = rep["config"]
     out = f"{CLI} verify-unlearning --dataset {c['dataset']} --model {c['model']}"

@@ -223,8 +223,9 @@ def _index_scores(problem: object, query_x: torch.Tensor, query_y: torch.Tensor
     """{'index': (Q, N)} from the precomputed attribution index (margin measurement), or {}
     when this checkout has no index module."""
     try:
-        from ..attribution.index import IndexConfig, load_index, query_vector
+        from ..attribution.index import load_index, query_vector
         from ..attribution.precompute import precompute
+        from ..config import IndexConfig
     except ImportError:
         return {}
     folder = precompute(problem, index=IndexConfig(measurement="margin"))

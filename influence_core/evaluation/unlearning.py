@@ -26,14 +26,14 @@ import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import nn
 
 from ..attribution.scores import self_influence
-from ..audit.unlearning import MAX_POINTS, edited_objective, newton_step, refine, updated_model
-from ..config import CURVATURE_CONFIGS, artifacts_root, recipe
+from ..audit.unlearning import edited_objective, newton_step, refine, updated_model
+from ..config import CURVATURE_CONFIGS, EXPERIMENTS, VerifyConfig, artifacts_root, recipe
 from ..curvature import fit_curvature
 from ..curvature.gradients import TrackedModel
 from ..curvature.task import ClassificationTask
@@ -42,27 +42,7 @@ from ..data.registry import Problem, load_problem
 from ..data.training import predict_logits, train_model
 from ..progress import Progress, silent
 
-EXPERIMENTS = ("remove", "relabel")
 MODELS = ("nothing", "newton", "refined", "refined_full", "retrained", "noise_floor")
-
-
-@dataclass(frozen=True)
-class VerifyConfig:
-    dataset: str = "digits"
-    model: str = "mlp"
-    curvature: str = "ekfac"
-    damping: float | None = None  # absolute lambda; None: calibrated on held-out sets
-    damping_grid: tuple[float, ...] = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0)  # x weight decay
-    removal_fraction: float = 0.01  # the headline removal set: top 1% self-influence
-    extra_sets: bool = True  # the other reported removal sets (Pearson needs them)
-    noise: float = 0.1  # label-repair run
-    refine_steps: int = 3  # line-searched steps on the edited objective (unlearning.refine)
-    full_refine: bool = False  # also refine further (full_refine_steps): refined_full
-    full_refine_steps: int = 20
-    refine_points: int = MAX_POINTS  # the edited objective's subsample of kept points
-    noise_floor: bool = True  # retrain the edited data with seed 1
-    experiments: tuple[str, ...] = EXPERIMENTS
-    latency_repeats: int = 20
 
 
 def compare(model: nn.Module, retrained_logits: torch.Tensor, problem: Problem) -> dict:
