@@ -13,6 +13,7 @@ from ..config import TrainConfig, default_data_root
 from ..progress import Progress, silent
 from . import sources
 from .datasets import DatasetError, ImageDataset
+from .imagefolder import imagefolder
 from .models import MODELS, load_checkpoint
 from .training import checkpoint_dir, train_or_load, training_labels
 
@@ -58,7 +59,7 @@ def load_dataset(
     key = (name, str(root))
     if key not in _CACHE:
         if name.startswith("imagefolder:"):
-            _CACHE[key] = sources.imagefolder(Path(name.split(":", 1)[1]))
+            _CACHE[key] = imagefolder(Path(name.split(":", 1)[1]))
         elif name in DATASETS:
             _CACHE[key] = DATASETS[name](root)
         else:

@@ -1,14 +1,14 @@
 """Dataset builders: name -> (train, test) ImageDatasets. Registered in `registry.DATASETS`.
 
-digits, MNIST, Fashion-MNIST, CIFAR-10 and image folders keep uint8 pixels in memory; Flowers102
-and Food101 load lazily from disk and are resized to 224 x 224 for ImageNet-pretrained models.
+digits, MNIST, Fashion-MNIST and CIFAR-10 (and image folders, imagefolder.py) keep uint8 pixels
+in memory; Flowers102 and Food101 load lazily from disk and are resized to 224 x 224 for
+ImageNet-pretrained models.
 A builder whose files are missing (and cannot be downloaded) raises DatasetError naming the path.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +25,12 @@ FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # lazy sets feed ImageNet-pretrained backbones
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LAZY_SIZE = 224
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 #: split -> (image paths, 0-based labels), and the class names.
 SplitFiles = tuple[dict[str, tuple[list[Path], list[int]]], list[str]]
 
 
-def _stats(pixels: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def pixel_stats(pixels: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     x = pixels.float() / 255.0
     if x.ndim == 3:
         return (float(x.mean()),), (float(x.std()),)
@@ -49,7 +48,7 @@ def digits(root: Path | None = None) -> tuple[ImageDataset, ImageDataset]:
     idx = np.arange(len(pixels))
     tr, te = train_test_split(idx, test_size=0.2, random_state=0, stratify=bunch.target)
     px_tr, px_te = torch.from_numpy(pixels[tr]), torch.from_numpy(pixels[te])
-    mean, std = _stats(px_tr)
+    mean, std = pixel_stats(px_tr)
     return (
         ImageDataset("digits", "train", DIGIT_NAMES, torch.from_numpy(bunch.target[tr]),
                      mean, std, pixels=px_tr),
@@ -81,7 +80,7 @@ def _in_memory_pair(
 ) -> tuple[ImageDataset, ImageDataset]:
     splits = [_torchvision(cls_name, root, train=flag) for flag in (True, False)]
     px = [torch.as_tensor(s.data, dtype=torch.uint8) for s in splits]  # (N, H, W[, 3])
-    mean, std = _stats(px[0])
+    mean, std = pixel_stats(px[0])
     classes = classes or list(splits[0].classes)
     return tuple(
         ImageDataset(name, split, classes, torch.as_tensor(s.targets), mean, std, pixels=p)
@@ -219,100 +218,3 @@ def flowers102(root: Path) -> tuple[ImageDataset, ImageDataset]:
 def food101(root: Path) -> tuple[ImageDataset, ImageDataset]:
     """Food-101 under root/food-101 (images/<class>/<id>.jpg, meta/{train,test}.json), lazy."""
     return _lazy_pair("food101", "Food101", root, _read_food)
-
-
-def _class_files(folder: Path) -> dict[str, list[Path]]:
-    return {
-        d.name: sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
-        for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")
-    }
-
-
-def _verified(path: Path) -> tuple[tuple[int, int], bool]:
-    with Image.open(path) as im:
-        im.verify()  # structure and checksums; the image can't be used after verify
-    with Image.open(path) as im:
-        im.load()  # decodes everything: catches truncated files that verify misses
-        return im.size, im.mode in GREY_MODES
-
-
-def _pixels(paths: list[Path], side: int, grey: bool) -> torch.Tensor:
-    mode = "L" if grey else "RGB"
-    arrays = []
-    for p in paths:
-        with Image.open(p) as im:
-            im.draft(mode, (side, side))  # JPEG: decode at a reduced scale, much faster
-            small = im.convert(mode).resize((side, side), Image.Resampling.BILINEAR)
-            arrays.append(np.asarray(small, dtype=np.uint8))
-    empty = (0, side, side) if grey else (0, side, side, 3)
-    return torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(empty, dtype=torch.uint8)
-
-
-def _scan(files: dict[str, list[Path]], classes: list[str]) -> tuple[dict, list]:
-    """Verify every file: ({path: (label, size, grey)} of the valid ones, [(path, reason)])."""
-    found, skipped = {}, []
-    for name, paths in files.items():
-        for p in paths:
-            try:
-                size, grey = _verified(p)
-            except Exception as exc:  # noqa: BLE001  PIL raises OSError, SyntaxError, bombs...
-                skipped.append((str(p), f"{type(exc).__name__}: {exc}"))
-            else:
-                found[p] = (classes.index(name), size, grey)
-    return found, skipped
-
-
-def imagefolder(root: Path) -> tuple[ImageDataset, ImageDataset]:
-    """Your own images: root/<class>/<image>, or root/train/<class>/... and root/test/<class>/...
-    when both exist; otherwise a seeded stratified 80/20 split (random_state=0).
-
-    Class names are the sorted folder names; index order is sorted class, then sorted file path.
-    Every file (dotfiles aside) is opened, verified and decoded; files that fail are skipped,
-    listed in `skipped` as (path, reason) and named in a warning (in the 80/20 case all skips are
-    listed on the train split). Pixels stay in memory: every image is resized (bilinear, aspect
-    ratio not kept) to one square side, the median of the shorter sides clamped to [8, 64];
-    grey if every image is grey, else RGB. Normalised with the train split's mean and std."""
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise DatasetError(f"imagefolder: {root} is not a folder")
-    dirs = {"train": root / "train", "test": root / "test"}
-    dirs = dirs if all(d.is_dir() for d in dirs.values()) else {"train": root}
-    files = {s: _class_files(d) for s, d in dirs.items()}
-    classes = sorted(set().union(*files.values()))
-    scans = {s: _scan(f, classes) for s, f in files.items()}
-    found = {s: sc[0] for s, sc in scans.items()}
-    skipped = {"test": [], **{s: sc[1] for s, sc in scans.items()}}
-    bad = skipped["train"] + skipped["test"]
-    if bad:
-        shown = "; ".join(f"{p} ({why})" for p, why in bad[:10])
-        more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
-        warnings.warn(f"imagefolder {root}: skipped {len(bad)} unreadable file(s): {shown}{more}",
-                      stacklevel=2)
-    if not found["train"]:
-        raise DatasetError(f"imagefolder: no readable images in class folders under {root}")
-    entries = [e for f in found.values() for e in f.values()]
-    side = int(np.clip(np.median([min(size) for _, size, _ in entries]), 8, 64))
-    grey = all(g for _, _, g in entries)
-    if "test" not in found:
-        found = _split_80_20(root, found["train"])
-    pixels = {s: _pixels(list(found[s]), side, grey) for s in ("train", "test")}
-    mean, std = _stats(pixels["train"])
-    return tuple(
-        ImageDataset("imagefolder", s, classes, torch.tensor([y for y, _, _ in found[s].values()],
-                     dtype=torch.long), mean, std, pixels=pixels[s], skipped=skipped[s])
-        for s in ("train", "test")
-    )
-
-
-def _split_80_20(root: Path, found: dict) -> dict[str, dict]:
-    from sklearn.model_selection import train_test_split
-
-    paths = list(found)
-    try:
-        tr, te = train_test_split(np.arange(len(paths)), test_size=0.2, random_state=0,
-                                  stratify=[found[p][0] for p in paths])
-    except ValueError as exc:
-        raise DatasetError(f"imagefolder {root}: cannot split 80/20 by class ({exc}). Add images "
-                           "(2 or more per class) or give train/ and test/ folders.") from exc
-    return {s: {paths[i]: found[paths[i]] for i in sorted(idx)} for s, idx in
-            (("train", tr), ("test", te))}

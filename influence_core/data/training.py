@@ -75,7 +75,8 @@ def training_labels(train: ImageDataset, cfg: TrainConfig) -> tuple[ImageDataset
 
 
 def checkpoint_dir(cfg: TrainConfig) -> Path:
-    return artifacts_root() / "models" / f"{cfg.dataset.replace(':', '_').replace('/', '_')[:40]}-{cfg.model}-{config_hash(cfg)}"
+    name = cfg.dataset.replace(":", "_").replace("/", "_")[:40]
+    return artifacts_root() / "models" / f"{name}-{cfg.model}-{config_hash(cfg)}"
 
 
 def train_or_load(
