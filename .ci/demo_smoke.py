@@ -52,7 +52,8 @@ def visit(page: object, url: str, name: str, images: bool, shots: Path | None) -
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("url")
-    ap.add_argument("--log", type=Path, default=None, help="the server's log, checked for tracebacks")
+    ap.add_argument("--log", type=Path, default=None,
+                    help="the server's log, checked for tracebacks")
     ap.add_argument("--screenshots", type=Path, default=None)
     args = ap.parse_args()
     if args.screenshots:
@@ -75,7 +76,8 @@ def main() -> int:
         settle(page, RERUN_S)
         page.reload()
         settle(page, RERUN_S)
-        assert counter(page) == done + 1, f"after a reload: {counter(page)} reviewed, not {done + 1}"
+        after = counter(page)
+        assert after == done + 1, f"after a reload: {after} reviewed, not {done + 1}"
         table = decisions_table(page)
         assert re.search(rf"\b{kept} keep \S* ?ci-smoke\b", table), table
         print(f"review: kept suspect #{kept}; the decision survived a reload", flush=True)

@@ -1,6 +1,7 @@
 """Import every module of influence_core and dashboard (the pages and __main__ excepted: they are
-scripts that run on import) in the interpreter that runs this file. .ci/run runs it in the runtime-only
-virtualenv that `make demo` creates, so an import that only the dev extras satisfy fails here."""
+scripts that run on import) in the interpreter that runs this file. .ci/run runs it in the
+runtime-only virtualenv that `make demo` creates, so an import that only the dev extras satisfy
+fails here."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ for package in ("influence_core", "dashboard"):
         count += 1
         try:
             importlib.import_module(info.name)
-        except Exception as exc:  # noqa: BLE001  (report every failure, not the first)
+        except Exception as exc:
             failed.append(f"{info.name}: {type(exc).__name__}: {exc}")
 print(f"imported {count - len(failed)} of {count} modules with {sys.executable}")
 if failed:

@@ -149,7 +149,8 @@ class ExactConfig:
 @dataclass(frozen=True)
 class LissaConfig:
     depth: int = 1000  # recursion steps J
-    scale: float | None = None  # alpha = 1 / scale; None: 1.1 x (power-iteration top eigenvalue + lambda)
+    # alpha = 1 / scale; None: 1.1 x (power-iteration top eigenvalue + lambda)
+    scale: float | None = None
     damping: float | None = None  # None: damping_factor x trace(G) / p
     damping_factor: float = 0.1
     repeats: int = 1  # independent recursions averaged

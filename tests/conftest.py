@@ -60,7 +60,8 @@ def write_image() -> Callable[..., Path]:
     """write_image(path, size=(w, h), mode="RGB", seed=0): a random-noise image file whose format
     follows the suffix (.jpg, .png, ...). Creates parent folders; returns the path."""
 
-    def write(path: Path, size: tuple[int, int] = (16, 12), mode: str = "RGB", seed: int = 0) -> Path:
+    def write(path: Path, size: tuple[int, int] = (16, 12), mode: str = "RGB",
+              seed: int = 0) -> Path:
         rng = np.random.default_rng(seed)
         shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
         path.parent.mkdir(parents=True, exist_ok=True)

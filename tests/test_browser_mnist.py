@@ -4,8 +4,8 @@ run has finished and every image has loaded. Reported, not asserted (README, "Da
 
 Before each Review action the test looks at the card for INFLUENCE_AUDIT_THINK_S seconds
 (default 1.5; an annotator reads the image and the evidence first): the app uses that time to
-prefetch what the buttons need (influence_core.audit.review_cache). THINK_S=0 measures the worst case,
-a click the moment a card appears.
+prefetch what the buttons need (influence_core.audit.review_cache). THINK_S=0 measures the worst
+case, a click the moment a card appears.
 
     INFLUENCE_AUDIT_LATENCY_HOME=/path/with/precomputed/artifacts \
         pytest -m slow tests/test_browser_mnist.py -s
@@ -133,5 +133,6 @@ def test_review_and_explore_latency_on_mnist(mnist_server: str, tmp_path: Path) 
     report["think_s"] = THINK_S
     folder = Path(os.environ.get("INFLUENCE_AUDIT_SCREENSHOTS", tmp_path))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"latency_mnist_browser_think{THINK_S:g}.json").write_text(json.dumps(report, indent=1))
+    out_file = folder / f"latency_mnist_browser_think{THINK_S:g}.json"
+    out_file.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))

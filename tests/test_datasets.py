@@ -34,7 +34,7 @@ def test_digits_split_is_fixed_stratified_and_complete() -> None:
     assert torch.equal(test.labels, again_test.labels)
     assert train.class_names == [str(d) for d in range(10)]
     for split in (train, test):
-        assert 0 <= int(split.labels.min()) and int(split.labels.max()) <= 9
+        assert int(split.labels.min()) >= 0 and int(split.labels.max()) <= 9
     # train and test together are exactly the 1797 bundled digits, each once
     bundled = np.round(load_digits().images * (255.0 / 16.0)).astype(np.uint8)
     assert _rows(torch.cat([train.pixels, test.pixels])) == _rows(torch.from_numpy(bundled))
@@ -188,7 +188,7 @@ def test_food101_reads_the_layout(food_root: Path, monkeypatch: pytest.MonkeyPat
 def test_food101_missing_image_is_named(food_root: Path) -> None:
     gone = food_root / "food-101" / "images" / "sushi" / "12.jpg"
     gone.unlink()
-    with pytest.raises(DatasetError, match="1 of 6 listed images are missing.*12.jpg"):
+    with pytest.raises(DatasetError, match=r"1 of 6 listed images are missing.*12\.jpg"):
         DATASETS["food101"](food_root)
 
 
@@ -243,7 +243,8 @@ def test_imagefolder_train_test_folders_and_grey(tmp_path: Path, write_image) ->
     assert (len(train), len(test)) == (6, 4) and train.class_names == ["a", "b"]
     assert train.labels.tolist() == [0, 0, 0, 1, 1, 1] and test.labels.tolist() == [0, 0, 1, 1]
     assert train.shape == (1, 64, 64) and train.skipped == []  # median 90 capped at 64
-    original = np.asarray(Image.open(tmp_path / "train" / "a" / "0.png").resize((64, 64), Image.BILINEAR))
+    source = Image.open(tmp_path / "train" / "a" / "0.png")
+    original = np.asarray(source.resize((64, 64), Image.BILINEAR))
     assert np.abs(np.asarray(train.image(0)).astype(int) - original).max() <= 1
 
 
@@ -266,7 +267,7 @@ def test_label_noise_flips_exactly_the_masked_labels(fraction: float) -> None:
     assert int(mask.sum()) == round(fraction * len(labels))
     assert (noisy[mask] != labels[mask]).all()
     assert torch.equal(noisy[~mask], labels[~mask])
-    assert 0 <= int(noisy.min()) and int(noisy.max()) <= 9
+    assert int(noisy.min()) >= 0 and int(noisy.max()) <= 9
     again, again_mask = inject_label_noise(labels, fraction, 10, seed=3)
     assert torch.equal(noisy, again) and torch.equal(mask, again_mask)
     if fraction > 0:

@@ -39,8 +39,10 @@ def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
         if path.stem == "index":
             assert np.linalg.norm(a - b) <= INDEX_RTOL * np.linalg.norm(a)
         else:
-            np.testing.assert_allclose(b, a, rtol=RTOL, atol=RTOL * np.abs(a).max(), err_msg=path.stem)
-    fa, fb = load_file(folder_one / "factors.safetensors"), load_file(folder_two / "factors.safetensors")
+            np.testing.assert_allclose(b, a, rtol=RTOL, atol=RTOL * np.abs(a).max(),
+                                       err_msg=path.stem)
+    fa = load_file(folder_one / "factors.safetensors")
+    fb = load_file(folder_two / "factors.safetensors")
     for key in fa:
         if key.endswith(("positions", "order")):
             np.testing.assert_array_equal(fa[key], fb[key], err_msg=key)
