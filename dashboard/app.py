@@ -11,10 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on sys.path, not the repo root
     sys.path.insert(0, str(ROOT))
 
-import streamlit as st
+import streamlit as st  # noqa: E402 (after the sys.path fix above)
 
-from dashboard import state, widgets
-from influence_core import DATASETS, ESTIMATORS, default_data_root, tune_runtime
+from dashboard import state, widgets  # noqa: E402
+from dashboard.workspace import Selection  # noqa: E402
+from influence_core import DATASETS, ESTIMATORS, default_data_root, tune_runtime  # noqa: E402
 
 tune_runtime()
 
@@ -45,8 +46,8 @@ def run() -> None:
     if not dataset:
         st.info("Enter the path of an image folder (one sub-folder per class) in the sidebar.")
         return
-    state.set_selection(state.Selection(dataset, model, data_root, checkpoint, method, damping,
-                                        annotator))
+    state.set_selection(Selection(dataset, model, data_root, checkpoint, method, damping,
+                                  annotator))
     page.run()
 
 

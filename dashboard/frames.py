@@ -6,6 +6,13 @@ from __future__ import annotations
 import pandas as pd
 
 
+def filter_examples(frame: pd.DataFrame, label: str | None, only_wrong: bool) -> pd.DataFrame:
+    """Rows of an example_table of class `label` (a name; None: all), mispredicted only or not."""
+    if label is not None:
+        frame = frame[frame["label"] == label]
+    return frame[~frame["correct"]] if only_wrong else frame
+
+
 def filter_queue(frame: pd.DataFrame, label: int | None, differs: bool) -> pd.DataFrame:
     if label is not None:
         frame = frame[frame["label"] == label]
@@ -42,8 +49,6 @@ def lds_table(reports: dict[str, dict]) -> pd.DataFrame:
                  if isinstance(v, (int, float))]
     return pd.DataFrame(rows, columns=["report", "source", "estimator", "LDS"]).sort_values(
         "LDS", ascending=False)
-
-
 
 
 UNLEARNING_MODELS = {"newton": "Newton step", "refined": "refined (3 steps)",

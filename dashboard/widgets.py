@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import pandas as pd
 import streamlit as st
 
 IMAGE_FOLDER_CHOICE = "imagefolder"  # then a path: the dataset is "imagefolder:<path>"
@@ -69,20 +68,9 @@ def pager_ui(num_items: int, page_size: int, key: str) -> tuple[int, int]:
     return start, stop
 
 
-def example_grid(images: list[bytes], rows: pd.DataFrame, width: int, columns: int = 8) -> None:
-    """Thumbnails `width` pixels wide captioned "#index · label · prediction", `columns` a row."""
-    captions = [
-        f"#{i} · {label} · {prediction}"
-        for i, label, prediction in zip(rows["index"], rows["label"], rows["prediction"])
-    ]
-    for start in range(0, len(images), columns):
-        for col, image, caption in zip(
-            st.columns(columns), images[start : start + columns], captions[start : start + columns]
-        ):
-            col.image(image, caption=caption, width=width)
-
-
-def audit_ui(estimators: list[str], keys: tuple[str, str, str, str]) -> tuple[str, str, float | None, str]:
+def audit_ui(
+    estimators: list[str], keys: tuple[str, str, str, str]
+) -> tuple[str, str, float | None, str]:
     """Sidebar: (checkpoint path or "", estimator, damping or None for the heuristic, annotator)."""
     checkpoint_key, method_key, damping_key, annotator_key = keys
     with st.sidebar:
@@ -129,13 +117,6 @@ def tiles(
                            args=(ids[j],), type="tertiary")
 
 
-def scored_captions(indices: list[int], labels: list[str], predictions: list[str],
-                    scores: list[float]) -> list[str]:
-    """"#i · label y · pred p · score s" for each training example."""
-    return [f"#{i} · label {y} · pred {p} · {s:+.3g}"
-            for i, y, p, s in zip(indices, labels, predictions, scores)]
-
-
 def probability_chart(probs: list[float], class_names: list[str], marked: int | None = None,
                       height: int = 240) -> None:
     """Plotly bars of class probabilities; `marked` (the given label) drawn in another colour."""
@@ -144,8 +125,8 @@ def probability_chart(probs: list[float], class_names: list[str], marked: int | 
     colours = ["#d62728" if c == marked else "#1f77b4" for c in range(len(class_names))]
     title = "Class probabilities" + (" (red: given label)" if marked is not None else "")
     fig = go.Figure(go.Bar(x=[str(n) for n in class_names], y=probs, marker_color=colours))
-    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10}, yaxis_range=[0, 1],
-                      title=title, xaxis_type="category")
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      yaxis_range=[0, 1], title=title, xaxis_type="category")
     st.plotly_chart(fig, width="stretch")
 
 

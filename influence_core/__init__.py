@@ -27,6 +27,21 @@ from .app_api import (
     train_probabilities,
     undo_last,
 )
+from .app_tables import (
+    current_label,
+    example_table,
+    explain_image,
+    explain_query,
+    has_decision,
+    is_removed,
+    query_table,
+    rank_descending,
+    recent_decisions,
+    record_decision,
+    record_rows,
+    review_progress,
+    train_rows,
+)
 from .artifacts import ArtifactError, model_hash
 from .attribution.index import (
     AttributionIndex,
@@ -99,4 +114,7 @@ __all__ = [
     "preview", "preview_indices", "query_vectors", "record_many", "review_queue", "reviewed",
     "self_influence_values", "query_probabilities", "train_predictions", "undo_last",
     "train_probabilities", "ihvp_errors", "ReviewCache", "next_suspect", "run_quick",
+    "current_label", "example_table", "explain_image", "explain_query", "is_removed",
+    "query_table", "rank_descending", "record_decision", "record_rows", "train_rows",
+    "has_decision", "recent_decisions", "review_progress",
 ]

@@ -128,12 +128,12 @@ def test_an_image_folder_trains_and_shows_its_images(
 
 
 def test_thumbnails_are_nearest_neighbour_upscaled(app: Callable[..., AppTest]) -> None:
-    from dashboard import state  # the app's own module, called outside a script run
+    from dashboard import images, state  # the app's own modules, called outside a script run
 
     [png] = state.thumbnails("digits", str(Path.cwd() / "data"), "train", (0,))
     thumb = np.asarray(Image.open(io.BytesIO(png)))
-    assert thumb.shape == (state.THUMB_PX, state.THUMB_PX)
-    block = state.THUMB_PX // 8  # digits are 8x8: every source pixel becomes a uniform block
+    assert thumb.shape == (images.THUMB_PX, images.THUMB_PX)
+    block = images.THUMB_PX // 8  # digits are 8x8: every source pixel becomes a uniform block
     blocks = thumb.reshape(8, block, 8, block)
     assert (blocks == blocks[:, :1, :, :1]).all()
     assert len(np.unique(thumb)) > 2
@@ -268,9 +268,9 @@ def test_explore_filters_misclassified_queries(app: Callable[..., AppTest]) -> N
 def test_evaluate_names_the_commands_when_no_report_exists(
     app: Callable[..., AppTest], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from dashboard import state
+    from dashboard import report_files
 
-    monkeypatch.setattr(state, "SHIPPED_REPORTS", tmp_path / "none")
+    monkeypatch.setattr(report_files, "SHIPPED_REPORTS", tmp_path / "none")
     at = page("evaluate")
     assert not at.exception and not at.error
     infos = " ".join(i.value for i in at.info)
@@ -345,14 +345,14 @@ def test_the_quick_evaluation_runs_from_the_page_with_progress(
 
 
 def test_reports_are_matched_to_their_problem_exactly() -> None:
-    from dashboard.state import _for_problem
+    from dashboard.report_files import for_problem
 
-    assert _for_problem("lds_mnist_cnn_2seeds", "mnist", "cnn")
-    assert _for_problem("unlearning-mnist-cnn-relabel-refined40", "mnist", "cnn")
-    assert _for_problem("quick_digits_mlp", "digits", "mlp")
-    assert not _for_problem("lds_fashion_mnist_cnn_54subsets", "mnist", "cnn")
-    assert not _for_problem("mislabel_mnist_mlp_regular", "mnist", "cnn")
-    assert not _for_problem("bench_query_mnist_cnn", "mnist", "cnn")
+    assert for_problem("lds_mnist_cnn_2seeds", "mnist", "cnn")
+    assert for_problem("unlearning-mnist-cnn-relabel-refined40", "mnist", "cnn")
+    assert for_problem("quick_digits_mlp", "digits", "mlp")
+    assert not for_problem("lds_fashion_mnist_cnn_54subsets", "mnist", "cnn")
+    assert not for_problem("mislabel_mnist_mlp_regular", "mnist", "cnn")
+    assert not for_problem("bench_query_mnist_cnn", "mnist", "cnn")
 
 
 def test_a_refused_decision_is_a_warning_not_a_traceback(

@@ -14,12 +14,19 @@ import torch
 
 from influence_core import (
     ReviewCache,
+    accuracy,
     checkpoint_bytes,
+    current_label,
     decisions_frame,
     evidence,
+    example_table,
     explain,
+    explain_image,
+    explain_query,
+    has_decision,
     ihvp_errors,
     influenced_queries,
+    is_removed,
     labels_csv,
     load_problem,
     next_suspect,
@@ -28,11 +35,19 @@ from influence_core import (
     preview,
     preview_indices,
     query_probabilities,
+    query_table,
     query_vectors,
+    rank_descending,
+    recent_decisions,
     recipe,
+    record_decision,
     record_many,
+    record_rows,
+    review_progress,
     review_queue,
     reviewed,
+    train_predictions,
+    train_rows,
     undo_last,
 )
 
@@ -178,7 +193,7 @@ def test_prefetched_answers_equal_the_ones_a_click_computes(world: tuple) -> Non
 
 def test_a_state_asked_for_by_two_threads_is_computed_once(world: tuple,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    problem, _, session = world
+    _, _, session = world
     calls, inner = [], session._compute
 
     def counted(*args: object) -> object:
@@ -191,3 +206,70 @@ def test_a_state_asked_for_by_two_threads_is_computed_once(world: tuple,
         states = list(pool.map(lambda _: session.state_for(*edits), range(4)))
     assert len(calls) == 1
     assert all(torch.equal(s.delta, states[0].delta) for s in states)
+
+
+# ---- app_tables: the model-dependent tables behind grids, captions and buttons ----------------
+def test_example_table_agrees_with_the_models_accuracy(world: tuple) -> None:
+    problem, _, _ = world
+    table = example_table(problem, "test")
+    assert table["index"].tolist() == list(range(len(problem.test)))
+    assert set(table["label"]) <= set(problem.test.class_names)
+    assert (table["correct"] == (table["label"] == table["prediction"])).all()
+    assert table["correct"].mean() == pytest.approx(accuracy(problem.model, problem.test))
+
+
+def test_query_table_is_the_current_models_argmax_and_confidence(world: tuple) -> None:
+    problem, _, session = world
+    state = session.state()
+    table, probs = query_table(state, problem.test), query_probabilities(state)
+    assert (table["label"] == problem.test.labels.numpy()).all()
+    assert (table["prediction"] == probs.argmax(1)).all()
+    np.testing.assert_allclose(table["confidence"], probs.max(1))
+
+
+def test_train_rows_and_labels_follow_the_edits(world: tuple) -> None:
+    problem, index, session = world
+    i, j = int(session.suspects[2]), int(session.suspects[3])
+    new = (int(problem.train.labels[i]) + 1) % problem.train.num_classes
+    state = session.state_for([j], {i: new})
+    preds = train_predictions(index)
+    rows = train_rows(state, preds, [j, i])
+    assert rows["index"].tolist() == [j, i]
+    assert rows["label"].tolist() == [int(problem.train.labels[j]), new]
+    assert rows["prediction"].tolist() == preds[[j, i]].tolist()
+    assert current_label(state, i) == new and is_removed(state, j) and not is_removed(state, i)
+
+
+def test_an_uploaded_image_is_explained_like_the_test_example_it_shows(world: tuple) -> None:
+    problem, index, _ = world
+    buf = io.BytesIO()
+    problem.test.image(5).save(buf, format="PNG")
+    pred, probs, helpful, harmful = explain_image(index, problem.train, buf.getvalue(), k=4)
+    same = explain_query(index, problem.test, 5, k=4)
+    assert pred == same[0]
+    np.testing.assert_allclose(probs, same[1], atol=1e-6)
+    assert helpful[0].tolist() == same[2][0].tolist()
+    assert harmful[0].tolist() == same[3][0].tolist()
+
+
+def test_rank_descending_puts_the_largest_first() -> None:
+    assert rank_descending(np.array([0.5, 3.0, -1.0, 2.0])).tolist() == [2, 0, 3, 1]
+
+
+def test_recorded_decisions_refusals_and_bulk_rows(world: tuple) -> None:
+    _, _, session = world
+    log, frame = session.log, review_queue(session, session.state())
+    i = int(frame["index"][4])
+    assert not has_decision(log, "tables")
+    assert record_decision(log, i, "remove", None, "tables", log.version()) is None
+    assert "removed" in record_decision(log, i, "keep", None, "tables", log.version())
+    assert has_decision(log, "tables") and review_progress(session) == (1, QUEUE)
+    rows = frame.iloc[[5, 6]]
+    assert record_rows(log, rows, "relabel", "tables", log.version()) == []
+    newest = recent_decisions(log, 2)
+    assert newest["index"].tolist() == rows["index"].tolist()[::-1]
+    assert newest["label"].tolist() == rows["alternative"].tolist()[::-1]
+    assert len(recent_decisions(log, None)) == len(decisions_frame(log))
+    while undo_last(log, "tables", log.version()) is not None:
+        pass
+    assert not has_decision(log, "tables") and review_progress(session) == (0, QUEUE)

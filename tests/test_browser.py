@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.state import THUMB_PX
+from dashboard.images import THUMB_PX
 
 pytestmark = pytest.mark.browser
 
@@ -37,7 +37,8 @@ def playwright_api() -> object:
     except under CI=true, where it FAILS: a missing browser must not turn these tests green."""
     missing = None
     if not Path(CHROMIUM).exists():
-        missing = f"{CHROMIUM} is absent: `apt-get install -y chromium chromium-driver` (.ci/run does)"
+        missing = (f"{CHROMIUM} is absent: `apt-get install -y chromium chromium-driver` "
+                   "(.ci/run does)")
     try:
         from playwright import sync_api
     except ImportError:
@@ -277,8 +278,10 @@ def test_bulk_mode_applies_one_action_to_the_selected_rows(server: str, browser:
     page.get_by_text("Bulk mode: select rows, apply one action").click()
     grid = page.locator('[data-testid="stDataFrame"]').first
     grid.wait_for(timeout=RERUN_S * 1000)
-    for k in (3, 4):  # rows 3 and 4: not decided by the other tests of this module  # glide-data-grid draws on a canvas: a 35-pixel header, 35-pixel rows;
-        grid.scroll_into_view_if_needed()  # measured per click (a selection reruns the page)
+    # Rows 3 and 4: not decided by the other tests of this module. glide-data-grid draws on a
+    # canvas: a 35-pixel header, 35-pixel rows; measured per click (a selection reruns the page).
+    for k in (3, 4):
+        grid.scroll_into_view_if_needed()
         box = grid.locator("canvas").first.bounding_box()
         page.mouse.click(box["x"] + 18, box["y"] + 35 + 17 + k * 35)
         page.wait_for_timeout(400)

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard import state, widgets
+from dashboard import captions, frames, images, state, widgets
 from influence_core import CheckpointError, DatasetError
 
 PAGE_SIZE = 24  # thumbnails per grid page (streamlit#12090: many elements render slowly)
@@ -31,12 +31,13 @@ split, label, only_wrong = widgets.grid_filter_ui(
     problem.train.class_names, (state.GRID_SPLIT, state.GRID_LABEL, state.GRID_WRONG),
     on_change=state.reset_page(state.GRID_PAGE),
 )
-frame = state.examples(problem, sel, split, label, only_wrong)
+frame = frames.filter_examples(
+    state.examples(sel.dataset, sel.model, sel.data_root, split, problem), label, only_wrong)
 if frame.empty:
     st.info("No example matches these filters.")
     st.stop()
 
 start, stop = widgets.pager_ui(len(frame), PAGE_SIZE, key=state.GRID_PAGE)
 rows = frame.iloc[start:stop]
-images = state.thumbnails(sel.dataset, sel.data_root, split, tuple(rows["index"].tolist()))
-widgets.example_grid(images, rows, width=state.THUMB_PX)
+pngs = state.thumbnails(sel.dataset, sel.data_root, split, tuple(rows["index"].tolist()))
+widgets.tiles(pngs, captions.example_captions(rows), width=images.THUMB_PX)

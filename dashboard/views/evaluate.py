@@ -4,7 +4,7 @@ estimator against the exact solve, and the distribution of self-influence."""
 
 import streamlit as st
 
-from dashboard import frames, state, widgets
+from dashboard import frames, report_files, state, widgets
 
 CLI = "python -m influence_core"
 QUICK_PROBLEM = ("digits", "mlp")
@@ -12,16 +12,16 @@ QUICK_PROBLEM = ("digits", "mlp")
 sel = state.selection()
 st.title("Evaluate")
 problem_args = f"--dataset {sel.dataset} --model {sel.model}"
-if state.quick_requested():
+if state.requested(state.QUICK):
     state.run_quick_evaluation(sel.data_root)
 reports = state.reports(sel.dataset, sel.model)
 st.caption(f"Reports for {sel.dataset}/{sel.model}: shipped with the app in "
-           f"`{state.SHIPPED_REPORTS}`, and yours in `{state.reports_folder()}`. Each names the "
-           "command that wrote it; `docs/benchmarks.md` explains them.")
+           f"`{report_files.SHIPPED_REPORTS}`, and yours in `{report_files.reports_folder()}`. "
+           "Each names the command that wrote it; `docs/benchmarks.md` explains them.")
 
 if (sel.dataset, sel.model) == QUICK_PROBLEM:
     st.button("Run the quick evaluation on this machine (about half a minute)",
-              on_click=state.request_quick, key="quick_go",
+              on_click=state.request, args=(state.QUICK,), key="quick_go",
               help="Mislabel detection with 10% flipped labels (3 folds, 3 checkpoints) and LDS "
                    f"on 20 retrained subsets, without Kronfluence: `{CLI} evaluate quick`. "
                    "Writes quick_digits_mlp to your reports folder.")
@@ -59,14 +59,14 @@ st.caption("KL ratio: KL(untouched ‖ retrained) / KL(model ‖ retrained) on t
 
 st.subheader("IHVP error against the exact solve")
 ws = state.workspace_or_stop(sel)
-if state.ihvp_requested():
+if state.requested(state.IHVP):
     layers, errors = state.estimator_errors(ws.key, ws)
     widgets.bar_chart(errors, "relative error ‖ihvp − exact‖ / ‖exact‖", log=True)
     st.caption(f"On layer(s) {layers}: the exact solve is dense, so it is restricted to the "
                "last layers that fit.")
 else:
-    st.button("Compute on this model (seconds on digits)", on_click=state.request_ihvp,
-              key="ihvp_go")
+    st.button("Compute on this model (seconds on digits)", on_click=state.request,
+              args=(state.IHVP,), key="ihvp_go")
     st.caption("Computed here, on demand, on the loaded model.")
 
 st.subheader("Self-influence of the training set")

@@ -4,7 +4,8 @@ a training image for its card: self-influence, the queries it moves most, a link
 
 import streamlit as st
 
-from dashboard import frames, state, widgets
+from dashboard import frames, images, state, tiles, widgets
+from influence_core import current_label
 
 PAGE_SIZE = 24  # thumbnails per grid page (streamlit#12090: many elements render slowly)
 
@@ -29,7 +30,7 @@ if uploaded is not None:
     image, title = uploaded.getvalue(), "your image"
 elif query is not None:
     result = state.explain_test(ws.key, query, ws)
-    [image] = state.thumbnails(sel.dataset, sel.data_root, "test", (query,), state.LARGE_PX)
+    [image] = state.thumbnails(sel.dataset, sel.data_root, "test", (query,), images.LARGE_PX)
     title = f"test #{query} · label {names[int(frame['label'].iloc[query])]}"
 if uploaded is not None or query is not None:
     pred, probs, helpful, harmful = result
@@ -37,27 +38,27 @@ if uploaded is not None or query is not None:
         st.markdown(f"**Query: {title}** · prediction **{names[pred]}** "
                     "(scores on the base checkpoint; positive = helped this prediction)")
         left, right = st.columns([1, 2])
-        left.image(image, width=state.LARGE_PX // 2 * 3 // 2)
+        left.image(image, width=images.LARGE_PX // 2 * 3 // 2)
         with right:
             widgets.probability_chart(probs.tolist(), names, None)
-        open_card = lambda i: state.set_url(state.TRAIN_CARD, i)
         for heading, (idx, scores) in (("Most helpful training images", helpful),
                                        ("Most harmful training images", harmful)):
             st.markdown(f"**{heading}**")
-            widgets.tiles(*state.train_tiles(sel, ws, idx.tolist(), scores.tolist()),
-                          width=state.THUMB_PX, on_click=open_card, ids=idx.tolist(),
+            widgets.tiles(*tiles.train_tiles(sel, ws, idx.tolist(), scores.tolist()),
+                          width=images.THUMB_PX, ids=idx.tolist(),
+                          on_click=lambda i: state.set_url(state.TRAIN_CARD, i),
                           key=heading[5:12])
 
 card = state.url_int(state.TRAIN_CARD)
 if card is not None:
     with st.container(border=True):
-        st.markdown(f"**Training image #{card}** · label {names[int(audit.labels[card])]} · "
+        st.markdown(f"**Training image #{card}** · label {names[current_label(audit, card)]} · "
                     f"self-influence {state.self_influence(ws.key, ws)[card]:.4g} "
                     f"(rank {state.self_influence_rank(ws.key, ws)[card] + 1})")
         qidx, qscores = state.influenced(ws.key, card, ws)
         st.caption("The test queries whose loss it moves most (+ lowers, − raises)")
-        widgets.tiles(*state.test_tiles(sel, frame, qidx.tolist(), qscores.tolist()),
-                      width=state.THUMB_PX)
+        widgets.tiles(*tiles.test_tiles(sel, frame, qidx.tolist(), qscores.tolist()),
+                      width=images.THUMB_PX)
         st.page_link("views/review.py", label=f"Review training image #{card}",
                      icon=":material/fact_check:", query_params={state.SUSPECT: str(card)})
 
@@ -68,6 +69,6 @@ if rows.empty:
 start, stop = widgets.pager_ui(len(rows), PAGE_SIZE, key=state.EX_PAGE)
 page = rows.iloc[start:stop]
 ids = page["index"].tolist()
-widgets.tiles(*state.test_tiles(sel, frame, ids, None), width=state.THUMB_PX,
+widgets.tiles(*tiles.test_tiles(sel, frame, ids, None), width=images.THUMB_PX,
               on_click=lambda i: state.set_url(state.QUERY, i), ids=ids, button_label="Inspect",
               key="grid")

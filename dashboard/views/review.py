@@ -4,8 +4,16 @@ run (the model is cached per log version) and the queue re-ranks."""
 
 import streamlit as st
 
-from dashboard import frames, state, widgets
-from influence_core import checkpoint_bytes, labels_csv
+from dashboard import frames, images, state, tiles, widgets
+from influence_core import (
+    checkpoint_bytes,
+    current_label,
+    has_decision,
+    is_removed,
+    labels_csv,
+    recent_decisions,
+    review_progress,
+)
 
 sel = state.selection()
 st.title("Review")
@@ -16,7 +24,7 @@ frame = state.queue(ws.key, version, ws)
 
 label, differs = widgets.queue_filter_ui(names, (state.QUEUE_LABEL, state.QUEUE_DIFFERS))
 rows = frames.filter_queue(frame, label, differs)
-done, total = state.review_counts(ws)
+done, total = review_progress(ws.session)
 st.progress(min(done / max(total, 1), 1.0),
             text=f"{done} reviewed / {total} in queue · model version {version}")
 current = state.current_suspect(rows)
@@ -29,7 +37,7 @@ def card(version: int) -> None:
     if state.log_version(ws) != version:  # a decision was committed: re-rank the whole page
         st.rerun(scope="app")
     i = state.current_suspect(rows)  # from the URL: Previous/Next rerun only this card
-    given = int(audit.labels[i])
+    given = current_label(audit, i)
     ev = state.why_flagged(ws.key, i, given, ws)
     before, after = frames.neighbours(rows, i)
     nav = st.columns([1, 1, 6], vertical_alignment="center")
@@ -40,19 +48,19 @@ def card(version: int) -> None:
     nav[2].markdown(f"**Suspect #{i}** · given label **{names[given]}** · "
                     f"evidence suggests **{names[ev.suggested]}**")
     image, chart = st.columns([1, 2])
-    [big] = state.thumbnails(sel.dataset, sel.data_root, "train", (i,), state.LARGE_PX)
-    image.image(big, caption=f"#{i} · given label {names[given]}", width=state.LARGE_PX)
+    [big] = state.thumbnails(sel.dataset, sel.data_root, "train", (i,), images.LARGE_PX)
+    image.image(big, caption=f"#{i} · given label {names[given]}", width=images.LARGE_PX)
     with chart:
         widgets.probability_chart(state.train_probs(ws.key, version, i, ws).tolist(), names,
                                   given)
     for title, (idx, scores) in (("Most support the given label", ev.support),
                                  ("Most oppose the given label", ev.oppose)):
         st.markdown(f"**{title}**")
-        widgets.tiles(*state.train_tiles(sel, ws, idx.tolist(), scores.tolist()),
-                      width=state.THUMB_PX)
+        widgets.tiles(*tiles.train_tiles(sel, ws, idx.tolist(), scores.tolist()),
+                      width=images.THUMB_PX)
     target = st.selectbox("Relabel to", range(len(names)), index=ev.suggested,
                           format_func=lambda c: names[c], key=state.relabel_key(i))
-    if bool(audit.removed[i]):
+    if is_removed(audit, i):
         st.info(f"#{i} is removed from the training set; Undo restores it.")
         return
     if target != given:
@@ -73,11 +81,11 @@ else:
             on_decide=lambda action: state.decide(ws, action, state.current_suspect(rows),
                                                   version, sel.annotator),
             on_undo=lambda: state.undo_last_decision(ws, version, sel.annotator),
-            can_undo=state.has_decision(ws, sel.annotator),
+            can_undo=has_decision(ws.session.log, sel.annotator),
         )
 
 st.subheader("Recent decisions")
-st.table(state.recent_decisions(ws), hide_index=True)
+st.table(recent_decisions(ws.session.log), hide_index=True)
 
 with st.expander("Bulk mode: select rows, apply one action"):
     st.dataframe(rows, key=state.BULK_TABLE, on_select="rerun", selection_mode="multi-row",
@@ -92,7 +100,7 @@ st.subheader("Export")
 csv, log, model = st.columns(3)
 csv.download_button("Cleaned labels (CSV)", lambda: labels_csv(ws.session.log),
                     file_name="labels.csv", mime="text/csv", on_click="ignore")
-log.download_button("Decision log (CSV)", lambda: state.recent_decisions(ws, None).to_csv(),
+log.download_button("Decision log (CSV)", lambda: recent_decisions(ws.session.log, None).to_csv(),
                     file_name="decisions.csv", mime="text/csv", on_click="ignore")
 model.download_button("Updated checkpoint", lambda: checkpoint_bytes(audit),
                       file_name="model.pt", on_click="ignore")

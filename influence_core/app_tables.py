@@ -1,0 +1,117 @@
+"""The model-dependent tables and values behind the dashboard's grids, captions and buttons.
+
+Each function turns exported objects (Problem, AuditState, AttributionIndex, DecisionLog) into
+plain values: pandas frames, numpy arrays, ints, strings. The dashboard caches them and formats
+them; it never indexes a tensor or runs the model itself. Nothing here knows Streamlit.
+Class columns hold class ids, except `example_table`'s, which hold class names."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .app_api import decisions_frame, explain, query_probabilities, record_many, reviewed
+from .attribution.index import AttributionIndex
+from .audit.session import AuditSession, AuditState
+from .audit.store import DecisionLog
+from .data.datasets import ImageDataset
+from .data.registry import Problem
+from .data.training import predict_logits
+
+Explanation = tuple[int, np.ndarray, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def example_table(problem: Problem, split: str) -> pd.DataFrame:
+    """One row per example of `split` ("train" or "test") under the problem's base model:
+    index, label and prediction (class names), correct (label == prediction)."""
+    data = problem.train if split == "train" else problem.test
+    names = np.array(data.class_names)
+    labels = data.labels.numpy()
+    predictions = predict_logits(problem.model, data).argmax(1).numpy()
+    return pd.DataFrame({"index": np.arange(len(labels)), "label": names[labels],
+                         "prediction": names[predictions], "correct": labels == predictions})
+
+
+def query_table(state: AuditState, test: ImageDataset) -> pd.DataFrame:
+    """One row per query (test example) under the current model: index, label, prediction,
+    confidence (the largest class probability)."""
+    probs = query_probabilities(state)  # (M, K)
+    labels = test.labels.numpy()
+    return pd.DataFrame({"index": np.arange(len(labels)), "label": labels,
+                         "prediction": probs.argmax(1), "confidence": probs.max(1)})
+
+
+def train_rows(state: AuditState, predictions: np.ndarray, indices: list[int]) -> pd.DataFrame:
+    """index, label (current: after relabels) and prediction (from `predictions`, (N,), e.g.
+    the base model's `train_predictions`) of the training examples `indices`, in that order."""
+    idx = np.asarray(indices, dtype=int)
+    return pd.DataFrame({"index": idx, "label": state.labels[idx.tolist()].numpy(),
+                         "prediction": predictions[idx]})
+
+
+def current_label(state: AuditState, i: int) -> int:
+    """Training example i's label in `state` (after relabels)."""
+    return int(state.labels[i])
+
+
+def is_removed(state: AuditState, i: int) -> bool:
+    """Is training example i removed from the training set in `state`?"""
+    return bool(state.removed[i])
+
+
+def explain_query(index: AttributionIndex, test: ImageDataset, i: int, k: int = 8
+                  ) -> Explanation:
+    """`explain` of test example i (see app_api.explain for the tuple)."""
+    return explain(index, test.tensor([i])[0], k)
+
+
+def explain_image(index: AttributionIndex, train: ImageDataset, data: bytes, k: int = 8
+                  ) -> Explanation:
+    """`explain` of an encoded image file (an upload), converted to `train`'s input format."""
+    image = Image.open(io.BytesIO(data))
+    return explain(index, train.normalise(image)[0], k)
+
+
+def rank_descending(values: np.ndarray) -> np.ndarray:
+    """(N,) each value's rank, 0 for the largest (e.g. of self-influence)."""
+    rank = np.empty(len(values), dtype=int)
+    rank[np.argsort(-values)] = np.arange(len(values))
+    return rank
+
+
+def record_decision(log: DecisionLog, i: int, action: str, label: int | None, annotator: str,
+                    model_version: int) -> str | None:
+    """Append one decision to the durable log (committed before this returns). Returns None,
+    or the reason the log refused it (e.g. another annotator removed the example meanwhile)."""
+    try:
+        log.record(int(i), action, label, annotator, model_version)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def record_rows(log: DecisionLog, rows: pd.DataFrame, action: str, annotator: str,
+                model_version: int) -> list[str]:
+    """One `action` on each row of a `review_queue` frame (bulk review); relabel goes to each
+    row's alternative. Returns the log's error messages for rows it refused (skipped)."""
+    labels = rows["alternative"].tolist() if action == "relabel" else [None] * len(rows)
+    return record_many(log, rows["index"].tolist(), action, labels, annotator, model_version)[1]
+
+
+def review_progress(session: AuditSession) -> tuple[int, int]:
+    """(training examples with an active decision, suspects in the queue)."""
+    return len(reviewed(session.log)), len(session.suspects)
+
+
+def has_decision(log: DecisionLog, annotator: str) -> bool:
+    """Does `annotator` have an active decision (one that Undo would take back)?"""
+    return any(d.annotator == annotator for d in reviewed(log).values())
+
+
+def recent_decisions(log: DecisionLog, n: int | None = 5) -> pd.DataFrame:
+    """The newest n rows of the decision log (all with None), newest first (decisions_frame)."""
+    frame = decisions_frame(log)
+    return (frame if n is None else frame.tail(n)).iloc[::-1]
