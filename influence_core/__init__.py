@@ -27,21 +27,6 @@ from .app_api import (
     train_probabilities,
     undo_last,
 )
-from .app_tables import (
-    current_label,
-    example_table,
-    explain_image,
-    explain_query,
-    has_decision,
-    is_removed,
-    query_table,
-    rank_descending,
-    recent_decisions,
-    record_decision,
-    record_rows,
-    review_progress,
-    train_rows,
-)
 from .artifacts import ArtifactError, model_hash
 from .attribution.index import (
     AttributionIndex,
@@ -64,7 +49,6 @@ from .audit.session import AuditSession, AuditState, default_log_path, open_sess
 from .audit.store import Decision, DecisionLog
 from .audit.suspects import DEFAULT_SIGNAL, suspect_scores, training_set
 from .audit.unlearning import newton_step, refine, updated_model
-from .cli.evaluate import run_quick
 from .config import (
     CURVATURE_CONFIGS,
     EKFACConfig,
@@ -87,7 +71,10 @@ from .data.datasets import DatasetError, ImageDataset, inject_label_noise
 from .data.models import MODELS, CheckpointError, build_model, load_checkpoint
 from .data.registry import DATASETS, Problem, load_dataset, load_problem
 from .data.training import accuracy, predict_logits, train_or_load
-from .evaluation.metrics import auprc, auroc, ihvp_error, lds, load_reports, mislabel_curve, run_lds
+from .evaluation.lds import run_lds
+from .evaluation.metrics import auprc, auroc, ihvp_error, lds, mislabel_curve
+from .evaluation.quick import run_quick
+from .evaluation.reports import load_reports
 from .evaluation.unlearning import verify_unlearning
 from .progress import Progress, silent, tqdm_progress
 from .runtime import tune_runtime
@@ -114,7 +101,4 @@ __all__ = [
     "preview", "preview_indices", "query_vectors", "record_many", "review_queue", "reviewed",
     "self_influence_values", "query_probabilities", "train_predictions", "undo_last",
     "train_probabilities", "ihvp_errors", "ReviewCache", "next_suspect", "run_quick",
-    "current_label", "example_table", "explain_image", "explain_query", "is_removed",
-    "query_table", "rank_descending", "record_decision", "record_rows", "train_rows",
-    "has_decision", "recent_decisions", "review_progress",
 ]

@@ -4,6 +4,7 @@ use the generator)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -20,11 +21,12 @@ from influence_core.evaluation.benchmarks_doc import (
     replace_block,
     run,
 )
-from influence_core.evaluation.metrics import ceiling_figures, lds_ceiling
-from influence_core.evaluation.unlearning import derived_figures as unlearning_figures
+from influence_core.evaluation.lds import ceiling_figures, lds_ceiling
+from influence_core.evaluation.unlearning_report import derived_figures as unlearning_figures
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORTS, DOC, README = ROOT / "docs" / "reports", ROOT / "docs" / "benchmarks.md", ROOT / "README.md"
+REPORTS, DOC = ROOT / "docs" / "reports", ROOT / "docs" / "benchmarks.md"
+README = ROOT / "README.md"
 
 # a number not glued to a word (bf16, p95, AVX2 are names), with thousands separators, a sign,
 # an exponent and an optional percent sign
@@ -39,10 +41,8 @@ def _values(obj, out: list[float]) -> list[float]:
         for k, v in obj.items():
             if k.startswith("_"):
                 continue
-            try:
+            with contextlib.suppress(ValueError):
                 out.append(float(k))
-            except ValueError:
-                pass
             _values(v, out)
     elif isinstance(obj, list):
         for v in obj:

@@ -6,14 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from influence_core.evaluation.metrics import (
-    auprc,
-    auroc,
-    ground_truth_reliability,
-    lds,
-    load_reports,
-    mislabel_curve,
-)
+from influence_core.evaluation.lds import ground_truth_reliability
+from influence_core.evaluation.metrics import auprc, auroc, lds, mislabel_curve
+from influence_core.evaluation.reports import load_reports
 
 LDS_EXACT_TOL = 1e-9  # Spearman of a strictly monotone transform of the prediction is exactly 1
 LDS_RANDOM_TOL = 0.05  # |mean over 100 queries| of Spearman over 200 subsets: sd ~0.007
@@ -91,7 +86,7 @@ def test_suspect_combinations() -> None:
 def test_reports_round_trip(tmp_path) -> None:
     import plotly.graph_objects as go
 
-    from influence_core.evaluation.metrics import write_report
+    from influence_core.evaluation.reports import write_report
 
     fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1]))
     write_report(tmp_path, "mislabel_x", {"kind": "mislabel", "v": 1.5}, "| a |\n", {"curve": fig})
@@ -143,9 +138,9 @@ def test_index_ensemble_averages_the_seeds_attributions(artifacts_home, monkeypa
     (index_ensemble<k>): its LDS is the LDS of that mean, next to the single model's."""
     import dataclasses
 
-    from influence_core.evaluation import metrics as evaluation
     from influence_core.config import recipe
     from influence_core.data.registry import load_dataset
+    from influence_core.evaluation import lds as experiment
 
     seen = []
 
@@ -156,18 +151,18 @@ def test_index_ensemble_averages_the_seeds_attributions(artifacts_home, monkeypa
         seen.append(problem.config.seed)
         return {"index": attributions(problem.config.seed, len(qx), len(problem.train))}
 
-    monkeypatch.setattr(evaluation, "_index_scores", fake_index)
+    monkeypatch.setattr(experiment, "_index_scores", fake_index)
     cfg = dataclasses.replace(recipe("digits", "mlp"), epochs=2)
-    res = evaluation.run_lds(cfg, subsets=6, queries=10, methods=("index",), ensemble=2,
+    res = experiment.run_lds(cfg, subsets=6, queries=10, methods=("index",), ensemble=2,
                              kronfluence=False, trak=False)
     assert seen == [0, 1]
     train, test = load_dataset("digits")
     q_idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:10]
-    masks, outputs, _ = evaluation.subset_outputs(cfg, q_idx, 6, 0.5)  # cached trainings
+    masks, outputs, _ = experiment.subset_outputs(cfg, q_idx, 6, 0.5)  # cached trainings
     mean = (attributions(0, 10, len(train)) + attributions(1, 10, len(train))) / 2
-    assert res["lds"]["index_ensemble2"] == pytest.approx(evaluation.lds(mean, masks, outputs)[0])
+    assert res["lds"]["index_ensemble2"] == pytest.approx(experiment.lds(mean, masks, outputs)[0])
     assert res["lds"]["index"] == pytest.approx(
-        evaluation.lds(attributions(0, 10, len(train)), masks, outputs)[0])
+        experiment.lds(attributions(0, 10, len(train)), masks, outputs)[0])
 
 
 def test_vary_order_keeps_the_init_and_reseeds_the_batch_order(artifacts_home) -> None:
@@ -176,16 +171,16 @@ def test_vary_order_keeps_the_init_and_reseeds_the_batch_order(artifacts_home) -
     per-seed targets are those two models' margins."""
     import dataclasses
 
-    from influence_core.evaluation import metrics as evaluation
     from influence_core.config import recipe
     from influence_core.curvature.task import margin
     from influence_core.data.registry import load_dataset
     from influence_core.data.training import checkpoint_dir, predict_logits, train_or_load
+    from influence_core.evaluation import lds as experiment
 
     cfg = dataclasses.replace(recipe("digits", "mlp"), epochs=2)
     train, test = load_dataset("digits")
     q_idx = torch.arange(12)
-    _, mean, per_seed = evaluation.subset_outputs(cfg, q_idx, 2, 0.5, seeds=2, vary="order")
+    _, mean, per_seed = experiment.subset_outputs(cfg, q_idx, 2, 0.5, seeds=2, vary="order")
     for j in range(2):
         first = dataclasses.replace(cfg, subset_seed=j, subset_fraction=0.5)
         second = dataclasses.replace(first, order_seed=1)
@@ -198,5 +193,5 @@ def test_vary_order_keeps_the_init_and_reseeds_the_batch_order(artifacts_home) -
             np.testing.assert_allclose(per_seed[s, :, j], want, rtol=1e-6)
         assert not np.allclose(per_seed[0, :, j], per_seed[1, :, j])  # another batch order
     np.testing.assert_allclose(mean, per_seed.mean(0))
-    rel = evaluation.ground_truth_reliability(per_seed, "order")
+    rel = experiment.ground_truth_reliability(per_seed, "order")
     assert rel["seeds_vary"] == "order" and -1 <= rel["seed_to_seed_spearman"] <= 1

@@ -1,4 +1,4 @@
-"""`python -m influence_core unlearn` and `verify-unlearning`, registered in cli.COMMANDS.
+"""`python -m influence_core unlearn` and `verify-unlearning`.
 
   unlearn --remove 1,2,3 --relabel 7:3 8:1 [--undo ID] [--export DIR]: record the decisions in
       the model's decision log (committed first), then print the updated model's summary.
@@ -11,6 +11,7 @@ import argparse
 import json
 
 from ..progress import tqdm_progress
+from .args import add_data_args, add_problem_args, problem_from_args
 
 
 def _ints(text: str | None) -> list[int]:
@@ -29,9 +30,7 @@ def _pairs(items: list[str] | None) -> list[tuple[int, int]]:
 
 
 def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
-    from .main import _add_problem_args
-
-    _add_problem_args(p)
+    add_problem_args(p)
     p.add_argument("--remove", default=None, help="training indices to remove: 1,2,3")
     p.add_argument("--relabel", nargs="*", default=None, help="INDEX:LABEL pairs: 7:3 8:1")
     p.add_argument("--keep", default=None, help="indices reviewed and kept as they are")
@@ -45,7 +44,6 @@ def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_unlearn(args: argparse.Namespace) -> int:
     from ..audit.session import open_session
-    from .main import problem_from_args
 
     problem = problem_from_args(args)
     session = open_session(problem, args.method, args.log, tqdm_progress())
@@ -73,9 +71,7 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
 
 
 def _add_verify_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--model", default="mlp")
-    p.add_argument("--data-root", default=None)
+    add_data_args(p, described=False)
     p.add_argument("--curvature", default="ekfac")
     p.add_argument("--experiments", default="remove,relabel", help="remove,relabel")
     p.add_argument("--no-extra-sets", action="store_true", help="headline removal set only")

@@ -3,7 +3,6 @@ quality against uncompressed EK-FAC scores over every training example, written 
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -23,7 +22,7 @@ from ..attribution.index import (
 )
 from ..attribution.precompute import artifact_folder
 from ..attribution.scores import pairwise_influence
-from ..config import EKFACConfig, IndexConfig, artifacts_root
+from ..config import EKFACConfig, IndexConfig
 from ..data.registry import Problem
 
 
@@ -118,18 +117,3 @@ def derived_figures(report: dict) -> dict:
     if total and report.get("seconds_per_epoch"):
         out["precompute_epochs"] = total / report["seconds_per_epoch"]
     return out
-
-
-def bench_query_cli(args, problem: Problem, index_cfg: IndexConfig, curvature: EKFACConfig) -> int:
-    report = bench_query(problem, index_cfg, args.queries, not args.skip_quality, args.width,
-                         curvature)
-    out = Path(args.out) if args.out else (
-        artifacts_root() / "bench" / f"query-{problem.config.dataset}-{problem.config.model}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: report[k] for k in ("latency", "index_dim", "index_file_bytes")}, indent=1))
-    for m, q in report.get("quality", {}).items():
-        print(f"eigen width {m} (+ {report['factor_dim']} factor columns): Spearman mean {q['spearman_mean']:.3f} min {q['spearman_min']:.3f}, "
-              f"product {q['product_median_ms']:.1f} ms")
-    print(f"report: {out}")
-    return 0

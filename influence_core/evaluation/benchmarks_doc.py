@@ -1,14 +1,13 @@
-"""`python -m influence_core report`: docs/benchmarks.md and the README's results block, generated
-from the JSON reports in docs/reports (the sections are in benchmarks_sections.py).
+"""docs/benchmarks.md and the README's results block, generated from the JSON reports in
+docs/reports (the sections are in benchmarks_sections.py; the command is cli/report.py).
 
 Every number printed comes from a value in a report the section links (derived figures are
-stored in the reports by the commands that write them); `--check` fails when the committed
-files differ from what the reports generate.
+stored in the reports by the commands that write them); `report --check` fails when the
+committed files differ from what the reports generate.
 """
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 import re
@@ -164,18 +163,3 @@ def run(reports: Path, out: Path, readme: Path, check: bool) -> int:
         print(f"{stale} file(s) differ from what the reports generate: "
               "run `python -m influence_core report`", file=sys.stderr)
     return 1 if stale else 0
-
-
-def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--reports", default="docs/reports", help="folder of JSON reports")
-    p.add_argument("--out", default="docs/benchmarks.md")
-    p.add_argument("--readme", default="README.md", help="README with the results markers")
-    p.add_argument("--check", action="store_true",
-                   help="write nothing; exit 1 (with a diff) when the files are stale")
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    return run(Path(args.reports), Path(args.out), Path(args.readme), args.check)
-
-
-COMMAND = (_cmd, _add_args, "docs/benchmarks.md and the README results block from the reports")

@@ -1,0 +1,65 @@
+"""`bench query | core`: the attribution index's latency and quality, and our EK-FAC against
+Kronfluence's with every estimator's IHVP error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import artifacts_root
+from ..progress import tqdm_progress
+from .args import add_index_args, curvature_config, index_config, problem_from_args
+
+
+def _bench_query(args: argparse.Namespace) -> int:
+    from ..evaluation.bench_query import bench_query
+
+    problem = problem_from_args(args)
+    report = bench_query(problem, index_config(args), args.queries, not args.skip_quality,
+                         args.width, curvature_config(args))
+    out = Path(args.out) if args.out else (
+        artifacts_root() / "bench" / f"query-{problem.config.dataset}-{problem.config.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    headline = ("latency", "index_dim", "index_file_bytes")
+    print(json.dumps({k: report[k] for k in headline}, indent=1))
+    for m, q in report.get("quality", {}).items():
+        print(f"eigen width {m} (+ {report['factor_dim']} factor columns): Spearman mean "
+              f"{q['spearman_mean']:.3f} min {q['spearman_min']:.3f}, "
+              f"product {q['product_median_ms']:.1f} ms")
+    print(f"report: {out}")
+    return 0
+
+
+def _bench_core(args: argparse.Namespace) -> int:
+    from ..evaluation.bench_core import bench_core
+
+    bench_core(args.data_root, args.subset, args.bench_batch_size, args.threads, args.out,
+               tqdm_progress())
+    return 0
+
+
+BENCH_MODES = {"query": _bench_query, "core": _bench_core}  # bench <mode>: add other modes here
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mode", choices=sorted(BENCH_MODES))
+    add_index_args(p)
+    p.add_argument("--out", default=None, help="JSON report path (default artifacts/bench/...)")
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--width", type=int, default=None, help="query: load only this many columns")
+    p.add_argument("--skip-quality", action="store_true", help="query: latency only")
+    p.add_argument("--subset", type=int, default=None,
+                   help="core: time both we and Kronfluence on this many seeded examples "
+                        "(default: the whole training set)")
+    p.add_argument("--bench-batch-size", type=int, default=128,
+                   help="core: examples per forward-backward, the same for both")
+    p.add_argument("--threads", type=int, default=2, help="core: torch threads for both")
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    return BENCH_MODES[args.mode](args)
+
+
+COMMANDS = {"bench": (_cmd, _add_args, "benchmarks: bench query | bench core")}
