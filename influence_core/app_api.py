@@ -60,8 +60,9 @@ RANKED_LIMIT = 70_000
 def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
                damping: float | None = None, queue_size: int = QUEUE_SIZE,
                progress: Progress = silent) -> AuditSession:
-    """audit.open_session (the Newton step's curvature `method`, damping None: 1000 x the
-    recipe's weight decay, audit.UNLEARNING_DAMPING) over a suspect queue of `queue_size` training examples. Up to
+    """audit.open_session (the Newton step's curvature `method`; `damping` resolved by
+    audit.unlearning.newton_damping, None: 1000 x the recipe's weight decay, 1e-3 without one)
+    over a suspect queue of `queue_size` training examples. Up to
     RANKED_LIMIT examples the queue is ordered by the default suspect ranking
     (suspects.suspect_scores: cross-validated loss + checkpoint-summed loss, the best detector
     in `evaluate mislabel`; 6 extra trainings, cached); beyond, by the precomputed

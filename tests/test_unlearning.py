@@ -101,7 +101,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_newton_step_matches_the_ihvp_of_per_example_gradients(convex) -> None:
     remove, relabel = [5, 17, 40], {8: (int(convex.train.labels[8]) + 3) % 10}
     delta = newton_step(convex.curv, convex.task, convex.train, remove, relabel)
-    g = train_gradients(convex.curv, convex.task, convex.train, torch.tensor(remove + [8])).sum(0)
+    g = train_gradients(convex.curv, convex.task, convex.train, torch.tensor([*remove, 8])).sum(0)
     g_new = train_gradients(convex.curv, convex.task, convex.train.with_labels(
         torch.tensor([relabel.get(i, int(y)) for i, y in enumerate(convex.train.labels)])),
         torch.tensor([8]))[0]
@@ -256,3 +256,44 @@ def test_export_writes_labels_and_a_loadable_checkpoint(convex, tmp_path: Path) 
     assert len(lines) == len(convex.train) + 1 and lines[6].split(",")[3] == "1"
     state = torch.load(ckpt, weights_only=True)
     assert all(torch.equal(a, b) for a, b in zip(state.values(), _weights(session.state())))
+
+
+def test_newton_damping_is_the_explicit_value_else_1000_weight_decays() -> None:
+    from influence_core.audit.unlearning import UNLEARNING_DAMPING, newton_damping
+
+    assert UNLEARNING_DAMPING == 1000.0
+    recipe_with = types.SimpleNamespace(weight_decay=5e-4)
+    assert newton_damping(recipe_with) == pytest.approx(0.5)
+    assert newton_damping(recipe_with, 0.02) == 0.02  # an explicit value wins
+    assert newton_damping(types.SimpleNamespace(weight_decay=0.0)) == pytest.approx(1.0)
+    assert newton_damping(None) == pytest.approx(1.0)  # no recipe: 1e-3 stands in for wd
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="damping"):
+            newton_damping(recipe_with, bad)
+
+
+def test_unlearn_damping_reaches_the_sessions_curvature(artifacts_home, tmp_path: Path,
+                                                         monkeypatch, capsys) -> None:
+    """`unlearn --damping L` fits the Newton step's curvature with lambda = L; without it the
+    session gets newton_damping's default for the recipe; a non-positive value is refused."""
+    import influence_core.audit.session as session_mod
+    from influence_core.audit.unlearning import newton_damping
+    from influence_core.cli import main
+    from influence_core.config import recipe
+
+    seen = []
+    real_fit = session_mod.fit_curvature
+
+    def recording_fit(method, tracked, task, data, cfg=None, progress=None):
+        seen.append((method, cfg.damping))
+        return real_fit(method, tracked, task, data, cfg, progress=progress)
+
+    monkeypatch.setattr(session_mod, "fit_curvature", recording_fit)
+    common = ["unlearn", "--epochs", "2", "--method", "kfac", "--keep", "3"]
+    assert main([*common, "--damping", "0.25", "--log", str(tmp_path / "a.db")]) == 0
+    assert main([*common, "--log", str(tmp_path / "b.db")]) == 0
+    default = newton_damping(recipe("digits", "mlp", epochs=2))
+    assert seen == [("kfac", 0.25), ("kfac", pytest.approx(default))]
+    with pytest.raises(SystemExit):
+        main([*common, "--damping", "0"])
+    assert "must be > 0" in capsys.readouterr().err

@@ -35,11 +35,9 @@ from ..data.datasets import ImageDataset, subset
 from ..memo import FutureCache
 from ..progress import Progress, silent
 from .store import REMOVED, Decision, DecisionLog
-from .unlearning import newton_step, rebind, refine, updated_model
+from .unlearning import newton_damping, newton_step, rebind, refine, updated_model
 
 CACHE_SIZE = 8
-UNLEARNING_DAMPING = 1000.0  # x the recipe's weight decay (absolute lambda), for every problem:
-# the multiple verify-unlearning's calibration picked on digits/mlp removal sets
 
 APPROXIMATIONS = (
     "Newton step: one second-order step from the base model (first order in the edit)",
@@ -184,8 +182,8 @@ class AuditSession:
             logits, losses = torch.zeros(0, self.train.num_classes), torch.zeros(0)
         seconds["self_influence"] = time.perf_counter() - start
         edits = (tuple(remove), tuple(sorted(relabel.items())))
-        return AuditState(version, model, delta, labels, removed, self.problem.test, remaining[order],
-                          scores[order], losses, logits, edits, seconds, notes)
+        return AuditState(version, model, delta, labels, removed, self.problem.test,
+                          remaining[order], scores[order], losses, logits, edits, seconds, notes)
 
     def _refit(self, model: nn.Module, labels: torch.Tensor, removed: torch.Tensor) -> Curvature:
         keep = torch.nonzero(~removed)[:, 0]
@@ -225,15 +223,13 @@ def open_session(
 ) -> AuditSession:
     """Fit `method`'s curvature on the base model and open (or create) its decision log.
 
-    damping: absolute lambda of H = G + lambda I; default UNLEARNING_DAMPING x the recipe's
-    weight decay (1e-3 if none) for every dataset and model, a multiple chosen by
-    verify-unlearning's calibration on held-out removal sets of digits/mlp only. lambda = weight
-    decay alone (the objective's own curvature) makes the step 14x worse than doing nothing
-    there (unlearning.py)."""
+    damping: absolute lambda of H = G + lambda I, resolved by unlearning.newton_damping (None:
+    1000 x the recipe's weight decay, 1e-3 when it has none, for every dataset and model: the
+    multiple verify-unlearning's calibration chose on held-out removal sets of digits/mlp
+    only). lambda = weight decay alone (the objective's own curvature) makes the step 14x worse
+    than doing nothing there (unlearning.py). The identity method has no damping."""
     task = ClassificationTask()
-    if damping is None:
-        wd = getattr(getattr(problem, "config", None), "weight_decay", 0.0) or 1e-3
-        damping = UNLEARNING_DAMPING * wd
+    damping = newton_damping(getattr(problem, "config", None), damping)
     cfg = CURVATURE_CONFIGS[method](damping=damping) if method != "identity" else None
     curv = fit_curvature(method, TrackedModel(problem.model), task, problem.train, cfg,
                          progress=progress)

@@ -16,10 +16,10 @@ Damping. The training objective is mean loss + wd/2 |theta|^2, whose Gauss-Newto
 G + wd I, so lambda >= wd. lambda = wd is exact for a converged convex model (tests), but on the
 SGD-trained digits MLP it makes the step 14x worse (KL to the retrained model) than doing
 nothing: 690 SGD steps never converged the flat directions of G that 1/wd amplifies. The
-default (audit.UNLEARNING_DAMPING = 1000 x wd) was picked by verify-unlearning's calibration on
-digits/mlp removal sets held out from every reported one, and is used unchanged for every other
-dataset and model; at that lambda the single step is cautious (close to
-doing nothing for removals, ~1.9x closer for label repair).
+default (`newton_damping`: UNLEARNING_DAMPING = 1000 x wd, 1e-3 standing in for a wd of 0) was
+picked by verify-unlearning's calibration on digits/mlp removal sets held out from every
+reported one, and is used unchanged for every other dataset and model; at that lambda the
+single step is cautious (close to doing nothing for removals, ~1.9x closer for label repair).
 
 Refinement (`refine`) minimises the REAL edited objective J (`edited_objective`: mean loss over
 the kept points with their new labels + wd/2 |theta|^2, on a fixed subsample beyond MAX_POINTS)
@@ -48,6 +48,29 @@ from ..progress import Progress, silent
 MAX_POINTS = REFINE_POINTS
 ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
 MAX_HALVINGS = 10  # smallest step tried: 2^-10 of the preconditioned step
+UNLEARNING_DAMPING = 1000.0  # default lambda / damping_unit: the multiple of the weight decay
+# that verify-unlearning's calibration picked on digits/mlp, used for every problem
+NO_WEIGHT_DECAY_UNIT = 1e-3  # damping_unit of a recipe trained without weight decay
+
+
+def damping_unit(config: object) -> float:
+    """What the Newton step's damping is a multiple of: the recipe's weight decay (the
+    objective's own curvature), NO_WEIGHT_DECAY_UNIT when it has none (or no recipe is known)."""
+    return getattr(config, "weight_decay", 0.0) or NO_WEIGHT_DECAY_UNIT
+
+
+def newton_damping(config: object, damping: float | None = None) -> float:
+    """The absolute lambda of the Newton step's H = G + lambda I for a problem trained with
+    recipe `config`: `damping` when given (must be > 0), else UNLEARNING_DAMPING x
+    damping_unit(config), i.e. 1000 x the weight decay (1e-3 when there is none). The app
+    (app_api.open_audit -> audit.open_session) and `unlearn` resolve it here;
+    verify-unlearning uses an explicit `--damping` through it and otherwise calibrates its own
+    multiple of damping_unit on held-out removal sets."""
+    if damping is not None:
+        if not damping > 0:
+            raise ValueError(f"the Newton step's damping must be > 0, got {damping}")
+        return float(damping)
+    return UNLEARNING_DAMPING * damping_unit(config)
 
 
 def _check_edits(

@@ -1,7 +1,8 @@
 """`python -m influence_core unlearn` and `verify-unlearning`.
 
-  unlearn --remove 1,2,3 --relabel 7:3 8:1 [--undo ID] [--export DIR]: record the decisions in
-      the model's decision log (committed first), then print the updated model's summary.
+  unlearn --remove 1,2,3 --relabel 7:3 8:1 [--undo ID] [--export DIR] [--damping L]: record the
+      decisions in the model's decision log (committed first), then print the updated model's
+      summary. The Newton step's damping: audit.unlearning.newton_damping.
   verify-unlearning: Newton step vs real retraining; writes JSON and prints a Markdown table.
 """
 
@@ -11,7 +12,7 @@ import argparse
 import json
 
 from ..progress import tqdm_progress
-from .args import add_data_args, add_problem_args, problem_from_args
+from .args import add_data_args, add_problem_args, positive_float, problem_from_args
 
 
 def _ints(text: str | None) -> list[int]:
@@ -37,6 +38,9 @@ def _add_unlearn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--undo", default=None, help="decision ids to undo: 4,5")
     p.add_argument("--annotator", default="cli")
     p.add_argument("--method", default="ekfac", help="curvature: ekfac | kfac | exact | lissa")
+    p.add_argument("--damping", type=positive_float, default=None,
+                   help="absolute lambda of the Newton step (default: 1000 x the recipe's "
+                        "weight decay, 1e-3 without one)")
     p.add_argument("--log", default=None, help="decision log (default artifacts/decisions/)")
     p.add_argument("--full-refresh", action="store_true", help="refit the curvature after edits")
     p.add_argument("--export", default=None, help="folder for labels.csv and model.pt")
@@ -46,7 +50,7 @@ def _cmd_unlearn(args: argparse.Namespace) -> int:
     from ..audit.session import open_session
 
     problem = problem_from_args(args)
-    session = open_session(problem, args.method, args.log, tqdm_progress())
+    session = open_session(problem, args.method, args.log, tqdm_progress(), args.damping)
     for i in _ints(args.remove):
         session.record(i, "remove", annotator=args.annotator)
     for i, y in _pairs(args.relabel):
@@ -79,7 +83,7 @@ def _add_verify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full-refine", action="store_true", help="also full-objective refinement")
     p.add_argument("--full-refine-steps", type=int, default=20,
                    help="line-searched steps of --full-refine (default 20)")
-    p.add_argument("--damping", type=float, default=None,
+    p.add_argument("--damping", type=positive_float, default=None,
                    help="absolute lambda of the Newton step (default: calibrated on held-out "
                         "removal sets, which retrains 3 models and fits 6 curvatures)")
     p.add_argument("--refine-points", type=int, default=None,

@@ -1,13 +1,16 @@
 """verify-unlearning: Newton-step unlearning against real retraining (same init and schedule).
 
-Damping: calibrated, never tuned on the reported sets. The Newton step uses H = G + lambda I with
-an ABSOLUTE lambda = c x weight_decay (the training objective's curvature is G + wd I, so
-lambda >= wd). c is picked from `damping_grid` by the geometric mean of KL(nothing) / KL(newton)
-on three held-out removal sets (self-influence ranks 2-3%, 30% of class 3, a random 2%), disjoint
-from every reported set. On digits/mlp lambda = wd (c = 1) makes the step 14x WORSE than doing
-nothing (flat directions of G that 690 SGD steps never converged are amplified 1/wd-fold);
-the colleague's 100 x mean eigenvalue (per layer) helped the top-1% set (the one it was swept
-on) but was worse than nothing on all three held-out sets; the calibration picks c = 300-1000.
+Damping: `--damping` (an absolute lambda, through audit.unlearning.newton_damping), else
+calibrated, never tuned on the reported sets. The Newton step uses H = G + lambda I with an
+ABSOLUTE lambda = c x damping_unit (the weight decay, 1e-3 without one: the training
+objective's curvature is G + wd I, so lambda >= wd). c is picked from `damping_grid` by the
+geometric mean of KL(nothing) / KL(newton) on three held-out removal sets (self-influence ranks
+2-3%, 30% of class 3, a random 2%), disjoint from every reported set. On digits/mlp lambda =
+wd (c = 1) makes the step 14x WORSE than doing nothing (flat directions of G that 690 SGD steps
+never converged are amplified 1/wd-fold); the colleague's 100 x mean eigenvalue (per layer)
+helped the top-1% set (the one it was swept on) but was worse than nothing on all three
+held-out sets; the calibration picks c = 300-1000 (the app's default, newton_damping, is
+c = 1000).
 
 Removal sets, reported: the top 0.5 / 1 / 2% most self-influential points (ranked with the
 attribution default damping), the 2% least self-influential, random 1% and 4%, and 30% of
@@ -32,7 +35,14 @@ import torch
 from torch import nn
 
 from ..attribution.scores import self_influence
-from ..audit.unlearning import edited_objective, newton_step, refine, updated_model
+from ..audit.unlearning import (
+    damping_unit,
+    edited_objective,
+    newton_damping,
+    newton_step,
+    refine,
+    updated_model,
+)
 from ..config import CURVATURE_CONFIGS, VerifyConfig, artifacts_root, recipe
 from ..curvature import fit_curvature
 from ..curvature.gradients import TrackedModel
@@ -123,9 +133,9 @@ def _removal_sets(problem: Problem, order: torch.Tensor, cfg: VerifyConfig):
 
 
 def _calibrate(cfg: VerifyConfig, problem: Problem, sets: dict, progress: Progress) -> dict:
-    """Pick lambda = c x wd from cfg.damping_grid: max geometric-mean KL(nothing)/KL(newton)
-    over the held-out `sets`."""
-    task, wd = ClassificationTask(), problem.config.weight_decay or 1e-3
+    """Pick lambda = c x damping_unit (the weight decay, 1e-3 without one) from
+    cfg.damping_grid: max geometric-mean KL(nothing)/KL(newton) over the held-out `sets`."""
+    task, wd = ClassificationTask(), damping_unit(problem.config)
     refs = {}
     for name, removed in sets.items():
         keep = _keep(len(problem.train), removed)
@@ -170,9 +180,11 @@ def _removal(problem: Problem, cfg: VerifyConfig, progress: Progress) -> dict:
                           descending=True)
     calibration, sets = _removal_sets(problem, order, cfg)
     out = {"sets": {}}
-    if cfg.damping is None:
+    if cfg.damping is None:  # calibrated here, instead of newton_damping's default rule
         out["calibration"] = _calibrate(cfg, problem, calibration, progress)
-    damping = cfg.damping if cfg.damping is not None else out["calibration"]["damping"]
+        damping = out["calibration"]["damping"]
+    else:
+        damping = newton_damping(problem.config, cfg.damping)
     curv = _fit(cfg, problem, damping, progress)
     test_grad = edited_objective(curv.tracked, task, problem.test, with_grad=True)[1]
     full_seed1 = _retrain(problem, problem.train.labels, None, 1, progress)
@@ -250,6 +262,16 @@ def _latency(curv, task, problem: Problem, cfg: VerifyConfig, order: torch.Tenso
     return {f"{k}_median_s": statistics.median(v) for k, v in timings.items()}
 
 
+def _relabel_damping(clean: Problem, cfg: VerifyConfig, progress: Progress) -> float:
+    """The relabel experiment's lambda when it runs alone: `--damping` (newton_damping), else
+    calibrated on the held-out removal sets first (Newton steps only)."""
+    if cfg.damping is not None:
+        return newton_damping(clean.config, cfg.damping)
+    calibrate = {"extra_sets": False, "latency_repeats": 0, "refine_steps": 0,
+                 "full_refine": False, "noise_floor": False}
+    return _removal(clean, VerifyConfig(**(asdict(cfg) | calibrate)), progress)["damping"]
+
+
 def verify_unlearning(cfg: VerifyConfig, data_root: str | None = None,
                       progress: Progress = silent) -> dict:
     """Run the experiments; writes JSON under artifacts/verify/ and returns the results."""
@@ -260,12 +282,8 @@ def verify_unlearning(cfg: VerifyConfig, data_root: str | None = None,
     if "remove" in cfg.experiments:
         result["remove"] = _removal(clean, cfg, progress)
     if "relabel" in cfg.experiments:
-        damping = result.get("remove", {}).get("damping", cfg.damping)
-        if damping is None:  # relabel alone: calibrate on the held-out removal sets first
-            calibrate = {"extra_sets": False, "latency_repeats": 0, "refine_steps": 0,
-                         "full_refine": False, "noise_floor": False}  # Newton steps only
-            damping = _removal(clean, VerifyConfig(**(asdict(cfg) | calibrate)),
-                               progress)["damping"]
+        damping = (result["remove"]["damping"] if "remove" in result
+                   else _relabel_damping(clean, cfg, progress))
         result["relabel"] = _relabel(clean, cfg, damping, data_root, progress)
     result["derived"] = derived_figures(result)
     folder = artifacts_root() / "verify"
