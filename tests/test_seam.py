@@ -100,6 +100,24 @@ def test_only_state_py_holds_streamlit_caches() -> None:
             assert "cache_" not in path.read_text() and "session_state" not in path.read_text()
 
 
+MAX_MODULE_LINES = 310  # STYLE.md section 4: about 300
+MAX_FUNCTION_LINES = 50
+PAGE_FILES = [p for p in DASHBOARD_FILES if p.parent.name == "views"]
+MAX_PAGE_LINES = 120  # STYLE.md section 6
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=_rel)
+def test_dashboard_modules_and_functions_stay_small(path: Path) -> None:
+    source = path.read_text()
+    limit = MAX_PAGE_LINES if path in PAGE_FILES else MAX_MODULE_LINES
+    assert len(source.splitlines()) <= limit
+    long = [f"{node.name}: {node.end_lineno - node.lineno + 1} lines"
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert long == []
+
+
 def test_every_exported_name_exists() -> None:
     missing = [n for n in influence_core.__all__ if not hasattr(influence_core, n)]
     assert missing == []
