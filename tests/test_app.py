@@ -299,7 +299,7 @@ def test_evaluate_shows_the_shipped_reports_of_the_default_problem(
 def test_evaluate_draws_a_users_own_report(app: Callable[..., AppTest], home: Path) -> None:
     import plotly.graph_objects as go
 
-    from influence_core.evaluation.metrics import write_report
+    from influence_core.evaluation.reports import write_report
 
     fig = go.Figure(go.Scatter(x=[0, 0.5, 1], y=[0, 0.8, 1], name="self_influence"))
     result = {"kind": "lds", "lds": {"ekfac": 0.31, "identity": 0.05}}
@@ -322,7 +322,7 @@ def test_the_quick_evaluation_runs_from_the_page_with_progress(
     """The button runs the quick evaluation (here a stand-in that reports progress and writes a
     quick_digits_mlp report, as run_quick does) and the page then draws the new report."""
     from dashboard import state
-    from influence_core.evaluation.metrics import write_report
+    from influence_core.evaluation.reports import write_report
 
     calls = []
 
