@@ -223,9 +223,10 @@ def thumbnails(dataset: str, data_root: str, split: str, indices: tuple[int, ...
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def examples(dataset: str, model: str, data_root: str, split: str, _problem: Problem
-             ) -> pd.DataFrame:
-    """One row per example of `split` (index, label, prediction, correct; class names)."""
+def examples(dataset: str, model: str, data_root: str, checkpoint: str, split: str,
+             _problem: Problem) -> pd.DataFrame:
+    """One row per example of `split` (index, label, prediction, correct; class names) under the
+    selected model: the recipe's own, or the checkpoint given in the sidebar."""
     return example_table(_problem, split)
 
 

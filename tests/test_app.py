@@ -156,6 +156,28 @@ def test_unreadable_checkpoint_is_an_error_message_not_a_traceback(
         checkpoint.write_bytes(good)
 
 
+def test_the_dataset_grid_follows_the_checkpoint_in_the_sidebar(
+    app: Callable[..., AppTest], tmp_path: Path,
+) -> None:
+    """The grid's predictions are those of the selected model: switching to another checkpoint
+    in the same server (caches kept) shows that model's predictions, not the recipe's."""
+    import torch
+
+    from influence_core import build_model
+
+    recipe_run = app()
+    torch.manual_seed(123)
+    untrained = tmp_path / "untrained.pt"
+    torch.save(build_model("mlp", (1, 8, 8), 10).state_dict(), untrained)
+    mine = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT_S)
+    mine.query_params.update(checkpoint=str(untrained))
+    mine.run()
+    assert not mine.exception and not mine.error
+    assert float(mine.metric[0].value.rstrip("%")) < 50.0  # an untrained model
+    predicted = [CAPTION.match(c).group(3) for c in captions(mine)]
+    assert predicted != [CAPTION.match(c).group(3) for c in captions(recipe_run)]
+
+
 # ---- Review, Explore, Evaluate ----------------------------------------------------------------
 def review(app: Callable[..., AppTest], **query: str) -> AppTest:
     """The Review page (its first run also precomputes the attribution index)."""

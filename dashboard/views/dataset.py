@@ -31,8 +31,8 @@ split, label, only_wrong = widgets.grid_filter_ui(
     problem.train.class_names, (state.GRID_SPLIT, state.GRID_LABEL, state.GRID_WRONG),
     on_change=state.reset_page(state.GRID_PAGE),
 )
-frame = frames.filter_examples(
-    state.examples(sel.dataset, sel.model, sel.data_root, split, problem), label, only_wrong)
+table = state.examples(sel.dataset, sel.model, sel.data_root, sel.checkpoint, split, problem)
+frame = frames.filter_examples(table, label, only_wrong)
 if frame.empty:
     st.info("No example matches these filters.")
     st.stop()
