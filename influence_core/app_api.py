@@ -23,10 +23,8 @@ from .audit.session import AuditSession, AuditState, default_log_path, open_sess
 from .audit.store import Decision, DecisionLog, active_decisions
 from .audit.suspects import suspect_scores
 from .audit.unlearning import updated_model
-from .config import CURVATURE_CONFIGS, EKFACConfig, IndexConfig, artifacts_root
-from .curvature import fit_curvature
-from .curvature.gradients import TrackedModel, backward_pairs, forward_capture
-from .curvature.task import ClassificationTask
+from .config import EKFACConfig, IndexConfig, artifacts_root
+from .curvature.gradients import backward_pairs, forward_capture
 from .data.datasets import ImageDataset, subset
 from .data.registry import Problem
 from .data.training import predict_logits
@@ -294,26 +292,12 @@ def ihvp_errors(problem: Problem, methods: tuple[str, ...] = IHVP_METHODS, vecto
                 seed: int = 0) -> tuple[str, dict[str, float]]:
     """(layers, {method: relative error}): ||ihvp(v) - exact(v)|| / ||exact(v)|| of each
     estimator restricted to the model's last tracked layers (as many as fit EXACT_PARAMS; the
-    exact solve is dense), v = training gradients of `vectors` seeded examples. Every estimator
-    uses the exact solve's damping and (K-FAC, EK-FAC) the same expected Gauss-Newton G."""
-    from .attribution.scores import train_gradients
-    from .evaluation.metrics import ihvp_error
+    exact solve is dense), v = training gradients of `vectors` seeded examples, at the exact
+    solve's default damping: evaluation.ihvp.ihvp_errors_vs_exact, the measurement `bench core`
+    reports."""
+    from .evaluation.ihvp import ihvp_errors_vs_exact
 
-    names = list(TrackedModel(problem.model).modules)
-    layers = names[-1:]
-    for n in range(len(names), 0, -1):
-        if TrackedModel(problem.model, names[-n:]).num_params <= EXACT_PARAMS:
-            layers = names[-n:]
-            break
-    tracked, task = TrackedModel(problem.model, layers), ClassificationTask()
-    exact = fit_curvature("exact", tracked, task, problem.train)
-    same = {"damping": exact.damping}  # one lambda for all: the error is then the G estimate's
-    configs = {m: CURVATURE_CONFIGS[m](**({**same, "fisher": "expected"} if m in ("ekfac", "kfac")
-                                          else same if m in ("lissa",) else {}))
-               for m in methods}
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(problem.train), generator=gen)[:vectors]
-    v = train_gradients(exact, task, problem.train, idx)  # (k, p)
-    return ", ".join(layers), {
-        m: ihvp_error(fit_curvature(m, tracked, task, problem.train, configs[m]), exact, v)
-        for m in methods}
+    res = ihvp_errors_vs_exact(problem.model, problem.train, methods, vectors, seed,
+                               max_params=EXACT_PARAMS)
+    row = res["by_damping"][1.0]
+    return ", ".join(res["layers"]), {m: row[m] for m in methods}

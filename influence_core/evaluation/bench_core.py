@@ -1,8 +1,9 @@
 """`bench core`: our EK-FAC fit + self-influence against Kronfluence's on the same model, data,
 batch size, damping heuristic and thread count, in the same run; and the IHVP error of every
-estimator against the exact damped Gauss-Newton inverse on digits/mlp. Prints a table, writes
-JSON. Times are also expressed in "epochs' worth": multiples of one forward-backward pass over
-the same examples at the same batch size (the three-pass floor is 3)."""
+estimator against the exact damped Gauss-Newton inverse on digits/mlp (ihvp.py). Prints a
+table, writes JSON. Times are also expressed in "epochs' worth": multiples of one
+forward-backward pass over the same examples at the same batch size (the three-pass floor is
+3)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from ..attribution.scores import self_influence, train_gradients
-from ..config import EKFACConfig, ExactConfig, KFACConfig, LissaConfig, artifacts_root, recipe
-from ..curvature import LissaDivergedError, fit_curvature
+from ..attribution.scores import self_influence
+from ..config import EKFACConfig, artifacts_root, recipe
+from ..curvature import fit_curvature
 from ..curvature.base import matmul_dtype, model_dtype
 from ..curvature.gradients import TrackedModel, layer_grads
 from ..curvature.task import ClassificationTask
@@ -25,7 +26,7 @@ from ..data.datasets import ImageDataset, subset
 from ..data.models import channels_last
 from ..data.registry import Problem, load_problem
 from ..progress import Progress, silent
-from .metrics import ihvp_error
+from .ihvp import ihvp_errors_vs_exact
 
 
 def forward_backward_epoch(model: torch.nn.Module, data: ImageDataset, batch_size: int) -> float:
@@ -110,37 +111,6 @@ def speed_table(problem: Problem, subset_size: int | None, batch_size: int,
     return report
 
 
-def ihvp_errors(problem: Problem, probes: int, lissa_depths: list[int], multipliers: list[float],
-                progress: Progress) -> dict:
-    """Relative IHVP error ||r - r*|| / ||r*|| against exact on training-loss gradients of
-    `probes` training examples (the vectors influence uses), every estimator with the SAME
-    damping: exact's default (0.1 x trace(G)/p) times each multiplier."""
-    model = copy.deepcopy(problem.model).double()
-    tracked, task, train = TrackedModel(model), ClassificationTask(), problem.train
-    exact = fit_curvature("exact", tracked, task, train, ExactConfig(), progress)
-    base = exact.damping
-    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:probes]
-    v = train_gradients(exact, task, train, idx)
-    out = {"num_params": tracked.num_params, "probes": probes, "by_damping": {}}
-    for mult in multipliers:
-        exact.damping = lam = base * mult
-        row = {"damping": lam}
-        for method, cfg in (("ekfac", EKFACConfig(damping=lam)), ("kfac", KFACConfig(damping=lam)),
-                            ("identity", None)):
-            row[method] = ihvp_error(fit_curvature(method, tracked, task, train, cfg), exact, v)
-        lissa = fit_curvature("lissa", tracked, task, train, LissaConfig(damping=lam, batch_size=256))
-        want = exact.ihvp(v)
-        row["lissa_by_depth"] = {}
-        for depth in lissa_depths:
-            try:
-                got = lissa.ihvp(v, depth=depth)
-                row["lissa_by_depth"][depth] = float((got - want).norm() / want.norm())
-            except LissaDivergedError:
-                row["lissa_by_depth"][depth] = float("nan")
-        out["by_damping"][mult] = row
-    return out
-
-
 def bench_core(data_root: str | None, subset_size: int | None = None, batch_size: int = 128,
                threads: int = 2, out: str | None = None, progress: Progress = silent) -> dict:
     torch.set_num_threads(threads)
@@ -148,8 +118,10 @@ def bench_core(data_root: str | None, subset_size: int | None = None, batch_size
     report = {"threads": threads, "batch_size": batch_size, "torch": torch.__version__,
               "mnist_cnn": speed_table(mnist, subset_size, batch_size, progress)}
     digits = load_problem(recipe("digits", "mlp"), data_root, progress=progress)
-    report["digits_mlp_ihvp_error"] = ihvp_errors(digits, 16, [10, 100, 1000], [1.0, 100.0],
-                                                  progress)
+    report["digits_mlp_ihvp_error"] = ihvp_errors_vs_exact(
+        copy.deepcopy(digits.model).double(), digits.train, ("ekfac", "kfac", "identity"),
+        probes=16, seed=1, multiples=(1.0, 100.0), lissa_depths=(10, 100, 1000),
+        progress=progress)
     path = Path(out) if out else artifacts_root() / "bench" / "core.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
