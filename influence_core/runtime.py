@@ -1,16 +1,28 @@
-"""Process-wide CPU settings that the CLI and the app apply once at start (tests do not need
-them: they change speed, never results)."""
+"""The CPU this process runs on: its features (cpu_has_bf16_units, which picks the precision of
+the big products), and process-wide settings that the CLI and the app apply once at start
+(tune_runtime; tests do not need them: they change speed, never results)."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+from pathlib import Path
 
 import torch
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (Linux /proc/cpuinfo flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def tune_runtime() -> dict[str, bool]:

@@ -79,7 +79,8 @@ def test_scores_do_not_depend_on_batch_size(method, small_mlp, digits) -> None:
     s2 = self_influence(curv, task, train, batch_size=600)
     assert torch.allclose(s1, s2, rtol=1e-9)
     # and the fitted curvature does not depend on the fitting batch size either
-    refit = fit_curvature("ekfac", tracked, task, train, EKFACConfig(fisher="expected", batch_size=33))
+    refit = fit_curvature("ekfac", tracked, task, train,
+                          EKFACConfig(fisher="expected", batch_size=33))
     if method == "ekfac":
         assert torch.allclose(refit.ihvp(torch.eye(5, tracked.num_params, dtype=torch.float64)),
                               curv.ihvp(torch.eye(5, tracked.num_params, dtype=torch.float64)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -68,6 +70,10 @@ def dense_gauss_newton(tracked: TrackedModel, data: ImageDataset) -> torch.Tenso
     return torch.einsum("nkp,nkl,nlq->pq", jac, h, jac) / len(data)
 
 
+def eye(n: int) -> torch.Tensor:
+    return torch.eye(n, dtype=torch.float64)
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -94,11 +100,11 @@ def test_exact_gram_route_matches_dense(toy_mlp, monkeypatch) -> None:
     small = tensor_dataset(data.tensor(torch.arange(5)), data.labels[:5], 3)
     gram = fit_curvature("exact", tracked, ClassificationTask(), small, cfg)
     dense_small = torch.linalg.solve(
-        dense_gauss_newton(tracked, small) + 1e-2 * torch.eye(tracked.num_params, dtype=torch.float64),
-        torch.eye(tracked.num_params, dtype=torch.float64),
+        dense_gauss_newton(tracked, small) + 1e-2 * eye(tracked.num_params),
+        eye(tracked.num_params),
     )
     assert not gram.complete and dense.complete
-    assert rel_err(gram.ihvp(torch.eye(tracked.num_params, dtype=torch.float64)), dense_small) < EXACT_TOL
+    assert rel_err(gram.ihvp(eye(tracked.num_params)), dense_small) < EXACT_TOL
 
 
 @pytest.mark.parametrize("method", ["kfac", "ekfac"])
@@ -146,7 +152,8 @@ def test_lissa_approaches_exact_with_depth(toy_mlp) -> None:
 def test_lissa_divergence_is_reported_not_returned(toy_mlp) -> None:
     model, data = toy_mlp
     tracked = TrackedModel(model)
-    cfg = LissaConfig(depth=200, damping=1e-3, scale=1e-3, batch_size=len(data))  # alpha far too big
+    # alpha far too big
+    cfg = LissaConfig(depth=200, damping=1e-3, scale=1e-3, batch_size=len(data))
     lissa = fit_curvature("lissa", tracked, ClassificationTask(), data, cfg)
     with pytest.warns(RuntimeWarning, match="diverged"), pytest.raises(LissaDivergedError):
         lissa.ihvp(torch.randn(1, tracked.num_params, dtype=torch.float64))
@@ -202,7 +209,7 @@ def test_attention_projections_are_left_frozen() -> None:
 def test_eigenbasis_splits_off_dead_coordinates_exactly() -> None:
     """Coordinates of variance exactly 0 get unit eigenvectors with eigenvalue 0; every other
     eigenvector is exactly 0 on them, and Q diag(e) Q^T is the covariance."""
-    from influence_core.curvature.kfac import eigenbasis
+    from influence_core.curvature.factors import eigenbasis
 
     torch.manual_seed(0)
     x = torch.randn(50, 6, dtype=torch.float64)
@@ -218,7 +225,7 @@ def test_eigenbasis_splits_off_dead_coordinates_exactly() -> None:
 
 def test_covariance_sums_accumulate_the_full_gram_matrix() -> None:
     """Only the upper block triangle is multiplied per batch; the mirrored sum is X^T X."""
-    from influence_core.curvature.kfac import CovarianceSums
+    from influence_core.curvature.fit import CovarianceSums
 
     torch.manual_seed(0)
     tracked = TrackedModel(nn.Sequential(nn.Linear(300, 200)))
@@ -271,25 +278,64 @@ def test_skipped_dead_directions_change_no_score(method: str) -> None:
 
 
 def test_eigenvalue_pass_skips_dead_directions_exactly() -> None:
-    """The precompute's pass 2 with pass 1's zero-eigenvalue masks (dead ReLU units skipped)
+    """The fit's pass 2 with pass 1's zero-eigenvalue masks (dead ReLU units skipped)
     gives the same Lambda as rotating every batch in the full basis, also when pass 2 sees
     inputs that wake a dead unit (the full-basis fallback)."""
-    from types import SimpleNamespace
-
-    from influence_core.attribution.precompute import _shards, fit_bases, fit_eigenvalues
-    from influence_core.progress import silent
+    from influence_core.curvature.fit import fit_bases, fit_eigenvalues, shards
 
     model, x, awake = _dead_unit_model(40)
     labels = torch.randint(0, 3, (40,))
     tracked, task, cfg = TrackedModel(model), ClassificationTask(), EKFACConfig(batch_size=8)
-    shards = _shards(40, 16, 0, 1)
-    bases = fit_bases(SimpleNamespace(train=tensor_dataset(x, labels, 3)), tracked, task, cfg,
-                      shards, silent)
+    parts = shards(40, 16)
+    bases = fit_bases(tracked, task, tensor_dataset(x, labels, 3), cfg, parts)
     assert bases[0][3].sum() == 1 and bases[1][2].sum() >= 2  # the dead directions were found
     for inputs in (x, awake):
-        data = SimpleNamespace(train=tensor_dataset(inputs, labels, 3))
-        skipped = fit_eigenvalues(data, tracked, task, cfg, shards, bases, silent)
-        whole = fit_eigenvalues(data, tracked, task, cfg, shards,
-                                [(q_a, q_s, None, None) for q_a, q_s, _, _ in bases], silent)
+        data = tensor_dataset(inputs, labels, 3)
+        skipped = fit_eigenvalues(tracked, task, data, cfg, parts, bases)
+        whole = fit_eigenvalues(tracked, task, data, cfg, parts,
+                                [(q_a, q_s, None, None) for q_a, q_s, _, _ in bases])
         for got, want in zip(skipped, whole):
             torch.testing.assert_close(got.eigenvalues, want.eigenvalues, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("shard_size", [4096, 32])
+def test_library_and_precompute_fit_the_same_ekfac(shard_size: int, artifacts_home) -> None:
+    """One fit (curvature.fit) behind fit_curvature("ekfac") and the precompute: the same
+    EKFACConfig, fit subsets included, gives the same eigenbases, eigenvalues and damping for a
+    conv and a linear layer. Bit for bit when the precompute takes the examples in one shard
+    (the library's) of the same (channels-last) model; to float64 round-off in shards of 32,
+    whose float64 sums are added in another order. K-FAC's bases are EK-FAC's."""
+    from influence_core import IndexConfig, precompute
+    from influence_core.artifacts import load_tensors
+    from influence_core.config import TrainConfig
+    from influence_core.data.models import channels_last
+    from influence_core.data.registry import Problem
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(3 * 3 * 3, 4)).double()
+    train = tensor_dataset(torch.randn(70, 2, 6, 6, dtype=torch.float64),
+                           torch.randint(0, 4, (70,)), 4)
+    test = tensor_dataset(torch.randn(5, 2, 6, 6, dtype=torch.float64), torch.arange(5) % 4, 4)
+    problem = Problem(TrainConfig(dataset="toy", model="toy"), model, train, test,
+                      torch.zeros(70, dtype=torch.bool), {})
+    cfg = EKFACConfig(batch_size=16, seed=3, max_examples=60, covariance_max_examples=45)
+    folder = precompute(problem, "ekfac", cfg, IndexConfig(dim=10**6, shard_size=shard_size))
+    saved = load_tensors(folder / "factors.safetensors")
+    # the precompute fits a channels-last copy of the model (its conv sums in another order)
+    tracked, task = TrackedModel(channels_last(copy.deepcopy(model))), ClassificationTask()
+    library = fit_curvature("ekfac", tracked, task, train, cfg).factors
+    assert len(library) == 2 and library[0].eigenvalues.shape == (3, 2 * 9 + 1)
+    tol = {"rtol": 0, "atol": 0} if shard_size == 4096 else {"rtol": 1e-12, "atol": 1e-13}
+    for i, f in enumerate(library):
+        for got, key in ((f.q_a, "q_a"), (f.q_s, "q_s")):
+            want = saved[f"{i}.{key}"]
+            largest = got.gather(0, got.abs().argmax(0, keepdim=True))
+            assert (largest > 0).all()  # each eigenvector's canonical sign
+            torch.testing.assert_close(got, want, **tol)
+        torch.testing.assert_close(f.eigenvalues, saved[f"{i}.eigenvalues"], **tol)
+        assert f.damping == pytest.approx(float(saved[f"{i}.damping"]), rel=tol["rtol"], abs=0)
+        assert f.damping == pytest.approx(0.1 * float(f.eigenvalues.mean()), rel=1e-12)
+    kfac = fit_curvature("kfac", tracked, task, train, KFACConfig(**vars(cfg))).factors
+    for k, e in zip(kfac, library):
+        assert torch.equal(k.q_a, e.q_a) and torch.equal(k.q_s, e.q_s)

@@ -31,7 +31,8 @@ from influence_core.data.training import train_model
 
 FULL_WIDTH_RTOL = 1e-4  # float32 index holding every direction vs EK-FAC pairwise scores
 SELF_RTOL = 1e-4  # fused self-influence vs attribution.self_influence
-TRUNCATED_SPEARMAN = 0.88  # digits CNN: 4096 of 18.8k conv directions + rank-16 kernels (0.916 seen)
+# digits CNN: 4096 of 18.8k conv directions + rank-16 kernels (0.916 seen)
+TRUNCATED_SPEARMAN = 0.88
 EVERYTHING = dict(dim=10**6, rank=10**4, dtype="float32", shard_size=600, matmul="float32")
 
 

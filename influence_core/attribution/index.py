@@ -32,11 +32,11 @@ import torch
 from torch import nn
 
 from ..artifacts import ArtifactError, check_manifest, load_tensors, model_hash
-from ..curvature.base import cpu_has_bf16_units
 from ..curvature.ekfac import EKFAC
+from ..curvature.factors import KroneckerFactors
 from ..curvature.gradients import LAYOUT, TrackedModel, backward_pairs, forward_capture
-from ..curvature.kfac import KroneckerFactors
 from ..curvature.task import ClassificationTask, Task
+from ..runtime import cpu_has_bf16_units
 from .scores import Ranked, top_k
 
 Pairs = list[tuple[torch.Tensor, torch.Tensor]]
@@ -85,7 +85,7 @@ class EigenProjection:
         best = torch.topk(flat, min(dim, flat.numel())).indices  # descending weight
         keep = best.sort().values
         sizes = [w.numel() if not r1 else 0 for w, r1 in zip(weights, rank_one)]
-        bounds = np.cumsum([0] + sizes)
+        bounds = np.cumsum([0, *sizes])
         positions = [keep[(keep >= lo) & (keep < hi)] - lo for lo, hi in pairwise(bounds)]
         order = torch.searchsorted(keep, best)  # column c of the eigen part is direction best[c]
         return cls(factors, positions, order, rows, cols, rank)
@@ -103,7 +103,8 @@ class EigenProjection:
         start = self.eigen_dim
         for m, r, c in zip(self.kernels, self.rows, self.cols):
             if m is not None:
-                yield m, slice(start, start + len(r)), slice(start + len(r), start + len(r) + len(c))
+                mid = start + len(r)
+                yield m, slice(start, mid), slice(mid, mid + len(c))
                 start += len(r) + len(c)
 
     def project(self, pairs: Pairs, compute: torch.dtype | None = None
@@ -249,9 +250,10 @@ def load_index(
     return AttributionIndex(folder, manifest, tracked, task, projection, vectors, arrays)
 
 
-def query_vector(index: AttributionIndex, x: torch.Tensor, y: torch.Tensor | int | None) -> torch.Tensor:
-    """(dim,) index row x_q for one query input x (C, H, W) or (1, C, H, W), normalised like the dataset;
-    y None: the model's predicted label."""
+def query_vector(index: AttributionIndex, x: torch.Tensor, y: torch.Tensor | int | None
+                 ) -> torch.Tensor:
+    """(dim,) index row x_q for one query input x (C, H, W) or (1, C, H, W), normalised like the
+    dataset; y None: the model's predicted label."""
     x = (x if x.ndim == 4 else x[None]).to(next(index.tracked.model.parameters()).dtype)
     with _one_thread():  # one image: thread hand-offs cost more than they save on a busy CPU
         store, outputs = forward_capture(index.tracked, x)
@@ -273,7 +275,8 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def index_scores(index: AttributionIndex, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
+def index_scores(index: AttributionIndex, x: torch.Tensor, y: torch.Tensor | int | None = None
+                 ) -> torch.Tensor:
     """(N,) approximate EK-FAC scores of every training example on the query (positive: helpful)."""
     return index.projection.scores(query_vector(index, x, y)[None], index.vectors)[0]
 

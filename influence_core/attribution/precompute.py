@@ -1,12 +1,13 @@
 """The precompute pipeline: three passes over the training set, saved as one artifact folder.
 
-(1) pseudo-gradients -> A, S covariances -> eigenbases; (2) pseudo-gradients -> EK-FAC Lambda;
-(3) true-label gradients -> self-influence AND the index rows (fused), plus losses and logits.
-Under torchrun, examples are split into shards of `shard_size` (rank r takes shards r, r + W, ...);
-sums of passes 1 and 2 are all-reduced, pass 3 writes each shard's rows of shared memory-mapped
-arrays. Pseudo-labels are drawn per batch from a generator seeded by the batch's first index, so
-1 or W processes see the same labels and produce the same artifacts. Resuming: passes 1 and 2 are
-saved as stages, pass 3 marks each finished shard; nothing finished is recomputed.
+(1) pseudo-gradients -> A, S covariances -> eigenbases; (2) pseudo-gradients -> EK-FAC Lambda
+(both curvature.fit's, the library's EK-FAC fit); (3) true-label gradients -> self-influence
+AND the index rows (fused), plus losses and logits. Under torchrun, examples are split into
+shards of `shard_size` (rank r takes shards r, r + W, ...); sums of passes 1 and 2 are
+all-reduced, pass 3 writes each shard's rows of shared memory-mapped arrays. Pseudo-labels are
+drawn per batch from a generator seeded by the batch's first index, so 1 or W processes see the
+same labels and produce the same artifacts. Resuming: passes 1 and 2 are saved as stages, pass 3
+marks each finished shard; nothing finished is recomputed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import dataclasses
 import os
 import resource
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +35,9 @@ from ..artifacts import (
     write_json,
 )
 from ..config import EKFACConfig, IndexConfig, artifacts_root, config_hash
-from ..curvature.base import fisher_pairs, matmul_dtype, model_dtype
-from ..curvature.ekfac import add_eigenvalues
+from ..curvature.base import matmul_dtype, model_dtype
+from ..curvature.fit import Basis, batches, fit_bases, fit_eigenvalues, fit_order, shards
 from ..curvature.gradients import LAYOUT, TrackedModel, backward_pairs, forward_capture
-from ..curvature.kfac import (
-    CovarianceSums,
-    KroneckerFactors,
-    Rotation,
-    eigenbasis,
-    heuristic_damping,
-)
 from ..curvature.task import ClassificationTask
 from ..data.models import channels_last
 from ..data.registry import Problem
@@ -62,6 +55,7 @@ def init_distributed() -> tuple[int, int]:
 
 
 def _all_reduce(tensors: list[torch.Tensor]) -> None:
+    """Sums over the torchrun ranks, in place (the fit passes' Reduce)."""
     if dist.is_initialized():
         for t in tensors:
             dist.all_reduce(t)
@@ -73,12 +67,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def artifact_fields(problem: Problem, method: str, curvature: EKFACConfig, index: IndexConfig) -> dict:
+def artifact_fields(problem: Problem, method: str, curvature: EKFACConfig, index: IndexConfig
+                    ) -> dict:
     """What determines an artifact's contents (hashed into its folder name, checked on load)."""
     tracked = TrackedModel(problem.model)
     return {"dataset": problem.config.dataset, "model": problem.config.model,
             "layers": list(tracked.modules), "num_params": tracked.num_params,
-            "train_config_hash": config_hash(problem.config), "model_hash": model_hash(problem.model),
+            "train_config_hash": config_hash(problem.config),
+            "model_hash": model_hash(problem.model),
             "method": method, "curvature_config": dataclasses.asdict(curvature),
             "index_config": dataclasses.asdict(index), "layout": LAYOUT}
 
@@ -87,93 +83,9 @@ def artifact_folder(problem: Problem, method: str = "ekfac", curvature: EKFACCon
                     index: IndexConfig = IndexConfig()) -> Path:
     """artifacts/index/<dataset>-<model>-<content hash> for this problem and configs."""
     fields = artifact_fields(problem, method, curvature, index)
-    name = f"{problem.config.dataset.replace(':', '_').replace('/', '_')[:40]}-{problem.config.model}"
+    dataset = problem.config.dataset.replace(":", "_").replace("/", "_")[:40]
+    name = f"{dataset}-{problem.config.model}"
     return artifacts_root() / "index" / f"{name}-{content_key(fields)}"
-
-
-def _shards(n: int, size: int, rank: int, world: int) -> list[tuple[int, int, int]]:
-    return [(s, s * size, min(n, (s + 1) * size)) for s in range(-(-n // size)) if s % world == rank]
-
-
-def _batches(problem: Problem, shards: list, batch: int, dtype: torch.dtype,
-             order: torch.Tensor | None = None) -> Iterator:
-    """Batches of shards (s, lo, hi): positions lo..hi of `order` (None: the training set)."""
-    for _, lo, hi in shards:
-        for start in range(lo, hi, batch):
-            idx = torch.arange(start, min(hi, start + batch))
-            idx = idx if order is None else order[idx]
-            yield problem.train.tensor(idx).to(dtype), problem.train.labels[idx], idx
-
-
-def fit_order(n: int, cfg: EKFACConfig, covariances: bool = False) -> torch.Tensor | None:
-    """The examples a fit pass sees: None (all n), or cfg.max_examples of them (with
-    `covariances`, also at most cfg.covariance_max_examples), seeded and sorted, as Kronfluence's
-    lambda_max_examples / covariance_max_examples. Prefixes of one permutation: the covariance
-    examples are a subset of the eigenvalue examples."""
-    limits = [cfg.max_examples] + ([cfg.covariance_max_examples] if covariances else [])
-    limit = min((k for k in limits if k is not None), default=None)
-    if limit is None or limit >= n:
-        return None
-    gen = torch.Generator().manual_seed(cfg.seed)
-    return torch.randperm(n, generator=gen)[:limit].sort().values
-
-
-def _pseudo_pairs(tracked, task, x, y, idx, cfg: EKFACConfig, what: int,
-                  compute: torch.dtype | None = None) -> list:
-    """The fit passes' pseudo-gradients, seeded per batch. With `compute` (bfloat16) the forward
-    runs under autocast (fisher_pairs; a bf16 forward-backward is 1.5x faster here). The scoring
-    pass, whose per-example gradients are the index, keeps the model's dtype."""
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + what * 100_003 + int(idx[0]))
-    return list(fisher_pairs(tracked, task, x, y, cfg.fisher, gen, compute))
-
-
-def fit_bases(problem, tracked, task, cfg, shards, progress, order=None, compute=None
-              ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Pass 1: per layer (Q_A, Q_S), float64, from A = E[sum_t a a^T], S = E[sum_t g g^T], and
-    which of their eigenvalues are exactly 0 (zero_a, zero_s: pass 2 skips those directions)."""
-    sums = CovarianceSums(tracked, fold=0, compute=compute)  # folded per shard: W processes agree
-    done, total = 0, sum(hi - lo for _, lo, hi in shards)
-    for shard in shards:
-        for x, y, idx in _batches(problem, [shard], cfg.batch_size, model_dtype(tracked), order):
-            for draw, pairs in enumerate(_pseudo_pairs(tracked, task, x, y, idx, cfg, 1, compute)):
-                sums.add(pairs, count_inputs=draw == 0)
-            done += len(idx)
-            progress(done, total, "1/3 fit covariances")
-        sums.flush()
-    covs = sums.sums()
-    _all_reduce([t for c in covs for t in c])
-    out = []
-    for a, s in covs:
-        (e_a, q_a), (e_s, q_s) = eigenbasis(a), eigenbasis(s)
-        out.append((_canonical(q_a), _canonical(q_s), e_a == 0, e_s == 0))
-    return out
-
-
-def _canonical(q: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors with their largest entry positive: the same basis from 1 or W processes."""
-    pick = q.abs().argmax(0)
-    return q * torch.sign(q[pick, torch.arange(q.shape[1])])
-
-
-def fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress, order=None,
-                    compute=None) -> list[KroneckerFactors]:
-    """Pass 2: Lambda[j, k] = E_i[R_i[j, k]^2], R_i = Q_S^T DW_i Q_A; heuristic damping.
-    `bases`: (Q_A, Q_S, zero_a, zero_s) per layer; the zero directions (dead coordinates, see
-    kfac.Side) are skipped, with the full basis for any batch that reaches them (exact)."""
-    dtype = model_dtype(tracked)
-    q = [Rotation.of(q_a, q_s, zero_a, zero_s).to(compute or dtype)
-         for q_a, q_s, zero_a, zero_s in bases]
-    lams = [torch.zeros(b[1].shape[0], b[0].shape[0], dtype=torch.float64) for b in bases]
-    done, total = 0, sum(hi - lo for _, lo, hi in shards)
-    for x, y, idx in _batches(problem, shards, cfg.batch_size, dtype, order):
-        for pairs in _pseudo_pairs(tracked, task, x, y, idx, cfg, 2, compute):
-            add_eigenvalues(lams, q, pairs, compute)
-        done += len(idx)
-        progress(done, total, "2/3 fit eigenvalues")
-    _all_reduce(lams)
-    n = len(problem.train) if order is None else len(order)
-    return [KroneckerFactors(q_a, q_s, lam / n, heuristic_damping(lam / n, cfg))
-            for lam, (q_a, q_s, _, _) in zip(lams, bases)]
 
 
 def _open_outputs(folder: Path, n: int, n_test: int, classes: int, cfg: IndexConfig, dim: int,
@@ -184,14 +96,14 @@ def _open_outputs(folder: Path, n: int, n_test: int, classes: int, cfg: IndexCon
     return {k: open_array(folder / f"{k}.npy", s, d, create) for k, (s, d) in shapes.items()}
 
 
-def score_and_index(problem, tracked, task, proj, cfg, shards, folder, out, progress,
+def score_and_index(problem, tracked, task, proj, cfg, parts, folder, out, progress,
                     compute=None) -> None:
     """Pass 3, fused: per batch one backward of the summed true-label loss, then index rows,
     self-influence, loss and logits; each finished shard is flushed and marked done."""
-    todo = [s for s in shards if not (folder / "shards" / f"{s[0]}.done").is_file()]
+    todo = [s for s in parts if not (folder / "shards" / f"{s[0]}.done").is_file()]
     done, total = 0, sum(hi - lo for _, lo, hi in todo)
     for shard in todo:
-        for x, y, idx in _batches(problem, [shard], cfg.batch_size, model_dtype(tracked)):
+        for x, y, idx in batches(problem.train, [shard], cfg.batch_size, model_dtype(tracked)):
             store, logits = forward_capture(tracked, x)
             losses = task.loss(logits, y)
             pairs = backward_pairs(tracked, store, losses)
@@ -219,44 +131,58 @@ def _test_predictions(problem: Problem, task, out: dict, batch: int) -> None:
 
 
 def _fit_stage(problem, tracked, task, cfg, index, folder, progress, timings) -> EigenProjection:
-    """Passes 1 and 2 (over fit_order's examples), or their saved results (bases.safetensors,
-    factors.safetensors)."""
+    """Passes 1 and 2 (curvature.fit over fit_order's examples, this rank's shards, all-reduced),
+    or their saved results (bases.safetensors, factors.safetensors)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     n, compute = len(problem.train), matmul_dtype(index.matmul, model_dtype(tracked))
     order, cov_order = fit_order(n, cfg), fit_order(n, cfg, covariances=True)
-    shards = _shards(n if order is None else len(order), index.shard_size, rank, world)
-    cov_shards = _shards(n if cov_order is None else len(cov_order), index.shard_size, rank, world)
+    parts = shards(n if order is None else len(order), index.shard_size, rank, world)
+    cov_parts = shards(n if cov_order is None else len(cov_order), index.shard_size, rank, world)
     if not (folder / "factors.safetensors").is_file():
         if (folder / "bases.safetensors").is_file():
-            t = load_tensors(folder / "bases.safetensors")  # no zero masks: skip nothing
-            bases = [(t[f"{i}.q_a"], t[f"{i}.q_s"], *(t[f"{i}.zero_{side}"].bool()
-                                                       if f"{i}.zero_{side}" in t else None
-                                                       for side in "as"))
-                     for i in range(len(tracked.specs))]
+            bases = _load_bases(folder, len(tracked.specs))
         else:
             start = time.perf_counter()
-            bases = fit_bases(problem, tracked, task, cfg, cov_shards, progress, cov_order,
-                              compute)
+            bases = fit_bases(tracked, task, problem.train, cfg, cov_parts,
+                              _stage(progress, "1/3"), cov_order, compute, _all_reduce)
             timings["fit_covariances"] = time.perf_counter() - start
             if rank == 0:
-                save_tensors(folder / "bases.safetensors", {
-                    k: v for i, (q_a, q_s, zero_a, zero_s) in enumerate(bases)
-                    for k, v in ((f"{i}.q_a", q_a), (f"{i}.q_s", q_s),
-                                 (f"{i}.zero_a", zero_a.to(torch.uint8)),
-                                 (f"{i}.zero_s", zero_s.to(torch.uint8)))})
+                _save_bases(folder, bases)
         start = time.perf_counter()
-        factors = fit_eigenvalues(problem, tracked, task, cfg, shards, bases, progress, order,
-                                  compute)
+        factors = fit_eigenvalues(tracked, task, problem.train, cfg, parts, bases,
+                                  _stage(progress, "2/3"), order, compute, _all_reduce)
         timings["fit_eigenvalues"] = time.perf_counter() - start
         if rank == 0:
             probe = problem.train.tensor(torch.arange(min(2, len(problem.train))))
             rank_one = rank_one_layers(tracked, probe.to(model_dtype(tracked)))
             factorise = [r1 and index.factorise for r1 in rank_one]
-            save_tensors(folder / "factors.safetensors",
-                         EigenProjection.select(factors, index.dim, factorise, index.rank).tensors())
+            kept = EigenProjection.select(factors, index.dim, factorise, index.rank)
+            save_tensors(folder / "factors.safetensors", kept.tensors())
         barrier()
     dtype = model_dtype(tracked)
     return EigenProjection.from_tensors(load_tensors(folder / "factors.safetensors"), dtype)
+
+
+def _stage(progress: Progress, stage: str) -> Progress:
+    """`progress` with the pass's number in front of what it reports ("1/3 fit covariances")."""
+    return lambda done, total, what: progress(done, total, f"{stage} {what}")
+
+
+def _save_bases(folder: Path, bases: list[Basis]) -> None:
+    save_tensors(folder / "bases.safetensors", {
+        k: v for i, (q_a, q_s, zero_a, zero_s) in enumerate(bases)
+        for k, v in ((f"{i}.q_a", q_a), (f"{i}.q_s", q_s),
+                     (f"{i}.zero_a", zero_a.to(torch.uint8)),
+                     (f"{i}.zero_s", zero_s.to(torch.uint8)))})
+
+
+def _load_bases(folder: Path, layers: int) -> list[Basis]:
+    """Pass 1's saved bases; without zero masks (older folders), pass 2 skips nothing."""
+    t = load_tensors(folder / "bases.safetensors")
+    return [(t[f"{i}.q_a"], t[f"{i}.q_s"], *(t[f"{i}.zero_{side}"].bool()
+                                             if f"{i}.zero_{side}" in t else None
+                                             for side in "as"))
+            for i in range(layers)]
 
 
 def precompute(
@@ -282,7 +208,7 @@ def precompute(
     task = ClassificationTask(index.measurement)
     manifest["matmul"] = str(compute or "model dtype")
     n, timings = len(problem.train), manifest.setdefault("timings", {})
-    mine = _shards(n, index.shard_size, rank, world)
+    mine = shards(n, index.shard_size, rank, world)
     proj = _fit_stage(problem, tracked, task, curvature, index, folder, progress, timings)
     manifest["damping"] = [f.damping for f in proj.factors]
     if rank == 0:
@@ -322,7 +248,7 @@ def _start_manifest(folder: Path, fields: dict, rank: int) -> dict:
 
 
 def _finish_manifest(folder: Path, manifest: dict, n: int, index: IndexConfig, world: int) -> None:
-    missing = [s for s, _, _ in _shards(n, index.shard_size, 0, 1)
+    missing = [s for s, _, _ in shards(n, index.shard_size)
                if not (folder / "shards" / f"{s}.done").is_file()]
     if missing:
         raise ArtifactError(f"{folder}: shards {missing} unfinished; re-run precompute")

@@ -28,5 +28,14 @@ def fit_curvature(
     return ESTIMATORS[method].fit(tracked, task, data, cfg, progress)
 
 
-__all__ = ["ESTIMATORS", "EKFAC", "KFAC", "Curvature", "ExactGaussNewton", "Identity", "Lissa",
-           "LissaDivergedError", "fit_curvature"]
+__all__ = [
+    "EKFAC",
+    "ESTIMATORS",
+    "KFAC",
+    "Curvature",
+    "ExactGaussNewton",
+    "Identity",
+    "Lissa",
+    "LissaDivergedError",
+    "fit_curvature",
+]

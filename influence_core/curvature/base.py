@@ -10,15 +10,14 @@ trace(G) / p over all tracked parameters for exact and LiSSA. Pass `damping` to 
 
 from __future__ import annotations
 
-import functools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
 from ..data.datasets import ImageDataset
 from ..progress import Progress, silent
+from ..runtime import cpu_has_bf16_units
 from .gradients import TrackedModel, backward_pairs, forward_capture, per_example_grads
 from .task import Task
 
@@ -93,16 +92,6 @@ def iterate(
 
 def model_dtype(tracked: TrackedModel) -> torch.dtype:
     return next(iter(tracked.modules.values())).weight.dtype
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices natively (Linux /proc/cpuinfo flags)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def matmul_dtype(setting: str, model: torch.dtype) -> torch.dtype | None:

@@ -24,13 +24,14 @@ class ExactGaussNewton(Curvature):
 
     def __init__(self, tracked: TrackedModel, basis: torch.Tensor, eigenvalues: torch.Tensor,
                  damping: float) -> None:
-        self.tracked, self.basis, self.eigenvalues, self.damping = tracked, basis, eigenvalues, damping
+        self.tracked, self.basis = tracked, basis
+        self.eigenvalues, self.damping = eigenvalues, damping
         self.complete = basis.shape[1] == basis.shape[0]
 
     @classmethod
     def fit(
-        cls, tracked: TrackedModel, task: Task, data: ImageDataset, cfg: ExactConfig = ExactConfig(),
-        progress: Progress = silent,
+        cls, tracked: TrackedModel, task: Task, data: ImageDataset,
+        cfg: ExactConfig = ExactConfig(), progress: Progress = silent,
     ) -> ExactGaussNewton:
         p = tracked.num_params
         if p > cfg.max_params:
@@ -57,7 +58,8 @@ class ExactGaussNewton(Curvature):
             keep = e > e.max() * 1e-12
             e, v = e[keep], (b.T @ u[:, keep]) / e[keep].sqrt()
         e = e.clamp_min(0.0)
-        damping = cfg.damping if cfg.damping is not None else cfg.damping_factor * float(e.sum()) / p
+        mean = float(e.sum()) / p
+        damping = cfg.damping if cfg.damping is not None else cfg.damping_factor * mean
         return cls(tracked, v, e, damping)
 
     def ihvp(self, vectors: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,8 @@ class TrackedModel:
         # to copy; None: the model's dtype). Output gradients g keep the model's dtype.
         self._input_dtype, self._this_thread = input_dtype, threading.local()
         bypassed = {  # MultiheadAttention calls F.linear on out_proj's weight: no hook fires
-            f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+            f"{n}.out_proj" for n, m in model.named_modules()
+            if isinstance(m, nn.MultiheadAttention)
         }
         available = {n: m for n, m in model.named_modules()
                      if isinstance(m, (nn.Linear, nn.Conv2d)) and n not in bypassed}
@@ -61,7 +62,8 @@ class TrackedModel:
             named = dict(model.named_modules())
             for n in layers:
                 if n not in named:
-                    raise UnsupportedLayerError(f"no layer named {n!r}; layers: {sorted(available)}")
+                    raise UnsupportedLayerError(
+                        f"no layer named {n!r}; layers: {sorted(available)}")
                 if n not in available:
                     raise UnsupportedLayerError(
                         f"layer {n!r} is a {type(named[n]).__name__}; only Linear and Conv2d "
@@ -73,7 +75,8 @@ class TrackedModel:
         self.modules = {n: available[n] for n in names}
         for n, m in self.modules.items():
             if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros"):
-                raise UnsupportedLayerError(f"{n}: grouped or non-zero-padded Conv2d is unsupported")
+                raise UnsupportedLayerError(
+                    f"{n}: grouped or non-zero-padded Conv2d is unsupported")
         self.specs = [
             LayerSpec(n, m.weight.shape[0], m.weight[0].numel() + (m.bias is not None))
             for n, m in self.modules.items()
@@ -209,10 +212,7 @@ def _patches(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 def _layer_input(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(m, nn.Conv2d):
         return _patches(m, x)
-    if x.ndim == 2:
-        x = x[:, None, :]
-    else:
-        x = x.reshape(x.shape[0], -1, x.shape[-1])
+    x = x[:, None, :] if x.ndim == 2 else x.reshape(x.shape[0], -1, x.shape[-1])
     if m.bias is not None:
         x = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1)
     return x  # (B, T, d_in)

@@ -38,8 +38,8 @@ class Lissa(Curvature):
 
     @classmethod
     def fit(
-        cls, tracked: TrackedModel, task: Task, data: ImageDataset, cfg: LissaConfig = LissaConfig(),
-        progress: Progress = silent,
+        cls, tracked: TrackedModel, task: Task, data: ImageDataset,
+        cfg: LissaConfig = LissaConfig(), progress: Progress = silent,
     ) -> Lissa:
         damping = cfg.damping
         if damping is None:
