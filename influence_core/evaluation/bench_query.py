@@ -37,7 +37,8 @@ def _summary(ms: list[float]) -> dict:
             "max_ms": max(ms), "n": len(ms)}
 
 
-def _latencies(index: AttributionIndex, problem: Problem, queries: torch.Tensor, folder: Path) -> dict:
+def _latencies(index: AttributionIndex, problem: Problem, queries: torch.Tensor,
+               folder: Path) -> dict:
     for i in queries[:5].tolist():  # warm-up
         query_index(index, problem.test.tensor([i])[0], None, 10)
     test_ms, upload_ms = [], []
@@ -54,7 +55,8 @@ def _latencies(index: AttributionIndex, problem: Problem, queries: torch.Tensor,
     return {"test": _summary(test_ms), "upload": _summary(upload_ms)}
 
 
-def _quality(index: AttributionIndex, problem: Problem, queries: torch.Tensor, widths: list[int]) -> dict:
+def _quality(index: AttributionIndex, problem: Problem, queries: torch.Tensor,
+             widths: list[int]) -> dict:
     x, y = problem.test.tensor(queries), problem.test.labels[queries]
     exact = pairwise_influence(index_curvature(index), index.task, x, y, problem.train)  # (k, N)
     qv = torch.stack([query_vector(index, x[j], y[j]) for j in range(len(queries))])  # (k, dim)
@@ -70,8 +72,10 @@ def _quality(index: AttributionIndex, problem: Problem, queries: torch.Tensor, w
             start = time.perf_counter()
             proj.scores(qsub[j:j + 1], sub)
             ms.append(1000 * (time.perf_counter() - start))
-        out[str(m)] = {"spearman_mean": float(np.mean(rho)), "spearman_median": float(np.median(rho)),
-                       "spearman_min": float(np.min(rho)), "product_median_ms": statistics.median(ms)}
+        out[str(m)] = {"spearman_mean": float(np.mean(rho)),
+                       "spearman_median": float(np.median(rho)),
+                       "spearman_min": float(np.min(rho)),
+                       "product_median_ms": statistics.median(ms)}
     return out
 
 
@@ -102,7 +106,7 @@ def bench_query(problem: Problem, index_cfg: IndexConfig = IndexConfig(), querie
         "precompute": {k: index.manifest.get(k) for k in ("timings", "peak_rss_mb", "damping")},
     }
     if quality:
-        report["quality"] = _quality(index, problem, picks, widths + [eigen])
+        report["quality"] = _quality(index, problem, picks, [*widths, eigen])
     report["derived"] = derived_figures(report)
     return report
 

@@ -17,6 +17,9 @@ from pathlib import Path
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DOC_LINK = "docs/benchmarks.md"
+CLI = "python -m influence_core"  # how the sections write commands
+DATA = "--data-root ../shared/data"  # the data root of every command beyond digits
+TARGETS = "targets.json"  # goals and the paper's figures, written by hand
 
 
 def slug(heading: str) -> str:
