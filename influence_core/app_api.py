@@ -210,7 +210,8 @@ def explain(index: AttributionIndex, x: torch.Tensor | np.ndarray,
             (lo.indices.numpy(), -lo.values.double().numpy()))
 
 
-def query_vectors(index: AttributionIndex, data: ImageDataset, batch_size: int = 512) -> torch.Tensor:
+def query_vectors(index: AttributionIndex, data: ImageDataset, batch_size: int = 512
+                  ) -> torch.Tensor:
     """(M, dim) index rows of every example of `data` as a query (its predicted label), so
     that scores on all queries of training example i are projection.scores(x_i, them)."""
     tracked, out = index.tracked, []

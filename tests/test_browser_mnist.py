@@ -76,6 +76,7 @@ def _time(page: object, action: object, wait: object = None, images: bool = True
     return time.perf_counter() - start
 
 
+# long: one browser session timed click by click, in the order a user works
 def test_review_and_explore_latency_on_mnist(mnist_server: str, tmp_path: Path) -> None:
     out: dict[str, list[float]] = {}
     with playwright_api().sync_playwright() as p:

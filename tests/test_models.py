@@ -130,7 +130,7 @@ def test_checkpoint_carrying_code_is_refused_unexecuted(tmp_path: Path, payload:
     obj = payload(marker)
     torch.save({"layer.weight": torch.zeros(2, 2), "extra": obj}, path)
     assert not marker.exists()
-    with pytest.raises(CheckpointError, match="refused .*evil.pt.*weights_only"):
+    with pytest.raises(CheckpointError, match=r"refused .*evil\.pt.*weights_only"):
         load_checkpoint(nn.Sequential(nn.Linear(2, 2)), path)
     assert not marker.exists()
 

@@ -81,7 +81,8 @@ def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch
     return [load_checkpoint(fresh(), p).eval() for p in paths]
 
 
-def trajectory(problem: Problem, snapshots: int = 5, progress: Progress = silent) -> list[nn.Module]:
+def trajectory(problem: Problem, snapshots: int = 5, progress: Progress = silent
+               ) -> list[nn.Module]:
     """`snapshots` checkpoints along problem's own training run (same seed), at steps
     T/2^(S-1), ..., T/2, T."""
     data, _, _ = training_set(problem)

@@ -51,7 +51,7 @@ def _scan(files: dict[str, list[Path]], classes: list[str]) -> tuple[dict, list]
         for p in paths:
             try:
                 size, grey = _verified(p)
-            except Exception as exc:  # noqa: BLE001  PIL raises OSError, SyntaxError, bombs...
+            except Exception as exc:
                 skipped.append((str(p), f"{type(exc).__name__}: {exc}"))
             else:
                 found[p] = (classes.index(name), size, grey)

@@ -64,7 +64,7 @@ def _pretrained(arch: str) -> nn.Module:
     weights = tvm.get_model_weights(arch).DEFAULT
     try:
         net.load_state_dict(weights.get_state_dict(progress=False, check_hash=True))
-    except Exception as exc:  # noqa: BLE001  offline, no cached weights, a corrupt download
+    except Exception as exc:
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         warnings.warn(
             f"{arch}: pretrained ImageNet weights could not be loaded ({type(exc).__name__}: "

@@ -184,7 +184,7 @@ def _lazy_pair(
     """torchvision's class without download, else our reader of the same layout, else download."""
     try:
         splits, classes = _from_torchvision(cls_name, root, download=False)
-    except Exception:  # noqa: BLE001  files missing, or an md5 check failing on a hand-made copy
+    except Exception:
         try:
             splits, classes = read_layout(root)
         except DatasetError as own_exc:
