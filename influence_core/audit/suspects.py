@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,6 +39,27 @@ from ..progress import Progress, silent
 #:   mnist/mlp regular       0.966/1.000  0.956/1.000  0.780/1.000
 #:   mnist/mlp memorising    0.937/0.996  0.859/0.988  0.627/0.841  (12k subset, 40 ep, no wd)
 DEFAULT_SIGNAL = "cv_loss+checkpoint_loss"
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A suspect ranking the Review page offers: a signal expression (see `combine`), and one
+    line saying what it measures."""
+
+    signal: str
+    help: str
+
+
+#: The rankings a user can choose in Review (key -> Ranking); "default" is the queue's default.
+RANKINGS: dict[str, Ranking] = {
+    "default": Ranking(DEFAULT_SIGNAL, "our default: out-of-sample loss (5-fold cross-"
+                       "validation) and loss summed over 5 checkpoints, rank-averaged"),
+    "self_influence": Ranking("self_influence", "EK-FAC self-influence (the paper's): how "
+                              "strongly the example's own label pulls the model"),
+    "loss": Ranking("loss", "training loss of the given label under the model: the cheapest"),
+    "cleanlab": Ranking("cv_loss", "cleanlab-style self-confidence: how unlikely the given label "
+                        "is out of sample (5-fold cross-validation)"),
+}
 
 
 def training_set(problem: Problem) -> tuple[ImageDataset, torch.Tensor, torch.Tensor]:
