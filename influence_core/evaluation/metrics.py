@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from ..curvature.base import Curvature
-from .reports import load_reports, write_report  # noqa: F401  (their former home; tests/test_app.py)
 
 BUDGETS = (0.1, 0.2, 0.3, 0.4, 0.5)  # fractions of the training set inspected
 
