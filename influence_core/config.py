@@ -50,6 +50,8 @@ class TrainConfig:
     seed: int = 0  # model init and batch order
     noise: float = 0.0  # fraction of training labels flipped (label-noise experiments)
     noise_seed: int = 0
+    # which labels are flipped and to what: uniform | pair | instance (data/noise.py)
+    noise_kind: str = dataclasses.field(default="uniform", metadata={"unhashed_default": True})
     subset_seed: int = -1  # >= 0: train on a seeded random subset (LDS); -1: all examples
     subset_fraction: float = 1.0
     # batch order only (>= 0); -1: from `seed` like the init. LDS uses it to tell the noise of
@@ -61,6 +63,9 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be positive")
         if not 0.0 <= self.noise < 1.0:
             raise ValueError(f"noise must be in [0, 1), got {self.noise}")
+        if self.noise_kind not in ("uniform", "pair", "instance"):
+            raise ValueError(f"noise_kind must be uniform, pair or instance, "
+                             f"got {self.noise_kind!r}")
         if not 0.0 < self.subset_fraction <= 1.0:
             raise ValueError(f"subset_fraction must be in (0, 1], got {self.subset_fraction}")
 

@@ -13,8 +13,9 @@ from torch import nn
 
 from ..config import TrainConfig, artifacts_root, config_hash
 from ..progress import Progress, silent
-from .datasets import ImageDataset, inject_label_noise, subset_mask
+from .datasets import ImageDataset, subset_mask
 from .models import build_model
+from .noise import inject_noise
 
 
 @torch.no_grad()
@@ -70,7 +71,7 @@ def training_labels(train: ImageDataset, cfg: TrainConfig) -> tuple[ImageDataset
     """The training split with cfg's label noise applied, and the flip mask."""
     if cfg.noise <= 0:
         return train, torch.zeros(len(train), dtype=torch.bool)
-    noisy, mask = inject_label_noise(train.labels, cfg.noise, train.num_classes, cfg.noise_seed)
+    noisy, mask = inject_noise(train, cfg.noise_kind, cfg.noise, cfg.noise_seed)
     return train.with_labels(noisy), mask
 
 
