@@ -8,6 +8,10 @@ subset when cfg.subset_seed >= 0), HIGHER = MORE SUSPECT:
   checkpoint_self_influence   self-influence summed over S checkpoints along the trajectory
   checkpoint_loss       loss summed over the same checkpoints (area under the loss curve)
   cv_loss               out-of-sample loss from K-fold cross-validation (cleanlab's input)
+  self_confidence       1 - out-of-sample probability of the given label (cleanlab's
+                        self-confidence; the same order as cv_loss)
+  aum, forgetting, dynamics_loss   training dynamics over 8 evenly spaced checkpoints
+                        (audit/dynamics.py)
 Combinations: `class_normalised(s, labels)` (z-score within each given class) and `rank_mean`.
 """
 
@@ -30,6 +34,9 @@ from ..data.models import build_model, load_checkpoint
 from ..data.registry import Problem
 from ..data.training import predict_logits, train_model
 from ..progress import Progress, silent
+from .dynamics import Dynamics
+
+DYNAMICS_POINTS = 8  # checkpoints of the training-dynamics run (aum, forgetting, dynamics_loss)
 
 #: The default suspect ranking: rank mean of the 5-fold out-of-sample loss and the loss summed
 #: over 5 trajectory snapshots. Fraction of flips found at top 10% / 20% (10% noise, `evaluate
@@ -72,10 +79,12 @@ def training_set(problem: Problem) -> tuple[ImageDataset, torch.Tensor, torch.Te
 
 
 def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch.Tensor | None,
-                  snapshots: int = 1, progress: Progress = silent) -> list[nn.Module]:
+                  snapshots: int = 1, progress: Progress = silent, even: bool = False
+                  ) -> list[nn.Module]:
     """Train problem.config's recipe on data[indices] from the same init, keeping `snapshots`
     checkpoints at geometrically spaced steps T/2^(S-1), ..., T/2, T (early ones see the data
-    before memorisation; the last is the final model); cached under artifacts/suspects."""
+    before memorisation; the last is the final model), or with `even` at T/S, 2T/S, ..., T;
+    cached under artifacts/suspects."""
     cfg = problem.config
     folder = artifacts_root() / "suspects" / f"{config_hash(cfg)}-{tag}"
     paths = [folder / f"snapshot{k}.pt" for k in range(snapshots)]
@@ -89,7 +98,8 @@ def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch
     model, states = fresh(), []
     n = len(data) if indices is None else len(indices)
     total = cfg.epochs * -(-n // cfg.batch_size)
-    targets = [round(total / 2 ** (snapshots - 1 - k)) for k in range(snapshots)]
+    targets = ([round(total * (k + 1) / snapshots) for k in range(snapshots)] if even else
+               [round(total / 2 ** (snapshots - 1 - k)) for k in range(snapshots)])
 
     def snapshot(step: int, steps: int, what: str) -> None:
         progress(step, steps, f"{what} ({tag})")
@@ -109,6 +119,21 @@ def trajectory(problem: Problem, snapshots: int = 5, progress: Progress = silent
     T/2^(S-1), ..., T/2, T."""
     data, _, _ = training_set(problem)
     return _cached_train(problem, f"trajg{snapshots}", data, None, snapshots, progress)
+
+
+_DYNAMICS: dict[tuple[str, int], Dynamics] = {}  # per process: (config hash, points)
+
+
+def training_dynamics(problem: Problem, points: int = 8, progress: Progress = silent
+                      ) -> Dynamics:
+    """audit.dynamics over `points` evenly spaced checkpoints of problem's own training run."""
+    key = (config_hash(problem.config), points)
+    if key not in _DYNAMICS:
+        data, _, _ = training_set(problem)
+        models = _cached_train(problem, f"even{points}", data, None, points, progress, even=True)
+        _DYNAMICS.clear()  # one problem's at a time: (P, n) tensors
+        _DYNAMICS[key] = Dynamics.of(models, data)
+    return _DYNAMICS[key]
 
 
 def _folds(problem: Problem, folds: int, progress: Progress
@@ -200,6 +225,11 @@ def base_signals(problem: Problem, names: list[str], snapshots: int = 5, folds: 
         "cv_self_influence": lambda: cross_validated_self_influence(problem, folds, progress),
         "cv_loss": lambda: -cross_validated_probs(problem, folds, progress)[
             torch.arange(len(data)), data.labels].clamp_min(1e-12).log(),
+        "self_confidence": lambda: 1 - cross_validated_probs(problem, folds, progress)[
+            torch.arange(len(data)), data.labels],
+        "aum": lambda: training_dynamics(problem, DYNAMICS_POINTS, progress).aum(),
+        "forgetting": lambda: training_dynamics(problem, DYNAMICS_POINTS, progress).forgetting(),
+        "dynamics_loss": lambda: training_dynamics(problem, DYNAMICS_POINTS, progress).loss(),
     }
     unknown = set(names) - set(makers)
     if unknown:

@@ -12,12 +12,13 @@ import json
 from pathlib import Path
 
 from ..config import artifacts_root, recipe
+from ..data.noise import NOISE_KINDS
 from ..progress import tqdm_progress
 from .args import add_data_args
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", choices=["mislabel", "lds", "unlearning", "quick"])
+    p.add_argument("experiment", choices=["mislabel", "suspects", "lds", "unlearning", "quick"])
     add_data_args(p, described=False)
     p.add_argument("--out", default=None,
                    help="report folder (default $INFLUENCE_AUDIT_HOME/reports)")
@@ -25,6 +26,16 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-kronfluence", action="store_true")
     g = p.add_argument_group("mislabel")
     g.add_argument("--noise", type=float, default=0.1)
+    g.add_argument("--noise-kind", choices=NOISE_KINDS, default="uniform",
+                   help="which labels are flipped and to what (README, 'Label noise')")
+    g.add_argument("--noise-seed", type=int, default=0)
+    g = p.add_argument_group("suspects (choose on dev, report on test)")
+    g.add_argument("--split", choices=["dev", "test"], default="dev")
+    g.add_argument("--noise-kinds", default=",".join(NOISE_KINDS))
+    g.add_argument("--noise-rates", default="0.1,0.2")
+    g.add_argument("--regimes", default="regular,memorising")
+    g.add_argument("--available-only", action="store_true",
+                   help="run nothing new: summarise the runs already cached (a partial report)")
     g.add_argument("--regime", choices=["regular", "memorising", "both"], default="both")
     g.add_argument("--subset", type=float, default=1.0, help="train on this seeded fraction")
     g.add_argument("--epochs", type=int, default=None,
@@ -56,9 +67,26 @@ def _mislabel(args: argparse.Namespace, out: Path, progress, kron: bool) -> int:
     regimes = ["regular", "memorising"] if args.regime == "both" else [args.regime]
     for regime in regimes:
         cfg = mislabel_config(args.dataset, args.model, args.noise, regime, args.subset,
-                              args.epochs)
+                              args.epochs, args.noise_kind, args.noise_seed)
         res = run_mislabel(cfg, args.data_root, kron, args.snapshots, args.folds, progress)
-        print(mislabel_report(out, res, f"mislabel_{args.dataset}_{args.model}_{regime}"))
+        kind = "" if args.noise_kind == "uniform" else f"_{args.noise_kind}"
+        print(mislabel_report(out, res, f"mislabel_{args.dataset}_{args.model}_{regime}{kind}"))
+    return 0
+
+
+def _suspects(args: argparse.Namespace, out: Path, progress, kron: bool) -> int:
+    from ..audit.suspects import DEFAULT_SIGNAL
+    from ..evaluation.suspect_selection import run_all, selection_report
+
+    kinds = [k for k in args.noise_kinds.split(",") if k]
+    unknown = sorted(set(kinds) - set(NOISE_KINDS))
+    if unknown:
+        raise SystemExit(f"unknown --noise-kinds {unknown}; choose from {list(NOISE_KINDS)}")
+    rates = [float(r) for r in args.noise_rates.split(",") if r]
+    regimes = [r for r in args.regimes.split(",") if r]
+    runs = run_all(args.split, kinds, rates, regimes, args.data_root, kron, args.epochs,
+                   progress, args.available_only)
+    print(selection_report(out, args.split, runs, DEFAULT_SIGNAL))
     return 0
 
 
@@ -95,6 +123,8 @@ def _cmd(args: argparse.Namespace) -> int:
         return 0
     if args.experiment == "mislabel":
         return _mislabel(args, out, progress, kron)
+    if args.experiment == "suspects":
+        return _suspects(args, out, progress, kron)
     return _lds(args, out, progress, kron)
 
 

@@ -21,7 +21,8 @@ REGIMES = {  # name -> recipe overrides; memorising = long training, no weight d
 }
 MEMORISING_EPOCHS = {"digits": 200, "mnist": 40, "fashion_mnist": 40}
 BASE = ["loss", "margin", "self_influence", "identity_self_influence",
-        "checkpoint_self_influence", "checkpoint_loss", "cv_loss"]
+        "checkpoint_self_influence", "checkpoint_loss", "cv_loss", "self_confidence", "aum",
+        "forgetting", "dynamics_loss"]
 # cv_self_influence (out-of-sample EK-FAC self-influence) is available but left out: 0.58-0.60 of
 # flips at 10% in both memorising runs (digits, mnist), below every combination, and 5 more fits.
 COMBINATIONS = [
@@ -30,14 +31,20 @@ COMBINATIONS = [
     "cv_loss+classnorm:checkpoint_self_influence", "cv_loss+checkpoint_loss",
     "classnorm:cv_loss",
     "cv_loss+classnorm:cv_loss", "cv_loss+checkpoint_loss+checkpoint_self_influence",
+    "loss+aum", "loss+dynamics_loss", "aum+cv_loss", "dynamics_loss+cv_loss",
+    "classnorm:aum", "classnorm:dynamics_loss", "loss+classnorm:loss",
+    "dynamics_loss+self_influence", "loss+aum+cv_loss",
 ]
+EVIDENCE_SAMPLE = 200  # flipped examples the index-evidence suggestion rules are measured on
 
 
 def mislabel_config(dataset: str, model: str, noise: float, regime: str,
-                    subset: float = 1.0, epochs: int | None = None):
-    """The recipe of one mislabel run: `noise` of the labels flipped, the regime's overrides
-    (memorising: MEMORISING_EPOCHS unless `epochs`), on a seeded `subset` fraction if < 1."""
-    over = dict(REGIMES[regime], noise=noise)
+                    subset: float = 1.0, epochs: int | None = None, kind: str = "uniform",
+                    noise_seed: int = 0):
+    """The recipe of one mislabel run: `noise` of the labels flipped by noise `kind`
+    (data/noise.py) with `noise_seed`, the regime's overrides (memorising: MEMORISING_EPOCHS
+    unless `epochs`), on a seeded `subset` fraction if < 1."""
+    over = dict(REGIMES[regime], noise=noise, noise_kind=kind, noise_seed=noise_seed)
     if regime == "memorising":
         over["epochs"] = epochs or MEMORISING_EPOCHS.get(dataset, 40)
     elif epochs:
@@ -70,10 +77,12 @@ def run_mislabel(cfg, data_root: str | None = None, kronfluence: bool = True,
     rankings = dict(base)
     for expr in [*COMBINATIONS, DEFAULT_SIGNAL]:
         rankings[expr] = combine(expr, base, data.labels)
-    clean, flagged = cleanlab_scores(data.labels, cross_validated_probs(problem, folds))
+    oos = cross_validated_probs(problem, folds)
+    clean, flagged = cleanlab_scores(data.labels, oos)
     rankings["cleanlab"] = clean
     if kronfluence:
         rankings["kronfluence_self_influence"] = kronfluence_scores(problem.model, data)
+    suggestion = suggestion_accuracy(problem, data, flipped, oos, progress)
     return {
         "kind": "mislabel", "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "n_train": len(data), "n_flipped": int(flipped.sum()),
@@ -82,8 +91,45 @@ def run_mislabel(cfg, data_root: str | None = None, kronfluence: bool = True,
         "test_accuracy": problem.meta.get("test_accuracy"), "cleanlab_flagged": flagged,
         "default_signal": DEFAULT_SIGNAL, "seconds": round(time.perf_counter() - start, 1),
         "rankings": {k: detection_summary(v, flipped) for k, v in rankings.items()},
+        "suggestion": suggestion,
         "_curves": {k: _curve(v, flipped) for k, v in rankings.items()},
     }
+
+
+def suggestion_accuracy(problem, data, flipped: torch.Tensor, oos: torch.Tensor,
+                        progress: Progress = silent) -> dict:
+    """Per suggestion rule (audit.suggest), the fraction of flipped examples whose suggested
+    label is their clean label; the index-evidence rules on a seeded sample of
+    EVIDENCE_SAMPLE flips (n says how many)."""
+    from ..attribution.index import load_index
+    from ..attribution.precompute import precompute
+    from ..audit.suggest import best_other, class_scores, class_support
+    from ..audit.suspects import DYNAMICS_POINTS, training_dynamics
+    from ..data.training import predict_logits
+
+    idx = torch.nonzero(flipped)[:, 0]
+    if len(idx) == 0:
+        return {}
+    given, clean = data.labels[idx].numpy(), data.original_labels[idx].numpy()
+    final = predict_logits(problem.model, data)[idx].softmax(1).double()
+    dyn = training_dynamics(problem, DYNAMICS_POINTS, progress).mean_probs[idx]
+    probs = {"model": final, "dynamics": dyn, "model+dynamics": (final + dyn) / 2,
+             "cleanlab": oos[idx].double(), "model+cleanlab": (final + oos[idx].double()) / 2}
+    out = {k: {"accuracy": float((best_other(p, given) == clean).mean()), "n": len(idx)}
+           for k, p in probs.items()}
+    if problem.config.subset_seed < 0:  # the index covers problem.train, = data
+        index = load_index(precompute(problem, progress=progress), problem.model)
+        gen = torch.Generator().manual_seed(0)
+        sample = idx[torch.randperm(len(idx), generator=gen)[:EVIDENCE_SAMPLE]]
+        hits = {"evidence": [], "evidence_normalised": []}
+        for i in sample.tolist():
+            scores, label = class_scores(index, data, i), int(data.labels[i])
+            for rule, norm in (("evidence", False), ("evidence_normalised", True)):
+                support = class_support(scores, normalise=norm)
+                hits[rule].append(best_other(support[None], [label])[0]
+                                  == int(data.original_labels[i]))
+        out.update({k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in hits.items()})
+    return out
 
 
 def _curve(suspect: torch.Tensor, flipped: torch.Tensor) -> list[float]:

@@ -1,0 +1,151 @@
+"""Choosing the default suspect ranking honestly: candidates are scored on a development split
+and the choice is reported on a test split never used for choosing.
+
+  dev   digits/mlp (all 1437 images) and mnist/mlp (a seeded 20% subset), noise seeds 0-1
+  test  mnist/cnn and fashion_mnist/cnn (seeded 20% subsets, 12k images), noise seeds 2-4
+Each split crosses the noise kinds (uniform, pair, instance; data/noise.py), noise rates and
+regimes (regular, memorising) asked for. One run is evaluation.mislabel.run_mislabel; its
+result is cached under artifacts/suspect-runs, so an interrupted command resumes. The summary
+gives, per ranking, the fraction of flips found at 10% inspected: mean and spread over seeds
+per setting, and the mean over every run of the split; `chosen` is the best candidate on dev
+(never on test); on test, the report compares the default with cleanlab, training loss and
+Kronfluence self-influence, measured in the same runs.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+
+from ..config import artifacts_root
+from ..progress import Progress, silent
+from .mislabel import mislabel_config, run_mislabel
+from .reports import write_report
+
+SPLITS = {
+    "dev": {"problems": [("digits", "mlp", 1.0), ("mnist", "mlp", 0.2)], "seeds": (0, 1)},
+    "test": {"problems": [("mnist", "cnn", 0.2), ("fashion_mnist", "cnn", 0.2)],
+             "seeds": (2, 3, 4)},
+}
+BASELINES = ("cleanlab", "loss", "kronfluence_self_influence")
+NOT_CANDIDATES = {"cleanlab", "kronfluence_self_influence"}  # baselines, not our rankings
+BUDGET = "0.10"
+
+
+def run_key(dataset: str, model: str, subset: float, kind: str, rate: float, regime: str,
+            seed: int) -> str:
+    return f"{dataset}_{model}_sub{subset:g}_{kind}_{rate:g}_{regime}_s{seed}"
+
+
+def settings(split: str, kinds: list[str], rates: list[float], regimes: list[str]) -> list:
+    """The split's runs, seed by seed (a partial run covers every setting once first)."""
+    s = SPLITS[split]
+    return [(d, m, sub, k, r, g, seed) for seed, (d, m, sub), g, r, k
+            in product(s["seeds"], s["problems"], regimes, rates, kinds)]
+
+
+def run_all(split: str, kinds: list[str], rates: list[float], regimes: list[str],
+            data_root: str | None = None, kronfluence: bool = True, epochs: int | None = None,
+            progress: Progress = silent, available_only: bool = False) -> dict[str, dict]:
+    """Every run of the split (cached); key -> run_mislabel's result without its curves.
+    `available_only`: run nothing, return the runs already cached (a partial summary)."""
+    folder = artifacts_root() / "suspect-runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for d, m, sub, kind, rate, regime, seed in settings(split, kinds, rates, regimes):
+        key = run_key(d, m, sub, kind, rate, regime, seed)
+        path = folder / f"{key}.json"
+        if not path.is_file() and available_only:
+            continue
+        if not path.is_file():
+            cfg = mislabel_config(d, m, rate, regime, sub, epochs, kind, seed)
+            res = run_mislabel(cfg, data_root, kronfluence, progress=progress)
+            res.pop("_curves", None)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(res))
+            tmp.replace(path)
+        out[key] = json.loads(path.read_text())
+    return out
+
+
+def _setting(key: str) -> str:
+    return key.rsplit("_s", 1)[0]
+
+
+def summarise(split: str, runs: dict[str, dict], default: str) -> dict:
+    """Per setting and ranking: mean / std / n of the fraction found at BUDGET; overall means;
+    the suggestion rules' accuracy the same way; on dev, the chosen candidate."""
+    found: dict[str, dict[str, list[float]]] = {}
+    suggest: dict[str, dict[str, list[float]]] = {}
+    for key, res in runs.items():
+        for name, r in res["rankings"].items():
+            found.setdefault(_setting(key), {}).setdefault(name, []).append(r["curve"][BUDGET])
+        for rule, r in res.get("suggestion", {}).items():
+            suggest.setdefault(_setting(key), {}).setdefault(rule, []).append(r["accuracy"])
+
+    def table(values: dict) -> dict:
+        return {s: {n: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+                    for n, v in per.items()} for s, per in values.items()}
+
+    def overall(values: dict) -> dict:
+        names = set.intersection(*(set(per) for per in values.values())) if values else set()
+        return {n: float(np.mean([np.mean(per[n]) for per in values.values()]))
+                for n in sorted(names)}
+
+    means = overall(found)
+    out = {"split": split, "budget": float(BUDGET), "runs": sorted(runs), "default": default,
+           "settings": table(found), "overall": means, "suggestion": table(suggest),
+           "suggestion_overall": overall(suggest)}
+    if split == "dev":
+        candidates = {n: v for n, v in means.items() if n not in NOT_CANDIDATES}
+        out["chosen"] = max(candidates, key=candidates.get) if candidates else None
+    else:
+        out["goal"] = _goal(out["settings"], default)
+    return out
+
+
+def _goal(table: dict, default: str) -> dict:
+    """Per setting: the default's mean minus the best baseline's mean (>= 0: goal met)."""
+    goal = {}
+    for setting, per in table.items():
+        base = {b: per[b]["mean"] for b in BASELINES if b in per}
+        if default in per and base:
+            best = max(base, key=base.get)
+            goal[setting] = {"default": per[default]["mean"], "best_baseline": best,
+                             "best_baseline_mean": base[best],
+                             "margin": per[default]["mean"] - base[best]}
+    goal_met = [g["margin"] >= 0 for g in goal.values()]
+    return {"per_setting": goal, "met": int(sum(goal_met)), "of": len(goal_met)}
+
+
+def selection_markdown(summary: dict) -> str:
+    names = sorted(summary["overall"], key=lambda n: -summary["overall"][n])
+    lines = [f"Suspect rankings, {summary['split']} split: fraction of flips found with "
+             f"{summary['budget']:.0%} of the training set inspected, mean over "
+             f"{len(summary['runs'])} runs. Default ranking: `{summary['default']}`"
+             + (f"; best candidate here: `{summary['chosen']}`." if "chosen" in summary
+                else "."), "", "| ranking | mean |", "|---|---|"]
+    lines += [f"| {n} | {summary['overall'][n]:.3f} |" for n in names]
+    if "goal" in summary:
+        g = summary["goal"]
+        lines += ["", f"Default >= best of {', '.join(BASELINES)}: {g['met']} of {g['of']} "
+                  "settings.", "", "| setting | default | best baseline | margin |",
+                  "|---|---|---|---|"]
+        lines += [f"| {s} | {v['default']:.3f} | {v['best_baseline']} "
+                  f"{v['best_baseline_mean']:.3f} | {v['margin']:+.3f} |"
+                  for s, v in g["per_setting"].items()]
+    sug = summary["suggestion_overall"]
+    lines += ["", "Suggested label right on flipped examples (mean over runs):", "",
+              "| rule | accuracy |", "|---|---|"]
+    lines += [f"| {r} | {a:.3f} |" for r, a in sorted(sug.items(), key=lambda kv: -kv[1])]
+    return "\n".join(lines) + "\n"
+
+
+def selection_report(out: Path, split: str, runs: dict[str, dict], default: str) -> str:
+    summary = summarise(split, runs, default)
+    md = selection_markdown(summary)
+    write_report(out, f"suspects_{split}", summary, md, {})
+    return md
