@@ -10,7 +10,6 @@ cached object: the next version is a new entry)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,14 +17,16 @@ import streamlit as st
 
 from dashboard import images, report_files
 from dashboard.jobs import Job, wait
-from dashboard.workspace import TOP_K, Selection, Workspace, open_workspace
+from dashboard.workspace import TOP_K, Selection, Workspace, open_attribution, open_workspace
 from influence_core import (
+    DEFAULT_RANKING,
     AuditState,
     CheckpointError,
     DatasetError,
     Evidence,
     Preview,
     Problem,
+    Progress,
     current_label,
     default_data_root,
     example_table,
@@ -54,7 +55,7 @@ CHECKPOINT, METHOD, DAMPING, ANNOTATOR = "checkpoint", "method", "damping", "ann
 GRID_SPLIT, GRID_LABEL, GRID_WRONG, GRID_PAGE = "split", "label", "wrong", "grid_page"
 QUEUE_LABEL, QUEUE_DIFFERS, BULK_TABLE, BULK_ACTION = "q_label", "q_differs", "bulk", "bulk_action"
 EX_LABEL, EX_WRONG, EX_CONF, EX_PAGE, EX_UPLOAD = "x_label", "x_wrong", "x_conf", "x_page", "upload"
-EX_JUMP = "x_jump"
+EX_JUMP, RANKING = "x_jump", "ranking"
 # Plain URL parameters (not widgets): the review position and Explore's selections.
 SUSPECT, QUERY, TRAIN_CARD = "suspect", "query", "train"
 _SELECTION, _NOTICE = "selection", "notice"
@@ -74,34 +75,36 @@ def reset_page(key: str) -> Callable[[], None]:
 
 
 @st.cache_resource(show_spinner=False)
-def _problem_job(dataset: str, model: str, data_root: str, checkpoint: str = "") -> Job:
-    return Job(lambda p: load_problem(recipe(dataset, model), data_root, checkpoint or None, p),
-               f"Loading {dataset}/{model}")
+def _job(key: tuple, _target: Callable[[Progress], object], _text: str) -> Job:
+    return Job(_target, _text)  # key: ("what", *what it is a function of)
+
+
+def _run(key: tuple, target: Callable[[Progress], object], text: str) -> object:
+    """Start or join the job of `key`, drawing its progress until it ends; forget it on failure."""
+    return wait(_job(key, target, text), lambda: _job.clear(key))
 
 
 def get_problem(dataset: str, model: str, data_root: str, checkpoint: str = "") -> Problem:
     """The trained model and both splits, shared by all sessions. Trains (st.progress) when no
     checkpoint exists. Raises DatasetError / CheckpointError (and forgets the failure)."""
-    args = (dataset, model, data_root, checkpoint)
-    return wait(_problem_job(*args), lambda: _problem_job.clear(*args))
+    return _run(("problem", dataset, model, data_root, checkpoint), lambda p: load_problem(
+        recipe(dataset, model), data_root, checkpoint or None, p), f"Loading {dataset}/{model}")
 
 
-@st.cache_resource(show_spinner=False)
-def _workspace_job(key: tuple, _sel: Selection, _problem: Problem) -> Job:
-    return Job(lambda p: open_workspace(_sel, _problem, p),
-               "Setup: precomputing the attribution index")
-
-
-def workspace(sel: Selection) -> Workspace:
-    """The Setup step: precompute (with st.progress) when artifacts are missing, then load."""
+def workspace(sel: Selection, ranking: str = DEFAULT_RANKING) -> Workspace:
+    """The Setup step: the index (precomputed with st.progress when missing), then the session
+    whose queue `ranking` orders (extra trainings with st.progress); all share the index and log."""
     problem = get_problem(sel.dataset, sel.model, sel.data_root, sel.checkpoint)
-    return wait(_workspace_job(sel.key, sel, problem), lambda: _workspace_job.clear(sel.key))
+    attr = _run(("attribution", *sel.problem_key), lambda p: open_attribution(problem, p),
+                "Setup: precomputing the attribution index")
+    return _run(("workspace", *sel.key, ranking), lambda p: open_workspace(
+        sel, problem, attr, ranking, p), f"Setup: the {ranking} suspect ranking")
 
 
-def workspace_or_stop(sel: Selection) -> Workspace:
-    """workspace(sel), or an error message (not a traceback) and the end of this page's run."""
+def workspace_or_stop(sel: Selection, ranking: str | None = None) -> Workspace:
+    """workspace(sel, ranking or Review's last choice), or an error message and a stop."""
     try:
-        return workspace(sel)
+        return workspace(sel, ranking or st.session_state.get(RANKING, DEFAULT_RANKING))
     except (DatasetError, CheckpointError) as exc:
         st.error(f"Cannot load {sel.dataset} / {sel.model}: {exc}")
         st.stop()
@@ -191,7 +194,8 @@ def decide(ws: Workspace, action: str, i: int, version: int, annotator: str) -> 
     if action == "relabel":  # the card's choice; its widget state can be missing after a
         given = current_label(audit_state(ws), i)  # fragment-only run: then the suggestion
         label = chosen_label(i, why_flagged(ws.key, i, given, ws).suggested)
-    refused = record_decision(ws.session.log, i, action, label, annotator, version)
+    refused = record_decision(ws.session.log, i, action, label, annotator, version,
+                              ws.session.ranking)
     if refused is not None:  # e.g. another annotator removed it meanwhile: say so, keep going
         st.session_state[_NOTICE] = f"Not recorded: {refused}"
         return
@@ -204,14 +208,14 @@ def notice() -> str | None:
 
 
 def undo_last_decision(ws: Workspace, version: int, annotator: str) -> None:
-    undo_last(ws.session.log, annotator, version)
+    undo_last(ws.session.log, annotator, version, ws.session.ranking)
 
 
 def apply_bulk(ws: Workspace, rows: pd.DataFrame, version: int, annotator: str) -> None:
     """on_click: one action (BULK_ACTION) on the rows selected in the bulk table."""
     picked = rows.iloc[st.session_state[BULK_TABLE].selection.rows]
     record_rows(ws.session.log, picked, st.session_state.get(BULK_ACTION, "keep"), annotator,
-                version)
+                version, ws.session.ranking)
 
 
 # ---- images and the Dataset grid -------------------------------------------------------------
@@ -286,19 +290,16 @@ def reports(dataset: str, model: str) -> dict[str, dict]:
     return report_files.problem_reports(dataset, model)
 
 
-@st.cache_resource(show_spinner=False)
-def _quick_job(folder: str, data_root: str) -> Job:
-    return Job(lambda p: run_quick(Path(folder), data_root or None, p),
-               "Quick evaluation of digits/mlp")
-
-
 def run_quick_evaluation(data_root: str) -> None:
     """Run (or join, after a rerun) the quick digits/mlp evaluation with a progress bar; its
     report goes to the user's reports folder. Then forget the job, so a later click runs anew."""
+    folder = report_files.reports_folder()
+    key = ("quick", str(folder), data_root)
     try:
-        wait(_quick_job(str(report_files.reports_folder()), data_root), lambda: None)
+        _run(key, lambda p: run_quick(folder, data_root or None, p),
+             "Quick evaluation of digits/mlp")
     finally:
-        _quick_job.clear()
+        _job.clear(key)
         reports.clear()
         st.session_state[QUICK] = False
 

@@ -140,6 +140,32 @@ def queue_filter_ui(class_names: list[str], keys: tuple[str, str]) -> tuple[int 
     return None if label == "all" else class_names.index(label), differs
 
 
+RANKING_NAMES = {  # the Review page's names for the core's suspect rankings (RANKINGS keys)
+    "default": "Default: out-of-sample + checkpoint loss",
+    "self_influence": "Self-influence (EK-FAC)",
+    "loss": "Training loss",
+    "cleanlab": "Cleanlab-style: out-of-sample confidence",
+}
+
+
+def ranking_name(key: str) -> str:
+    return RANKING_NAMES.get(key, key)
+
+
+def ranking_ui(helps: dict[str, str], default: str, key: str) -> str:
+    """The suspect ranking that orders the Review queue: a RANKINGS key (`helps`: key -> its
+    one-line help, listed in the widget's help), with the chosen one's help as a caption. The
+    choice is kept for the browser session, so the other pages open the same audit session."""
+    choices = list(helps)
+    choice = st.selectbox(
+        "Ranking", choices, index=choices.index(default), format_func=ranking_name, key=key,
+        bind="query-params", persist_state="session",
+        help="\n".join(f"- **{ranking_name(k)}**: {text}" for k, text in helps.items()),
+    )
+    st.caption(helps[choice])
+    return choice
+
+
 def review_buttons(
     on_decide: Callable[[str], None], on_undo: Callable[[], None], can_undo: bool,
 ) -> None:

@@ -1,6 +1,7 @@
-"""What the shared sidebar selects (Selection) and what the Setup step opens for it (Workspace):
-plain values and one composition of core calls. No Streamlit here: dashboard.state keeps the
-selection in session state and the workspace in st.cache_resource, shared by every session."""
+"""What the shared sidebar selects (Selection) and what the Setup step opens for it: the problem's
+attribution index (Attribution), then one Workspace per suspect ranking over it. Plain values
+and compositions of core calls. No Streamlit here: dashboard.state keeps the selection in
+session state and both in st.cache_resource, shared by every session."""
 
 from __future__ import annotations
 
@@ -33,17 +34,30 @@ class Selection:
     annotator: str = "anonymous"
 
     @property
+    def problem_key(self) -> tuple:
+        """What determines the problem and its attribution index."""
+        return (self.dataset, self.model, self.data_root, self.checkpoint)
+
+    @property
     def key(self) -> tuple:
-        """What determines the workspace (the annotator does not)."""
-        return (self.dataset, self.model, self.data_root, self.checkpoint, self.method,
-                self.damping)
+        """What determines the audit session, but for its ranking (the annotator does not)."""
+        return (*self.problem_key, self.method, self.damping)
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """One problem's attribution index and the test queries' index vectors (every ranking's)."""
+
+    index: AttributionIndex
+    queries: object  # (M, dim) index vectors of the test queries (influence_core.query_vectors)
 
 
 @dataclass
 class Workspace:
-    """One problem's attribution index and audit session (shared by every browser session)."""
+    """One problem's attribution index and the audit session whose queue one suspect ranking
+    orders (shared by every browser session)."""
 
-    key: tuple
+    key: tuple  # Selection.key + (ranking,)
     problem: Problem
     index: AttributionIndex
     session: AuditSession
@@ -51,11 +65,20 @@ class Workspace:
     cache: ReviewCache  # evidence and previews, prefetched while a card is on screen
 
 
-def open_workspace(sel: Selection, problem: Problem, progress: Progress) -> Workspace:
-    """The Setup step: precompute (or load) the index, open the audit session, and compute the
-    test queries' index vectors (Explore's training cards: (M, dim) @ x_i)."""
+def open_attribution(problem: Problem, progress: Progress) -> Attribution:
+    """The Setup step's first part: precompute (or load) the index and compute the test queries'
+    index vectors (Explore's training cards: (M, dim) @ x_i)."""
     index = open_index(problem, progress)
-    session = open_audit(problem, index, sel.method, sel.damping, progress=progress)
     progress(0, 1, "Setup: index vectors of the test queries")
-    queries = query_vectors(index, problem.test)
-    return Workspace(sel.key, problem, index, session, queries, ReviewCache(session, index, TOP_K))
+    return Attribution(index, query_vectors(index, problem.test))
+
+
+def open_workspace(sel: Selection, problem: Problem, attribution: Attribution, ranking: str,
+                   progress: Progress) -> Workspace:
+    """The Setup step's second part: the audit session whose queue `ranking` (a RANKINGS key)
+    orders; its suspect scores may need extra trainings (reported through `progress`, cached)."""
+    index = attribution.index
+    session = open_audit(problem, index, sel.method, sel.damping, progress=progress,
+                         ranking=ranking)
+    return Workspace((*sel.key, ranking), problem, index, session, attribution.queries,
+                     ReviewCache(session, index, TOP_K))

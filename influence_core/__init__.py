@@ -3,44 +3,45 @@
 The dashboard imports only the names listed here (a test enforces it)."""
 
 from .app_api import (
+    DEFAULT_RANKING,
     Evidence,
     Preview,
     checkpoint_bytes,
     decision_log_path,
-    decisions_frame,
     evidence,
     explain,
     ihvp_errors,
     influenced_queries,
-    labels_csv,
     open_audit,
     open_index,
     preview,
     preview_indices,
     query_probabilities,
     query_vectors,
-    record_many,
     review_queue,
     reviewed,
     self_influence_values,
     train_predictions,
     train_probabilities,
-    undo_last,
 )
 from .app_tables import (
     current_label,
+    decisions_frame,
     example_table,
     explain_image,
     explain_query,
     has_decision,
     is_removed,
+    labels_csv,
     query_table,
     rank_descending,
     recent_decisions,
     record_decision,
+    record_many,
     record_rows,
     review_progress,
     train_rows,
+    undo_last,
 )
 from .artifacts import ArtifactError, model_hash
 from .attribution.index import (
@@ -62,7 +63,7 @@ from .attribution.scores import (
 from .audit.review_cache import ReviewCache, next_suspect
 from .audit.session import AuditSession, AuditState, default_log_path, open_session
 from .audit.store import Decision, DecisionLog
-from .audit.suspects import DEFAULT_SIGNAL, suspect_scores, training_set
+from .audit.suspects import DEFAULT_SIGNAL, RANKINGS, Ranking, suspect_scores, training_set
 from .audit.unlearning import newton_step, refine, updated_model
 from .config import (
     CURVATURE_CONFIGS,
@@ -97,9 +98,11 @@ from .runtime import tune_runtime
 __all__ = [
     "CURVATURE_CONFIGS",
     "DATASETS",
+    "DEFAULT_RANKING",
     "DEFAULT_SIGNAL",
     "ESTIMATORS",
     "MODELS",
+    "RANKINGS",
     "ArtifactError",
     "AttributionIndex",
     "AuditSession",
@@ -123,6 +126,7 @@ __all__ = [
     "Problem",
     "Progress",
     "Ranked",
+    "Ranking",
     "ReviewCache",
     "Task",
     "TrackedModel",

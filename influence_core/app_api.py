@@ -8,7 +8,6 @@ same functions. Scores follow attribution.py: positive = helpful (lowers the que
 from __future__ import annotations
 
 import io
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from .attribution.index import AttributionIndex, index_scores, load_index, query
 from .attribution.precompute import precompute
 from .audit.session import AuditSession, AuditState, default_log_path, open_session
 from .audit.store import Decision, DecisionLog, active_decisions
-from .audit.suspects import suspect_scores
+from .audit.suspects import RANKINGS, suspect_scores
 from .audit.unlearning import updated_model
 from .config import EKFACConfig, IndexConfig, artifacts_root
 from .curvature.gradients import backward_pairs, forward_capture
@@ -30,7 +29,7 @@ from .data.registry import Problem
 from .data.training import predict_logits
 from .progress import Progress, silent
 
-QUEUE_SIZE = 500  # suspects re-ranked after every decision (most self-influential first)
+QUEUE_SIZE = 500  # suspects in the queue: the most suspect under the chosen ranking
 
 
 def open_index(problem: Problem, progress: Progress = silent) -> AttributionIndex:
@@ -50,29 +49,38 @@ def decision_log_path(problem: Problem) -> Path:
     return artifacts_root() / "decisions" / f"{name.replace(':', '_').replace('/', '_')}.db"
 
 
-# Up to this many training images (digits, MNIST, Fashion-MNIST, CIFAR-10) the queue uses
-# suspect_scores: 6 extra trainings at setup (minutes for MNIST on 2 cores), cached.
+DEFAULT_RANKING = "default"  # the suspects.RANKINGS key that orders the queue unless chosen
+INDEX_RANKING = "self_influence"  # the key ordered by the index's own self-influence
+# Up to this many training images (digits, MNIST, Fashion-MNIST, CIFAR-10) a ranking is computed
+# by suspect_scores: up to 6 extra trainings at setup (minutes for MNIST on 2 cores), cached.
 RANKED_LIMIT = 70_000
 
 
 def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
                damping: float | None = None, queue_size: int = QUEUE_SIZE,
-               progress: Progress = silent) -> AuditSession:
+               progress: Progress = silent, ranking: str = DEFAULT_RANKING) -> AuditSession:
     """audit.open_session (the Newton step's curvature `method`; `damping` resolved by
     audit.unlearning.newton_damping, None: 1000 x the recipe's weight decay, 1e-3 without one)
-    over a suspect queue of `queue_size` training examples. Up to
-    RANKED_LIMIT examples the queue is ordered by the default suspect ranking
-    (suspects.suspect_scores: cross-validated loss + checkpoint-summed loss, the best detector
-    in `evaluate mislabel`; 6 extra trainings, cached); beyond, by the precomputed
-    self-influence, re-ranked under the updated model after every decision."""
+    over a queue of the `queue_size` most suspect training examples under
+    suspects.RANKINGS[ranking]. "self_influence": the index's precomputed self-influence,
+    re-ranked under the updated model after every decision; any other key: its signal's
+    suspects.suspect_scores (the session's fixed `prior`; extra trainings report through
+    `progress` and are cached). Beyond RANKED_LIMIT training examples, and for a model trained
+    on a subset, every ranking falls back to self-influence. The session's `ranking` is the key
+    that orders its queue (after a fall-back "self_influence"); its decisions record it.
+    Raises ValueError for a key not in RANKINGS."""
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}; choose from {', '.join(RANKINGS)}")
+    if len(problem.train) > RANKED_LIMIT or problem.config.subset_seed >= 0:
+        ranking = INDEX_RANKING
     prior = None
-    if len(problem.train) <= RANKED_LIMIT and problem.config.subset_seed < 0:
-        prior = suspect_scores(problem, progress=progress).double()
+    if ranking != INDEX_RANKING:
+        prior = suspect_scores(problem, RANKINGS[ranking].signal, progress=progress).double()
     self_inf = torch.from_numpy(np.asarray(index.arrays["self_influence"], dtype=np.float64))
-    ranking = self_inf if prior is None else prior
-    queue = torch.topk(ranking, min(queue_size, len(ranking))).indices
+    order = self_inf if prior is None else prior
+    queue = torch.topk(order, min(queue_size, len(order))).indices
     return open_session(problem, method, decision_log_path(problem), progress, damping,
-                        suspects=queue, prior=prior)
+                        suspects=queue, prior=prior, ranking=ranking)
 
 
 def _probs(logits: torch.Tensor) -> np.ndarray:
@@ -243,39 +251,6 @@ def self_influence_values(index: AttributionIndex) -> np.ndarray:
 def train_predictions(index: AttributionIndex) -> np.ndarray:
     """(N,) the base model's predicted class of every training example."""
     return np.asarray(index.arrays["train_logits"]).argmax(1)
-
-
-def record_many(log: DecisionLog, indices: list[int], action: str, labels: list[int | None],
-                annotator: str, model_version: int) -> tuple[list[Decision], list[str]]:
-    """Record one decision per index (bulk review); returns (recorded, error messages). A row
-    that the log refuses (e.g. an already removed example) is skipped, not fatal."""
-    done, errors = [], []
-    for i, y in zip(indices, labels):
-        try:
-            done.append(log.record(int(i), action, None if y is None else int(y), annotator,
-                                   model_version))
-        except ValueError as exc:
-            errors.append(str(exc))
-    return done, errors
-
-
-def undo_last(log: DecisionLog, annotator: str, model_version: int) -> Decision | None:
-    """Undo `annotator`'s newest active decision; None when there is none."""
-    mine = [d for d in active_decisions(log.decisions()) if d.annotator == annotator]
-    return log.undo(mine[-1].id, annotator, model_version) if mine else None
-
-
-def decisions_frame(log: DecisionLog) -> pd.DataFrame:
-    """Every row of the decision log (undo rows included), oldest first."""
-    cols = ["id", "index", "action", "label", "annotator", "ts", "model_version", "undoes"]
-    frame = pd.DataFrame([[getattr(d, c) for c in cols] for d in log.decisions()], columns=cols)
-    return frame.astype({"label": "Int64", "undoes": "Int64"})
-
-
-def labels_csv(log: DecisionLog) -> bytes:
-    """The cleaned label file (DecisionLog.export_csv) as bytes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return log.export_csv(Path(tmp) / "labels.csv").read_bytes()
 
 
 def checkpoint_bytes(state: AuditState) -> bytes:

@@ -1,22 +1,25 @@
 """The model-dependent tables and values behind the dashboard's grids, captions and buttons.
 
 Each function turns exported objects (Problem, AuditState, AttributionIndex, DecisionLog) into
-plain values: pandas frames, numpy arrays, ints, strings. The dashboard caches them and formats
-them; it never indexes a tensor or runs the model itself. Nothing here knows Streamlit.
+plain values: pandas frames, numpy arrays, ints, strings; and the Review page's writes to the
+decision log and exports of it. The dashboard caches them and formats them; it never indexes a
+tensor or runs the model itself. Nothing here knows Streamlit.
 Class columns hold class ids, except `example_table`'s, which hold class names."""
 
 from __future__ import annotations
 
 import io
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .app_api import decisions_frame, explain, query_probabilities, record_many, reviewed
+from .app_api import explain, query_probabilities, reviewed
 from .attribution.index import AttributionIndex
 from .audit.session import AuditSession, AuditState
-from .audit.store import DecisionLog
+from .audit.store import Decision, DecisionLog, active_decisions
 from .data.datasets import ImageDataset
 from .data.registry import Problem
 from .data.training import predict_logits
@@ -83,22 +86,25 @@ def rank_descending(values: np.ndarray) -> np.ndarray:
 
 
 def record_decision(log: DecisionLog, i: int, action: str, label: int | None, annotator: str,
-                    model_version: int) -> str | None:
-    """Append one decision to the durable log (committed before this returns). Returns None,
-    or the reason the log refused it (e.g. another annotator removed the example meanwhile)."""
+                    model_version: int, ranking: str = "") -> str | None:
+    """Append one decision, made under the queue's `ranking` (a RANKINGS key), to the durable
+    log (committed before this returns). Returns None, or the reason the log refused it (e.g.
+    another annotator removed the example meanwhile)."""
     try:
-        log.record(int(i), action, label, annotator, model_version)
+        log.record(int(i), action, label, annotator, model_version, ranking)
     except ValueError as exc:
         return str(exc)
     return None
 
 
 def record_rows(log: DecisionLog, rows: pd.DataFrame, action: str, annotator: str,
-                model_version: int) -> list[str]:
-    """One `action` on each row of a `review_queue` frame (bulk review); relabel goes to each
-    row's alternative. Returns the log's error messages for rows it refused (skipped)."""
+                model_version: int, ranking: str = "") -> list[str]:
+    """One `action` on each row of a `review_queue` frame (bulk review, under the queue's
+    `ranking`); relabel goes to each row's alternative. Returns the log's error messages for
+    rows it refused (skipped)."""
     labels = rows["alternative"].tolist() if action == "relabel" else [None] * len(rows)
-    return record_many(log, rows["index"].tolist(), action, labels, annotator, model_version)[1]
+    return record_many(log, rows["index"].tolist(), action, labels, annotator, model_version,
+                       ranking)[1]
 
 
 def review_progress(session: AuditSession) -> tuple[int, int]:
@@ -115,3 +121,41 @@ def recent_decisions(log: DecisionLog, n: int | None = 5) -> pd.DataFrame:
     """The newest n rows of the decision log (all with None), newest first (decisions_frame)."""
     frame = decisions_frame(log)
     return (frame if n is None else frame.tail(n)).iloc[::-1]
+
+
+def record_many(log: DecisionLog, indices: list[int], action: str, labels: list[int | None],
+                annotator: str, model_version: int, ranking: str = ""
+                ) -> tuple[list[Decision], list[str]]:
+    """Record one decision per index (bulk review; `ranking`: the queue's RANKINGS key); returns
+    (recorded, error messages). A row that the log refuses (e.g. an already removed example) is
+    skipped, not fatal."""
+    done, errors = [], []
+    for i, y in zip(indices, labels):
+        try:
+            done.append(log.record(int(i), action, None if y is None else int(y), annotator,
+                                   model_version, ranking))
+        except ValueError as exc:
+            errors.append(str(exc))
+    return done, errors
+
+
+def undo_last(log: DecisionLog, annotator: str, model_version: int, ranking: str = ""
+              ) -> Decision | None:
+    """Undo `annotator`'s newest active decision (the undo row records `ranking`, the undoing
+    session's); None when there is none."""
+    mine = [d for d in active_decisions(log.decisions()) if d.annotator == annotator]
+    return log.undo(mine[-1].id, annotator, model_version, ranking) if mine else None
+
+
+def decisions_frame(log: DecisionLog) -> pd.DataFrame:
+    """Every row of the decision log (undo rows included), oldest first."""
+    cols = ["id", "index", "action", "label", "annotator", "ts", "model_version", "undoes",
+            "ranking"]
+    frame = pd.DataFrame([[getattr(d, c) for c in cols] for d in log.decisions()], columns=cols)
+    return frame.astype({"label": "Int64", "undoes": "Int64"})
+
+
+def labels_csv(log: DecisionLog) -> bytes:
+    """The cleaned label file (DecisionLog.export_csv) as bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return log.export_csv(Path(tmp) / "labels.csv").read_bytes()

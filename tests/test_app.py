@@ -18,6 +18,7 @@ APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 RUN_TIMEOUT_S = 300  # the first run trains digits/mlp: about 3 s alone, minutes on a busy box
 PAGE_SIZE = 24
 CAPTION = re.compile(r"^#(\d+) · (\S+) · (\S+)$")
+SCORE_TOL = 1e-6  # training losses recomputed here vs the queue's (float32 forward, same model)
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +255,64 @@ def test_review_position_comes_from_the_url(app: Callable[..., AppTest]) -> None
     nxt = review(app, suspect=str(current_suspect(at) + 1))
     assert not nxt.exception
     assert current_suspect(nxt) == current_suspect(at) + 1
+
+
+def queue_rows(at: AppTest) -> list[tuple[int, str, float]]:
+    """(index, decision, suspicion) of each row of the Review queue (the bulk table), in order."""
+    frame = at.dataframe[0].value
+    return list(zip(frame["index"], frame["decision"], frame["suspicion"]))
+
+
+def test_the_chosen_ranking_orders_the_queue_and_is_logged_with_each_decision(
+    app: Callable[..., AppTest], home: Path,
+) -> None:
+    """Switching Review's ranking to training loss reorders the queue by suspect_scores of that
+    ranking (descending), and a decision and its undo made there record "loss"."""
+    from influence_core import (
+        RANKINGS,
+        DecisionLog,
+        default_data_root,
+        load_problem,
+        recipe,
+        suspect_scores,
+    )
+
+    at = review(app, annotator="ranker")
+    default_order = [i for i, _, _ in queue_rows(at)]
+    at.selectbox(key="ranking").set_value("loss").run()
+    assert not at.exception and not at.error
+    assert RANKINGS["loss"].help in [c.value for c in at.caption]
+    rows = queue_rows(at)
+    order = [i for i, _, _ in rows]
+    problem = load_problem(recipe("digits", "mlp"), str(default_data_root()))
+    scores = suspect_scores(problem, RANKINGS["loss"].signal).numpy()
+    [db] = home.glob("decisions/*.db")
+    log = DecisionLog(db, problem.train.labels, problem.train.num_classes)
+    removed = [i for i, label in log.edits().items() if label is None]  # not in the queue
+    log.close()
+    rest = np.setdiff1d(np.arange(len(scores)), order + removed)
+    assert order != default_order
+    assert (np.diff(scores[order]) <= SCORE_TOL).all(), "descending training loss"
+    assert scores[order].min() >= scores[rest].max() - SCORE_TOL, "the most suspect ones"
+    np.testing.assert_allclose([s for _, _, s in rows], scores[order], atol=SCORE_TOL)
+    first = next(i for i, decision, _ in rows if decision == "")
+    assert current_suspect(at) == first
+    at.button(key="act_keep").click().run()
+    at.button(key="act_undo").click().run()
+    assert not at.exception
+    with sqlite3.connect(db) as con:
+        logged = con.execute("SELECT idx, action, annotator, ranking FROM decisions "
+                             "ORDER BY id DESC LIMIT 2").fetchall()[::-1]
+    assert logged == [(first, "keep", "ranker", "loss"), (first, "undo", "ranker", "loss")]
+
+    at.selectbox(key="ranking").set_value("self_influence").run()
+    assert not at.exception
+    frame = at.dataframe[0].value  # ordered by self-influence, refreshed under the current model
+    assert (frame["suspicion"] == frame["score"]).all() and (np.diff(frame["score"]) <= 0).all()
+    assert frame["index"].tolist() != order
+    at.switch_page("views/dataset.py").run()
+    at.switch_page("views/review.py").run()
+    assert at.selectbox(key="ranking").value == "self_influence", "kept across pages"
 
 
 def page(name: str, **query: str) -> AppTest:

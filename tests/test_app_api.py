@@ -32,6 +32,7 @@ from influence_core import (
     next_suspect,
     open_audit,
     open_index,
+    predict_logits,
     preview,
     preview_indices,
     query_probabilities,
@@ -52,6 +53,7 @@ from influence_core import (
 )
 
 QUEUE = 50  # suspects re-ranked per decision in these tests
+LOSS_TOL = 1e-6  # float32 losses recomputed here vs the ranking's: same forward, same order
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +81,35 @@ def test_queue_is_sorted_by_suspect_score_and_marks_decisions(world: tuple) -> N
     assert session.prior is not None
     assert top == int(torch.argmax(session.prior))
     assert (frame["score"] > 0).all()  # refreshed self-influence is still reported
+
+
+def test_the_loss_ranking_orders_the_queue_by_descending_training_loss(world: tuple) -> None:
+    problem, index, _ = world
+    session = open_audit(problem, index, queue_size=QUEUE, ranking="loss")
+    try:
+        assert session.ranking == "loss"
+        logits = predict_logits(problem.model, problem.train)
+        loss = torch.nn.functional.cross_entropy(logits, problem.train.labels, reduction="none")
+        state = session.state()
+        frame = review_queue(session, state)
+        queued = torch.tensor(frame["index"].tolist())
+        assert len(queued) == QUEUE - int(state.removed[session.suspects].sum())
+        assert (np.diff(loss[queued].numpy()) <= LOSS_TOL).all()  # descending
+        rest = torch.ones(len(loss), dtype=torch.bool)
+        rest[queued] = False
+        rest &= ~state.removed  # removed examples leave the queue
+        assert loss[queued].min() >= loss[rest].max() - LOSS_TOL  # and the largest ones
+        np.testing.assert_allclose(frame["suspicion"], loss[queued].double(), atol=LOSS_TOL)
+        decision = session.record(int(queued[0]), "keep", annotator="ranked")
+        assert decision.ranking == "loss" and session.undo(decision.id).ranking == "loss"
+    finally:
+        session.log.close()
+
+
+def test_an_unknown_ranking_is_refused_naming_the_choices(world: tuple) -> None:
+    problem, index, _ = world
+    with pytest.raises(ValueError, match=r"unknown ranking 'margin'.*self_influence.*cleanlab"):
+        open_audit(problem, index, queue_size=QUEUE, ranking="margin")
 
 
 def test_evidence_never_suggests_the_given_label_and_excludes_the_example(world: tuple) -> None:
@@ -273,3 +304,17 @@ def test_recorded_decisions_refusals_and_bulk_rows(world: tuple) -> None:
     while undo_last(log, "tables", log.version()) is not None:
         pass
     assert not has_decision(log, "tables") and review_progress(session) == (0, QUEUE)
+
+
+def test_the_apps_decisions_record_the_ranking_they_were_made_under(world: tuple) -> None:
+    _, _, session = world
+    log, frame = session.log, review_queue(session, session.state())
+    i = int(frame["index"][7])
+    assert record_decision(log, i, "keep", None, "ranked", log.version(), "cleanlab") is None
+    assert record_rows(log, frame.iloc[[8]], "remove", "ranked", log.version(), "loss") == []
+    undo_last(log, "ranked", log.version(), "self_influence")
+    newest = recent_decisions(log, 3)
+    assert newest["action"].tolist() == ["undo", "remove", "keep"]
+    assert newest["ranking"].tolist() == ["self_influence", "loss", "cleanlab"]
+    while undo_last(log, "ranked", log.version()) is not None:
+        pass

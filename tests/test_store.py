@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -78,6 +80,87 @@ def test_bad_input_is_refused_and_writes_nothing(log: DecisionLog, call, message
     with pytest.raises(ValueError, match=message):
         call(log)
     assert log.decisions() == rows
+
+
+def test_each_decision_keeps_the_ranking_it_was_made_under(log: DecisionLog,
+                                                           tmp_path: Path) -> None:
+    made = [log.record(2, "relabel", 7, annotator="ann", ranking="loss"),
+            log.record(5, "remove", ranking="cleanlab"),
+            log.record(6, "keep")]
+    made.append(log.undo(made[1].id, ranking="self_influence"))
+    assert [d.ranking for d in made] == ["loss", "cleanlab", "", "self_influence"]
+    other = DecisionLog(log.path, LABELS, CLASSES)  # read back through another connection
+    assert other.decisions() == made
+    other.close()
+    with open(log.export_csv(tmp_path / "labels.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [rows[i]["ranking"] for i in (2, 5, 6, 0)] == ["loss", "", "", ""]
+
+
+OLD_SCHEMA = """
+CREATE TABLE decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    idx INTEGER NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('relabel', 'remove', 'keep', 'undo')),
+    label INTEGER,
+    annotator TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    model_version INTEGER NOT NULL,
+    undoes INTEGER REFERENCES decisions(id)
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""  # the decision log's schema before the ranking column
+
+
+def _old_log(path: Path) -> None:
+    """A log file as the code before the ranking column wrote it: meta and one relabel."""
+    digest = hashlib.sha256(",".join(map(str, LABELS)).encode()).hexdigest()[:16]
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_SCHEMA)
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [
+            ("labels_sha256", digest), ("num_classes", str(CLASSES)),
+            ("num_train", str(len(LABELS)))])
+        db.execute("INSERT INTO decisions (idx, action, label, annotator, ts, model_version, "
+                   "undoes) VALUES (3, 'relabel', 8, 'ann', '2025-01-01T00:00:00+00:00', 0, NULL)")
+    db.close()
+
+
+def test_a_log_from_before_the_ranking_column_opens_and_keeps_working(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _old_log(path)
+    log = DecisionLog(path, LABELS, CLASSES)
+    [old] = log.decisions()
+    assert (old.index, old.action, old.label, old.annotator, old.ranking) == (
+        3, "relabel", 8, "ann", "")
+    new = log.record(4, "remove", annotator="bob", ranking="loss")
+    assert log.edits() == {3: 8, 4: REMOVED}
+    log.close()
+    again = DecisionLog(path, LABELS, CLASSES)
+    assert [d.ranking for d in again.decisions()] == ["", "loss"] and again.decisions()[1] == new
+    again.close()
+
+
+def test_opening_an_old_log_from_several_threads_adds_the_column_once(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _old_log(path)
+    handles: list[DecisionLog] = []
+    errors: list[Exception] = []
+
+    def open_log() -> None:
+        try:
+            handles.append(DecisionLog(path, LABELS, CLASSES))
+        except Exception as exc:  # e.g. "duplicate column name" if two added it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_log) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(handles) == 4
+    assert all(h.decisions()[0].ranking == "" for h in handles)
+    for h in handles:
+        h.close()
 
 
 def test_log_of_another_training_set_is_refused(tmp_path: Path) -> None:

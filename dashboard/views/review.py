@@ -1,11 +1,14 @@
-"""Review: the suspect queue, one card at a time (relabel / remove / keep / undo), bulk mode and
-export. A decision is committed to the durable log first; then the Newton step runs on the next
-run (the model is cached per log version) and the queue re-ranks."""
+"""Review: the suspect queue in the chosen ranking's order, one card at a time (relabel / remove /
+keep / undo), bulk mode and export. A decision is committed to the durable log first, with the
+ranking it was made under; then the Newton step runs on the next run (the model is cached per log
+version) and the queue re-ranks."""
 
 import streamlit as st
 
 from dashboard import frames, images, state, tiles, widgets
 from influence_core import (
+    DEFAULT_RANKING,
+    RANKINGS,
     checkpoint_bytes,
     current_label,
     has_decision,
@@ -17,7 +20,12 @@ from influence_core import (
 
 sel = state.selection()
 st.title("Review")
-ws = state.workspace_or_stop(sel)
+ranking = widgets.ranking_ui({k: r.help for k, r in RANKINGS.items()}, DEFAULT_RANKING,
+                             state.RANKING)
+ws = state.workspace_or_stop(sel, ranking)
+if ws.session.ranking != ranking:
+    st.info(f"{widgets.ranking_name(ranking)} is not computed for this training set (too large, "
+            f"or a subset): the queue is ordered by {widgets.ranking_name(ws.session.ranking)}.")
 audit = state.audit_state(ws)
 version, names = audit.version, ws.problem.train.class_names
 frame = state.queue(ws.key, version, ws)

@@ -93,6 +93,8 @@ class AuditSession:
     `weight_decay` (default: the problem's training recipe) enters the removal step, see
     unlearning.newton_step. `prior` (N,), when given, orders the queue (a stronger suspect
     ranking such as suspects.suspect_scores); otherwise the refreshed self-influence does.
+    `ranking` names that order (a suspects.RANKINGS key, "" when unnamed); every decision and
+    undo made through the session records it.
 
     States are cached by their edit set, thread-safely: `state_for` may run in a background
     thread (app_api.ReviewCache computes the likely next states while an annotator looks at a
@@ -101,7 +103,7 @@ class AuditSession:
     def __init__(
         self, problem: object, curvature: Curvature, log: DecisionLog, task: Task | None = None,
         suspects: torch.Tensor | None = None, refine_steps: int = 0,
-        weight_decay: float | None = None, prior: torch.Tensor | None = None,
+        weight_decay: float | None = None, prior: torch.Tensor | None = None, ranking: str = "",
     ) -> None:
         self.problem, self.curvature, self.log = problem, curvature, log
         self.task = task or ClassificationTask()
@@ -110,6 +112,7 @@ class AuditSession:
         self.suspects = torch.arange(n) if suspects is None else torch.as_tensor(suspects).long()
         self.refine_steps = refine_steps
         self.prior = None if prior is None else torch.as_tensor(prior).double()
+        self.ranking = ranking
         config = getattr(problem, "config", None)  # the training recipe's L2 strength
         self.weight_decay = weight_decay if weight_decay is not None else getattr(
             config, "weight_decay", 0.0)
@@ -118,10 +121,11 @@ class AuditSession:
     # -- decisions (committed before they return) ------------------------------------------
     def record(self, index: int, action: str, label: int | None = None,
                annotator: str = "") -> Decision:
-        return self.log.record(index, action, label, annotator, self.log.version())
+        return self.log.record(index, action, label, annotator, self.log.version(),
+                               self.ranking)
 
     def undo(self, decision_id: int, annotator: str = "") -> Decision:
-        return self.log.undo(decision_id, annotator, self.log.version())
+        return self.log.undo(decision_id, annotator, self.log.version(), self.ranking)
 
     # -- the model -------------------------------------------------------------------------
     def edits(self) -> tuple[list[int], dict[int, int]]:

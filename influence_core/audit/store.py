@@ -1,12 +1,15 @@
 """The decision log: an append-only SQLite table of annotator decisions, durable before success.
 
 Every decision is one row Decision(id, index, action, label, annotator, ts, model_version,
-undoes), action in {relabel, remove, keep, undo}. Nothing is ever updated or deleted: undoing
-decision d appends an `undo` row with undoes = d. The log runs in WAL mode with
-synchronous=FULL, and `record` / `undo` return only after COMMIT, so a decision that was
-reported is on disk even if the process is killed the next instant. Writers serialise through
-BEGIN IMMEDIATE (with a busy timeout): validation and insert happen in one transaction, so two
-processes or sessions writing at once lose nothing and cannot both remove the same point.
+undoes, ranking), action in {relabel, remove, keep, undo}; ranking is the key of the suspect
+ranking (suspects.RANKINGS) the queue was ordered by when the annotator decided, "" when unknown
+(the CLI; rows written before the column existed: opening such a log adds the column). Nothing
+is ever updated or deleted: undoing decision d appends an `undo` row with undoes = d. The log
+runs in WAL mode with synchronous=FULL, and `record` / `undo` return only after COMMIT, so a
+decision that was reported is on disk even if the process is killed the next instant. Writers
+serialise through BEGIN IMMEDIATE (with a busy timeout): validation and insert happen in one
+transaction, so two processes or sessions writing at once lose nothing and cannot both remove
+the same point.
 
 The edited training set is a pure function of the log: replay the active (not undone) decisions
 in id order; for each index the last relabel / remove wins, and `keep` changes nothing (it
@@ -38,7 +41,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     annotator TEXT NOT NULL,
     ts TEXT NOT NULL,
     model_version INTEGER NOT NULL,
-    undoes INTEGER REFERENCES decisions(id)
+    undoes INTEGER REFERENCES decisions(id),
+    ranking TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -54,6 +58,7 @@ class Decision:
     ts: str  # ISO 8601, UTC, microseconds
     model_version: int  # the model version the annotator was looking at
     undoes: int | None = None  # undo only: the id of the undone decision
+    ranking: str = ""  # the suspect ranking the queue was ordered by ("" when unknown)
 
 
 def active_decisions(decisions: Sequence[Decision]) -> list[Decision]:
@@ -92,6 +97,7 @@ class DecisionLog:
         with self._transaction() as cur:
             for stmt in filter(str.strip, _SCHEMA.split(";")):
                 cur.execute(stmt)
+            _add_ranking_column(cur)
             self._check_meta(cur)
 
     def close(self) -> None:
@@ -131,8 +137,9 @@ class DecisionLog:
 
     # -- writing ---------------------------------------------------------------------------
     def record(self, index: int, action: str, label: int | None = None, annotator: str = "",
-               model_version: int | None = None) -> Decision:
-        """Validate and append one relabel / remove / keep decision; returns it once committed.
+               model_version: int | None = None, ranking: str = "") -> Decision:
+        """Validate and append one relabel / remove / keep decision, made while the queue was
+        ordered by `ranking` (a suspects.RANKINGS key, "" when unknown); returns it committed.
 
         Raises ValueError, writing nothing, for an index outside the training set, a label
         outside 0..K-1, a relabel to the current label, or a decision on a removed point."""
@@ -150,11 +157,13 @@ class DecisionLog:
                 raise ValueError(f"index {index} is removed: undo the removal first")
             if action == "relabel" and label == state:
                 raise ValueError(f"index {index} already has label {label}")
-            return self._insert(cur, index, action, label, annotator, model_version, None)
+            return self._insert(cur, index, action, label, annotator, model_version, None,
+                                ranking)
 
-    def undo(self, decision_id: int, annotator: str = "",
-             model_version: int | None = None) -> Decision:
-        """Append an undo of an active relabel / remove / keep decision; returns it committed."""
+    def undo(self, decision_id: int, annotator: str = "", model_version: int | None = None,
+             ranking: str = "") -> Decision:
+        """Append an undo of an active relabel / remove / keep decision (`ranking`: the one the
+        undoing session's queue is ordered by, "" when unknown); returns it committed."""
         with self._transaction() as cur:
             rows = {d.id: d for d in _read(cur)}
             target = rows.get(int(decision_id))
@@ -165,27 +174,29 @@ class DecisionLog:
             if any(d.undoes == target.id for d in rows.values()):
                 raise ValueError(f"decision {decision_id} is already undone")
             return self._insert(cur, target.index, "undo", None, annotator, model_version,
-                                target.id)
+                                target.id, ranking)
 
     def _insert(self, cur: sqlite3.Cursor, index: int, action: str, label: int | None,
-                annotator: str, model_version: int | None, undoes: int | None) -> Decision:
+                annotator: str, model_version: int | None, undoes: int | None,
+                ranking: str) -> Decision:
         head = int(cur.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0])
         version = head if model_version is None else int(model_version)
         ts = datetime.now(UTC).isoformat(timespec="microseconds")
         cur.execute(
-            "INSERT INTO decisions (idx, action, label, annotator, ts, model_version, undoes) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (index, action, label, str(annotator), ts, version, undoes),
+            "INSERT INTO decisions (idx, action, label, annotator, ts, model_version, undoes, "
+            "ranking) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (index, action, label, str(annotator), ts, version, undoes, str(ranking)),
         )
         return Decision(int(cur.lastrowid), index, action, label, str(annotator), ts, version,
-                        undoes)
+                        undoes, str(ranking))
 
     # -- export ----------------------------------------------------------------------------
     def export_csv(self, path: str | Path, original_labels: Sequence[int] | None = None) -> Path:
         """The cleaned label file: index, original_label, final_label, removed, decided_by,
-        decided_at, one row per training example (decided_* from the last active decision on
-        it, keep included). `original_labels` defaults to the labels the model was trained on.
-        Written to a temporary file, fsynced, then renamed: never half-written."""
+        decided_at, ranking, one row per training example (decided_* and ranking from the last
+        active decision on it, keep included). `original_labels` defaults to the labels the
+        model was trained on. Written to a temporary file, fsynced, then renamed: never
+        half-written."""
         decisions = self.decisions()
         final = edits(decisions, self.labels)
         last = {d.index: d for d in active_decisions(decisions)}
@@ -195,12 +206,13 @@ class DecisionLog:
         with open(tmp, "w", newline="") as f:
             out = csv.writer(f)
             out.writerow(["index", "original_label", "final_label", "removed", "decided_by",
-                          "decided_at"])
+                          "decided_at", "ranking"])
             for i, y in enumerate(self.labels):
                 state = final.get(i, y)
                 d = last.get(i)
                 out.writerow([i, int(original[i]), y if state is REMOVED else state,
-                              int(state is REMOVED), d.annotator if d else "", d.ts if d else ""])
+                              int(state is REMOVED), d.annotator if d else "", d.ts if d else "",
+                              d.ranking if d else ""])
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
@@ -231,9 +243,17 @@ class _Transaction:
 
 
 def _read(db: sqlite3.Connection | sqlite3.Cursor) -> list[Decision]:
-    rows = db.execute("SELECT id, idx, action, label, annotator, ts, model_version, undoes "
-                      "FROM decisions ORDER BY id").fetchall()
+    rows = db.execute("SELECT id, idx, action, label, annotator, ts, model_version, undoes, "
+                      "ranking FROM decisions ORDER BY id").fetchall()
     return [Decision(*row) for row in rows]
+
+
+def _add_ranking_column(cur: sqlite3.Cursor) -> None:
+    """Bring a log created before the ranking column to the current schema (inside the opening
+    transaction, so two processes opening it at once add it once); its rows read as ""."""
+    columns = {row[1] for row in cur.execute("PRAGMA table_info(decisions)")}
+    if "ranking" not in columns:
+        cur.execute("ALTER TABLE decisions ADD COLUMN ranking TEXT NOT NULL DEFAULT ''")
 
 
 def _check_index(index: int, n: int) -> int:
