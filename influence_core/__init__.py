@@ -85,6 +85,7 @@ from .curvature.gradients import TrackedModel, UnsupportedLayerError
 from .curvature.task import ClassificationTask, Task, margin
 from .data.datasets import DatasetError, ImageDataset, inject_label_noise
 from .data.models import MODELS, CheckpointError, build_model, load_checkpoint
+from .data.noise import NOISE_KINDS, inject_noise
 from .data.registry import DATASETS, Problem, load_dataset, load_problem
 from .data.training import accuracy, predict_logits, train_or_load
 from .evaluation.lds import run_lds
@@ -102,6 +103,7 @@ __all__ = [
     "DEFAULT_SIGNAL",
     "ESTIMATORS",
     "MODELS",
+    "NOISE_KINDS",
     "RANKINGS",
     "ArtifactError",
     "AttributionIndex",
@@ -159,6 +161,7 @@ __all__ = [
     "index_scores",
     "influenced_queries",
     "inject_label_noise",
+    "inject_noise",
     "is_removed",
     "labels_csv",
     "lds",

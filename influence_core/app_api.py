@@ -16,10 +16,11 @@ import pandas as pd
 import torch
 
 from .artifacts import model_hash
-from .attribution.index import AttributionIndex, index_scores, load_index, query_vector
+from .attribution.index import AttributionIndex, index_scores, load_index
 from .attribution.precompute import precompute
 from .audit.session import AuditSession, AuditState, default_log_path, open_session
 from .audit.store import Decision, DecisionLog, active_decisions
+from .audit.suggest import best_other, class_scores, class_support
 from .audit.suspects import RANKINGS, suspect_scores
 from .audit.unlearning import updated_model
 from .config import EKFACConfig, IndexConfig, artifacts_root
@@ -129,7 +130,7 @@ def review_queue(session: AuditSession, state: AuditState) -> pd.DataFrame:
 class Evidence:
     """Why a training example is flagged: training examples that most support / oppose its
     given label (indices, scores), the summed support of the top examples per class (K,), and
-    the class that support suggests (never the given label)."""
+    the suggested label (never the given label; see `evidence`)."""
 
     support: tuple[np.ndarray, np.ndarray]
     oppose: tuple[np.ndarray, np.ndarray]
@@ -138,22 +139,22 @@ class Evidence:
 
 
 def evidence(index: AttributionIndex, train: ImageDataset, i: int, label: int,
-             k: int = 8) -> Evidence:
+             k: int = 8, probs: np.ndarray | None = None) -> Evidence:
     """Index scores of every training example on example i's loss under each class c (K query
-    vectors, one pass over the index); support for c = sum of the k largest scores (example i
-    itself excluded)."""
-    x = train.tensor([i])[0]
-    queries = torch.stack([query_vector(index, x, c) for c in range(train.num_classes)])
-    scores = index.projection.scores(queries, index.vectors)  # (K, N)
-    scores[:, i] = float("nan")
+    vectors, one pass over the index); support for c = sum of the k largest scores, each
+    class's scores on one scale (audit.suggest.class_support; example i itself excluded).
+    `suggested`: the most probable class other than `label` under `probs` (the current
+    model's probabilities of example i, audit.suggest's "model" rule), or, without them, under
+    the base model's logits stored in the index."""
+    scores = class_scores(index, train, i)
     given = scores[label].nan_to_num(0.0)
-    top = scores.nan_to_num(-float("inf")).topk(k, dim=1).values  # (K, k)
-    class_support = top.clamp_min(0).sum(1).double().numpy()
-    ranked = np.argsort(-class_support)
-    suggested = int(ranked[0] if ranked[0] != label else ranked[1])
+    support = class_support(scores, k)
+    if probs is None:
+        probs = np.asarray(index.arrays["train_logits"][i], dtype=np.float64)
+    suggested = int(best_other(np.asarray(probs)[None], np.array([label]))[0])
     hi, lo = given.topk(k), (-given).topk(k)
     return Evidence((hi.indices.numpy(), hi.values.double().numpy()),
-                    (lo.indices.numpy(), -lo.values.double().numpy()), class_support, suggested)
+                    (lo.indices.numpy(), -lo.values.double().numpy()), support, suggested)
 
 
 PREVIEW_TEST = 1000  # test images a preview evaluates (a fixed seeded subset; all if fewer)
