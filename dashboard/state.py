@@ -44,6 +44,7 @@ from influence_core import (
     reviewed,
     run_quick,
     self_influence_values,
+    suggested_label,
     train_predictions,
     train_probabilities,
     undo_last,
@@ -193,7 +194,7 @@ def decide(ws: Workspace, action: str, i: int, version: int, annotator: str) -> 
     label = None
     if action == "relabel":  # the card's choice; its widget state can be missing after a
         given = current_label(audit_state(ws), i)  # fragment-only run: then the suggestion
-        label = chosen_label(i, why_flagged(ws.key, i, given, ws).suggested)
+        label = chosen_label(i, suggested_label(train_probs(ws.key, version, i, ws), given))
     refused = record_decision(ws.session.log, i, action, label, annotator, version,
                               ws.session.ranking)
     if refused is not None:  # e.g. another annotator removed it meanwhile: say so, keep going

@@ -21,6 +21,7 @@ from .app_api import (
     review_queue,
     reviewed,
     self_influence_values,
+    suggested_label,
     train_predictions,
     train_probabilities,
 )
@@ -203,6 +204,7 @@ __all__ = [
     "self_influence",
     "self_influence_values",
     "silent",
+    "suggested_label",
     "suspect_scores",
     "top_k",
     "tqdm_progress",

@@ -157,6 +157,12 @@ def evidence(index: AttributionIndex, train: ImageDataset, i: int, label: int,
                     (lo.indices.numpy(), -lo.values.double().numpy()), support, suggested)
 
 
+def suggested_label(probs: np.ndarray, given: int) -> int:
+    """The label a Review card suggests (and Relabel applies by default): the most probable
+    class other than `given` under `probs` (K,), the current model's probabilities."""
+    return int(best_other(np.asarray(probs)[None], np.array([given]))[0])
+
+
 PREVIEW_TEST = 1000  # test images a preview evaluates (a fixed seeded subset; all if fewer)
 
 

@@ -212,6 +212,28 @@ def test_review_page_shows_a_suspect_card_and_the_counter(app: Callable[..., App
     assert at.get("plotly_chart"), "the class probabilities are a plotly chart"
 
 
+def test_relabel_applies_the_models_suggestion(app: Callable[..., AppTest], home: Path) -> None:
+    """The card names the current model's most probable class other than the given label;
+    Relabel without touching the box records that class."""
+    from influence_core import load_problem, predict_logits, recipe
+    from influence_core.data.datasets import subset
+
+    at = review(app, annotator="sug")
+    suspect = current_suspect(at)
+    [card] = [md.value for md in at.markdown if "Suspect #" in md.value]
+    given, suggested = (int(m) for m in re.search(
+        r"given label \*\*(\d)\*\*.*model suggests \*\*(\d)\*\*", card).groups())
+    problem = load_problem(recipe("digits", "mlp"))
+    probs = predict_logits(problem.model, subset(problem.train, [suspect]))[0].softmax(0)
+    probs[given] = -1
+    assert suggested == int(probs.argmax()) != given
+    at.button(key="act_relabel").click().run()
+    assert not at.exception
+    row = log_rows(home)[-1]
+    assert (row[1], row[2], row[3]) == (suspect, "relabel", suggested)
+    at.button(key="act_undo").click().run()
+
+
 @pytest.mark.parametrize("action", ["relabel", "remove", "keep"])
 def test_a_decision_writes_a_log_row_and_undo_reverts_it(
     app: Callable[..., AppTest], home: Path, action: str

@@ -16,6 +16,7 @@ from influence_core import (
     labels_csv,
     recent_decisions,
     review_progress,
+    suggested_label,
 )
 
 sel = state.selection()
@@ -53,20 +54,22 @@ def card(version: int) -> None:
                   disabled=before is None, key="nav_prev")
     nav[1].button("Next", shortcut="n", on_click=state.set_url, args=(state.SUSPECT, after),
                   disabled=after is None, key="nav_next")
+    probs = state.train_probs(ws.key, version, i, ws)
+    suggested = suggested_label(probs, given)
     nav[2].markdown(f"**Suspect #{i}** · given label **{names[given]}** · "
-                    f"evidence suggests **{names[ev.suggested]}**")
+                    f"model suggests **{names[suggested]}**",
+                    help="The current model's most probable class other than the given label.")
     image, chart = st.columns([1, 2])
     [big] = state.thumbnails(sel.dataset, sel.data_root, "train", (i,), images.LARGE_PX)
     image.image(big, caption=f"#{i} · given label {names[given]}", width=images.LARGE_PX)
     with chart:
-        widgets.probability_chart(state.train_probs(ws.key, version, i, ws).tolist(), names,
-                                  given)
+        widgets.probability_chart(probs.tolist(), names, given)
     for title, (idx, scores) in (("Most support the given label", ev.support),
                                  ("Most oppose the given label", ev.oppose)):
         st.markdown(f"**{title}**")
         widgets.tiles(*tiles.train_tiles(sel, ws, idx.tolist(), scores.tolist()),
                       width=images.THUMB_PX)
-    target = st.selectbox("Relabel to", range(len(names)), index=ev.suggested,
+    target = st.selectbox("Relabel to", range(len(names)), index=suggested,
                           format_func=lambda c: names[c], key=state.relabel_key(i))
     if is_removed(audit, i):
         st.info(f"#{i} is removed from the training set; Undo restores it.")
