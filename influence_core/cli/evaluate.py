@@ -76,7 +76,7 @@ def _mislabel(args: argparse.Namespace, out: Path, progress, kron: bool) -> int:
 
 def _suspects(args: argparse.Namespace, out: Path, progress, kron: bool) -> int:
     from ..audit.suspects import DEFAULT_SIGNAL
-    from ..evaluation.suspect_selection import run_all, selection_report
+    from ..evaluation.suspect_selection import run_all, selection_report, settings
 
     kinds = [k for k in args.noise_kinds.split(",") if k]
     unknown = sorted(set(kinds) - set(NOISE_KINDS))
@@ -86,7 +86,8 @@ def _suspects(args: argparse.Namespace, out: Path, progress, kron: bool) -> int:
     regimes = [r for r in args.regimes.split(",") if r]
     runs = run_all(args.split, kinds, rates, regimes, args.data_root, kron, args.epochs,
                    progress, args.available_only)
-    print(selection_report(out, args.split, runs, DEFAULT_SIGNAL))
+    planned = len(settings(args.split, kinds, rates, regimes))
+    print(selection_report(out, args.split, runs, DEFAULT_SIGNAL, planned))
     return 0
 
 

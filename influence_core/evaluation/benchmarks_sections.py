@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .benchmarks_doc import CLI, DATA, TARGETS, Reports, Section, cmd, num, pct, table
 from .benchmarks_speed import core, index
+from .benchmarks_suspects import suspects
 from .benchmarks_unlearning import browser, unlearning
 
 
@@ -169,6 +170,7 @@ def mislabel(r: Reports) -> str:
 SECTIONS = [Section("Core vs Kronfluence", core), Section("Attribution index", index),
             Section("Linear datamodeling score (LDS)", lds),
             Section("Mislabel detection", mislabel),
+            Section("Suspect ranking: development and test splits", suspects),
             Section("Unlearning vs retraining", unlearning),
             Section("Dashboard latency in the browser", browser)]
 ANCHOR = {s.render.__name__: s.slug for s in SECTIONS}

@@ -104,7 +104,8 @@ def suggestion_accuracy(problem, data, flipped: torch.Tensor, oos: torch.Tensor,
     from ..attribution.index import load_index
     from ..attribution.precompute import precompute
     from ..audit.suggest import best_other, class_scores, class_support
-    from ..audit.suspects import DYNAMICS_POINTS, training_dynamics
+    from ..audit.suspects import DYNAMICS_POINTS, training_dynamics, trajectory
+    from ..data.datasets import subset
     from ..data.training import predict_logits
 
     idx = torch.nonzero(flipped)[:, 0]
@@ -113,8 +114,14 @@ def suggestion_accuracy(problem, data, flipped: torch.Tensor, oos: torch.Tensor,
     given, clean = data.labels[idx].numpy(), data.original_labels[idx].numpy()
     final = predict_logits(problem.model, data)[idx].softmax(1).double()
     dyn = training_dynamics(problem, DYNAMICS_POINTS, progress).mean_probs[idx]
+    sub = subset(data, idx)
+    snaps = trajectory(problem, progress=progress)  # checkpoint_loss's (cached)
+    ckpt = sum(predict_logits(m, sub).softmax(1).double() for m in snaps) / len(snaps)
+    cv = oos[idx].double()
     probs = {"model": final, "dynamics": dyn, "model+dynamics": (final + dyn) / 2,
-             "cleanlab": oos[idx].double(), "model+cleanlab": (final + oos[idx].double()) / 2}
+             "cleanlab": cv, "model+cleanlab": (final + cv) / 2,
+             "dynamics+cleanlab": (dyn + cv) / 2, "checkpoints": ckpt,
+             "checkpoints+cleanlab": (ckpt + cv) / 2}
     out = {k: {"accuracy": float((best_other(p, given) == clean).mean()), "n": len(idx)}
            for k, p in probs.items()}
     if problem.config.subset_seed < 0:  # the index covers problem.train, = data

@@ -75,7 +75,7 @@ def _setting(key: str) -> str:
     return key.rsplit("_s", 1)[0]
 
 
-def summarise(split: str, runs: dict[str, dict], default: str) -> dict:
+def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0) -> dict:
     """Per setting and ranking: mean / std / n of the fraction found at BUDGET; overall means;
     the suggestion rules' accuracy the same way; on dev, the chosen candidate."""
     found: dict[str, dict[str, list[float]]] = {}
@@ -90,15 +90,19 @@ def summarise(split: str, runs: dict[str, dict], default: str) -> dict:
         return {s: {n: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
                     for n, v in per.items()} for s, per in values.items()}
 
-    def overall(values: dict) -> dict:
-        names = set.intersection(*(set(per) for per in values.values())) if values else set()
-        return {n: float(np.mean([np.mean(per[n]) for per in values.values()]))
+    def overall(values: dict, common: bool = True) -> dict:
+        """Per name, the mean over settings of its mean over seeds: over the settings that
+        have every name (`common`), else over those that have it."""
+        sets = [set(per) for per in values.values()]
+        names = (set.intersection(*sets) if common else set.union(*sets)) if sets else set()
+        return {n: float(np.mean([np.mean(per[n]) for per in values.values() if n in per]))
                 for n in sorted(names)}
 
     means = overall(found)
     out = {"split": split, "budget": float(BUDGET), "runs": sorted(runs), "default": default,
+           "n_runs": len(runs), "planned_runs": max(planned, len(runs)),
            "settings": table(found), "overall": means, "suggestion": table(suggest),
-           "suggestion_overall": overall(suggest)}
+           "suggestion_overall": overall(suggest, common=False)}
     if split == "dev":
         candidates = {n: v for n, v in means.items() if n not in NOT_CANDIDATES}
         out["chosen"] = max(candidates, key=candidates.get) if candidates else None
@@ -125,7 +129,8 @@ def selection_markdown(summary: dict) -> str:
     names = sorted(summary["overall"], key=lambda n: -summary["overall"][n])
     lines = [f"Suspect rankings, {summary['split']} split: fraction of flips found with "
              f"{summary['budget']:.0%} of the training set inspected, mean over "
-             f"{len(summary['runs'])} runs. Default ranking: `{summary['default']}`"
+             f"{summary['n_runs']} of {summary['planned_runs']} planned runs. "
+             f"Default ranking: `{summary['default']}`"
              + (f"; best candidate here: `{summary['chosen']}`." if "chosen" in summary
                 else "."), "", "| ranking | mean |", "|---|---|"]
     lines += [f"| {n} | {summary['overall'][n]:.3f} |" for n in names]
@@ -144,8 +149,11 @@ def selection_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def selection_report(out: Path, split: str, runs: dict[str, dict], default: str) -> str:
-    summary = summarise(split, runs, default)
+def selection_report(out: Path, split: str, runs: dict[str, dict], default: str,
+                     planned: int = 0) -> str:
+    """Write the split's summary as report suspects_<split>; `planned`: how many runs the
+    command asked for (a partial summary says so)."""
+    summary = summarise(split, runs, default, planned)
     md = selection_markdown(summary)
     write_report(out, f"suspects_{split}", summary, md, {})
     return md
