@@ -195,3 +195,34 @@ def test_vary_order_keeps_the_init_and_reseeds_the_batch_order(artifacts_home) -
     np.testing.assert_allclose(mean, per_seed.mean(0))
     rel = experiment.ground_truth_reliability(per_seed, "order")
     assert rel["seeds_vary"] == "order" and -1 <= rel["seed_to_seed_spearman"] <= 1
+
+
+def _run(found: dict[str, float], suggestion: dict[str, float]) -> dict:
+    return {"rankings": {k: {"curve": {"0.10": v}} for k, v in found.items()},
+            "suggestion": {k: {"accuracy": v, "n": 10} for k, v in suggestion.items()}}
+
+
+def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> None:
+    from influence_core.evaluation.suspect_selection import settings, summarise
+
+    runs = {"d_m_sub1_pair_0.1_regular_s0": _run({"a": 0.9, "b": 0.7, "cleanlab": 0.95},
+                                                  {"model": 0.8}),
+            "d_m_sub1_pair_0.1_regular_s1": _run({"a": 0.7, "b": 0.7, "cleanlab": 0.95},
+                                                  {"model": 0.6, "dynamics": 0.9}),
+            "d_m_sub1_uniform_0.1_regular_s0": _run({"a": 0.6, "b": 0.8, "cleanlab": 0.9}, {})}
+    dev = summarise("dev", runs, "a", planned=4)
+    pair = dev["settings"]["d_m_sub1_pair_0.1_regular"]["a"]
+    assert pair == {"mean": 0.8, "std": pytest.approx(0.1), "n": 2}
+    # per setting first, then over settings: a (0.8 + 0.6) / 2, b (0.7 + 0.8) / 2
+    assert dev["overall"]["a"] == pytest.approx(0.7) and dev["overall"]["b"] == pytest.approx(0.75)
+    assert dev["chosen"] == "b"  # the best of OUR rankings: cleanlab is a baseline
+    assert (dev["n_runs"], dev["planned_runs"]) == (3, 4)
+    assert dev["suggestion_overall"] == {"model": pytest.approx(0.7), "dynamics": 0.9}
+    test = summarise("test", runs, "b")
+    assert "chosen" not in test  # nothing is chosen on the test split
+    goal = test["goal"]["per_setting"]["d_m_sub1_uniform_0.1_regular"]
+    assert goal["best_baseline"] == "cleanlab" and goal["margin"] == pytest.approx(-0.1)
+    assert (test["goal"]["met"], test["goal"]["of"]) == (0, 2)
+    # the split's runs, seed by seed: every setting once before the next seed
+    runs_planned = settings("dev", ["uniform", "pair"], [0.1], ["regular"])
+    assert [r[-1] for r in runs_planned] == [0] * 4 + [1] * 4
