@@ -2,8 +2,9 @@
 evidence shown beside it.
 
 A suggestion is never the given label: the most probable OTHER class under some probabilities
-(`best_other`). Which probabilities is a rule measured by `evaluate mislabel` on the flipped
-examples of every noise kind (report key "suggestion"):
+(`best_other`). The app uses the current model's ("model", app_api.suggested_label). Each rule
+is measured by `evaluate mislabel` on the flipped examples of every noise kind (report key
+"suggestion"; `evaluate suspects` averages them per split):
   model        the current model's probabilities
   dynamics     probabilities averaged over the training-dynamics checkpoints (audit.dynamics)
   cleanlab     out-of-sample probabilities (5-fold cross-validation), as cleanlab's argmax
@@ -21,8 +22,6 @@ import torch
 
 from ..attribution.index import AttributionIndex, query_vector
 from ..data.datasets import ImageDataset
-
-SUGGESTION_RULE = "model"  # what the app suggests; chosen on the development split
 
 
 def best_other(probs: torch.Tensor | np.ndarray, given: torch.Tensor | np.ndarray) -> np.ndarray:
