@@ -226,3 +226,27 @@ def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> No
     # the split's runs, seed by seed: every setting once before the next seed
     runs_planned = settings("dev", ["uniform", "pair"], [0.1], ["regular"])
     assert [r[-1] for r in runs_planned] == [0] * 4 + [1] * 4
+
+
+def test_first_card_benchmark_runs_the_apps_setup_in_a_fresh_home(artifacts_home) -> None:
+    """bench first-card empties its scratch home, times every setup stage there, leaves
+    $INFLUENCE_AUDIT_HOME as it was, and the card it reaches is the queue's first suspect."""
+    import os
+
+    from influence_core.evaluation.bench_first_card import bench_first_card
+
+    home = artifacts_home / "bench-home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "stale.txt").write_text("left from an earlier run")
+    before = os.environ["INFLUENCE_AUDIT_HOME"]
+    r = bench_first_card("digits", "mlp", None, "loss", home)
+    assert os.environ["INFLUENCE_AUDIT_HOME"] == before
+    assert not (home / "models" / "stale.txt").exists()
+    assert list((home / "models").glob("digits-mlp-*/model.pt"))  # trained there, not reused
+    assert list(r["stages_s"]) == ["model", "attribution index", "suspect ranking", "first card"]
+    assert r["total_s"] >= sum(r["stages_s"].values()) - 0.1
+    assert "train digits/mlp" in r["steps_s"] and r["ranking_used"] == "loss"
+    card = r["first_card"]
+    assert card["suggested"] != card["label"]
+    with pytest.raises(ValueError, match="unknown ranking"):
+        bench_first_card("digits", "mlp", None, "nope", home)

@@ -89,3 +89,39 @@ def test_the_cards_suggestion_is_mostly_the_clean_label_of_a_flip(kind: str,
     right = [evidence(index, problem.train, i, int(problem.train.labels[i])).suggested
              == int(problem.train.original_labels[i]) for i in flipped]
     assert np.mean(right) >= 0.8, np.mean(right)
+
+
+def test_trajectory_signals_reuse_the_recipes_own_run(artifacts_home, monkeypatch) -> None:
+    """The model's own training keeps the checkpoints the trajectory and dynamics signals read:
+    they load without another training, their last checkpoint is the model itself, and they
+    equal a separate run of the recipe (the fallback when the run kept none)."""
+    import influence_core.audit.suspects as suspects
+    from influence_core import load_problem, recipe
+    from influence_core.data.training import snapshot_steps, total_steps
+
+    cfg = recipe("digits", "mlp", noise=0.1, epochs=4)
+    problem = load_problem(cfg)
+    data, _, _ = suspects.training_set(problem)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    with monkeypatch.context() as m:
+        m.setattr(suspects, "train_model", no_training)
+        geometric = suspects.trajectory(problem, 5)
+        even = suspects._cached_train(problem, "even8", data, None, 8, even=True)
+    final = problem.model.state_dict()
+    for net in (geometric[-1], even[-1]):
+        assert all(torch.equal(net.state_dict()[k], final[k]) for k in final)
+    total = total_steps(cfg, len(data))  # 1437 digits, batches of 64, 4 epochs
+    assert total == 4 * 23
+    assert snapshot_steps(total, 5, False) == [6, 12, 23, 46, 92]
+    assert snapshot_steps(total, 8, True) == [12, 23, 34, 46, 58, 69, 80, 92]
+    # without the kept checkpoints, the fallback trains the same run: same weights
+    for p in (artifacts_home / "models").glob("*/snapshots/*.pt"):
+        p.unlink()
+    again = suspects.trajectory(problem, 5)
+    for a, b in zip(geometric, again):
+        assert all(torch.allclose(a.state_dict()[k], b.state_dict()[k]) for k in final)
+    early = geometric[0].state_dict()
+    assert not all(torch.equal(early[k], final[k]) for k in final)

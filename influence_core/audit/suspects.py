@@ -8,10 +8,14 @@ subset when cfg.subset_seed >= 0), HIGHER = MORE SUSPECT:
   checkpoint_self_influence   self-influence summed over S checkpoints along the trajectory
   checkpoint_loss       loss summed over the same checkpoints (area under the loss curve)
   cv_loss               out-of-sample loss from K-fold cross-validation (cleanlab's input)
+  cv2_loss              the same from 2-fold cross-validation (one training's worth of cost)
   self_confidence       1 - out-of-sample probability of the given label (cleanlab's
                         self-confidence; the same order as cv_loss)
   aum, forgetting, dynamics_loss   training dynamics over 8 evenly spaced checkpoints
                         (audit/dynamics.py)
+The checkpoint and dynamics signals read checkpoints the model's own training kept
+(data.training.TRAJECTORIES): they cost no training. The cv signals cost K trainings on
+(K-1)/K of the data each.
 Combinations: `class_normalised(s, labels)` (z-score within each given class) and `rank_mean`.
 """
 
@@ -32,7 +36,13 @@ from ..curvature.task import ClassificationTask, margin
 from ..data.datasets import ImageDataset, subset, subset_mask
 from ..data.models import build_model, load_checkpoint
 from ..data.registry import Problem
-from ..data.training import predict_logits, train_model
+from ..data.training import (
+    predict_logits,
+    snapshot_path,
+    snapshot_steps,
+    total_steps,
+    train_model,
+)
 from ..progress import Progress, silent
 from .dynamics import Dynamics
 
@@ -83,33 +93,39 @@ def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch
                   ) -> list[nn.Module]:
     """Train problem.config's recipe on data[indices] from the same init, keeping `snapshots`
     checkpoints at geometrically spaced steps T/2^(S-1), ..., T/2, T (early ones see the data
-    before memorisation; the last is the final model), or with `even` at T/S, 2T/S, ..., T;
-    cached under artifacts/suspects."""
+    before memorisation; the last is the final model), or with `even` at T/S, 2T/S, ..., T
+    (data.training.snapshot_steps); cached under artifacts/suspects. On the whole training set
+    (indices None) this is the recipe's own run: the checkpoints it kept are read instead when
+    they are all there (data.training.TRAJECTORIES)."""
     cfg = problem.config
-    folder = artifacts_root() / "suspects" / f"{config_hash(cfg)}-{tag}"
-    paths = [folder / f"snapshot{k}.pt" for k in range(snapshots)]
+    n = len(data) if indices is None else len(indices)
+    steps = snapshot_steps(total_steps(cfg, n), snapshots, even)
 
     def fresh() -> nn.Module:
         torch.manual_seed(cfg.seed)
         return build_model(cfg.model, data.shape, data.num_classes)
 
+    own = [snapshot_path(cfg, s) for s in steps]
+    if indices is None and all(p.is_file() for p in own):
+        return [load_checkpoint(fresh(), p).eval() for p in own]
+    folder = artifacts_root() / "suspects" / f"{config_hash(cfg)}-{tag}"
+    paths = [folder / f"snapshot{k}.pt" for k in range(snapshots)]
     if all(p.is_file() for p in paths):
         return [load_checkpoint(fresh(), p).eval() for p in paths]
-    model, states = fresh(), []
-    n = len(data) if indices is None else len(indices)
-    total = cfg.epochs * -(-n // cfg.batch_size)
-    targets = ([round(total * (k + 1) / snapshots) for k in range(snapshots)] if even else
-               [round(total / 2 ** (snapshots - 1 - k)) for k in range(snapshots)])
+    model, states = fresh(), {}
 
-    def snapshot(step: int, steps: int, what: str) -> None:
-        progress(step, steps, f"{what} ({tag})")
-        while len(states) < snapshots and step >= targets[len(states)]:
-            states.append(copy.deepcopy(model.state_dict()))
+    def keep(step: int, net: nn.Module) -> None:
+        if step in steps:
+            states[step] = copy.deepcopy(net.state_dict())
 
-    train_model(model, data, cfg, indices, snapshot)
+    def report(step: int, total: int, what: str) -> None:
+        progress(step, total, f"{what} ({tag})")
+
+    train_model(model, data, cfg, indices, report, keep)
     folder.mkdir(parents=True, exist_ok=True)
-    for p, s in zip(paths, states):
-        torch.save(s, p)
+    for p, s in zip(paths, steps):
+        torch.save(states[s], p.with_suffix(".tmp"))
+        p.with_suffix(".tmp").replace(p)
     return [load_checkpoint(fresh(), p).eval() for p in paths]
 
 
@@ -224,6 +240,8 @@ def base_signals(problem: Problem, names: list[str], snapshots: int = 5, folds: 
                                                                             progress)),
         "cv_self_influence": lambda: cross_validated_self_influence(problem, folds, progress),
         "cv_loss": lambda: -cross_validated_probs(problem, folds, progress)[
+            torch.arange(len(data)), data.labels].clamp_min(1e-12).log(),
+        "cv2_loss": lambda: -cross_validated_probs(problem, 2, progress)[
             torch.arange(len(data)), data.labels].clamp_min(1e-12).log(),
         "self_confidence": lambda: 1 - cross_validated_probs(problem, folds, progress)[
             torch.arange(len(data)), data.labels],

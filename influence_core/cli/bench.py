@@ -1,5 +1,6 @@
-"""`bench query | core`: the attribution index's latency and quality, and our EK-FAC against
-Kronfluence's with every estimator's IHVP error."""
+"""`bench query | core | first-card`: the attribution index's latency and quality, our EK-FAC
+against Kronfluence's with every estimator's IHVP error, and the time to the first Review card
+with nothing cached."""
 
 from __future__ import annotations
 
@@ -40,7 +41,26 @@ def _bench_core(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCH_MODES = {"query": _bench_query, "core": _bench_core}  # bench <mode>: add other modes here
+def _bench_first_card(args: argparse.Namespace) -> int:
+    from ..evaluation.bench_first_card import (
+        bench_first_card,
+        default_home,
+        first_card_markdown,
+    )
+
+    home = Path(args.home) if args.home else default_home(args.dataset, args.model)
+    out = Path(args.out) if args.out else home.with_suffix(".json")
+    report = bench_first_card(args.dataset, args.model, args.data_root, args.ranking, home,
+                              tqdm_progress())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(first_card_markdown(report))
+    print(f"report: {out}")
+    return 0
+
+
+# bench <mode>: add other modes here
+BENCH_MODES = {"query": _bench_query, "core": _bench_core, "first-card": _bench_first_card}
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
@@ -56,10 +76,15 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench-batch-size", type=int, default=128,
                    help="core: examples per forward-backward, the same for both")
     p.add_argument("--threads", type=int, default=2, help="core: torch threads for both")
+    p.add_argument("--ranking", default="default",
+                   help="first-card: the Review ranking to set up (a key of RANKINGS)")
+    p.add_argument("--home", default=None,
+                   help="first-card: the scratch artifacts folder, emptied first (default "
+                        "artifacts/bench/first-card-<dataset>-<model>)")
 
 
 def _cmd(args: argparse.Namespace) -> int:
     return BENCH_MODES[args.mode](args)
 
 
-COMMANDS = {"bench": (_cmd, _add_args, "benchmarks: bench query | bench core")}
+COMMANDS = {"bench": (_cmd, _add_args, "benchmarks: bench query | core | first-card")}

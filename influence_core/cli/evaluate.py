@@ -84,8 +84,8 @@ def _suspects(args: argparse.Namespace, out: Path, progress, kron: bool) -> int:
         raise SystemExit(f"unknown --noise-kinds {unknown}; choose from {list(NOISE_KINDS)}")
     rates = [float(r) for r in args.noise_rates.split(",") if r]
     regimes = [r for r in args.regimes.split(",") if r]
-    runs = run_all(args.split, kinds, rates, regimes, args.data_root, kron, args.epochs,
-                   progress, args.available_only)
+    runs = run_all(args.split, kinds, rates, regimes, out / "suspect-runs", args.data_root,
+                   kron, args.epochs, progress, args.available_only)
     planned = len(settings(args.split, kinds, rates, regimes))
     print(selection_report(out, args.split, runs, DEFAULT_SIGNAL, planned))
     return 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,8 +37,10 @@ def train_model(
     cfg: TrainConfig,
     indices: torch.Tensor | None = None,
     progress: Progress = silent,
+    at_step: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
-    """SGD with momentum and cosine learning-rate decay on `data` (restricted to `indices`).
+    """SGD with momentum and cosine learning-rate decay on `data` (restricted to `indices`);
+    `at_step(step, model)` is called after every optimiser step (1..T).
 
     Deterministic: batch order comes from a generator seeded with cfg.order_seed (cfg.seed
     when that is -1)."""
@@ -61,6 +65,8 @@ def train_model(
             opt.step()
             sched.step()
             step += 1
+            if at_step is not None:
+                at_step(step, model)
             if step % 10 == 0 or step == total:
                 progress(step, total, f"train {cfg.dataset}/{cfg.model}")
     model.eval()
@@ -78,6 +84,40 @@ def training_labels(train: ImageDataset, cfg: TrainConfig) -> tuple[ImageDataset
 def checkpoint_dir(cfg: TrainConfig) -> Path:
     name = cfg.dataset.replace(":", "_").replace("/", "_")[:40]
     return artifacts_root() / "models" / f"{name}-{cfg.model}-{config_hash(cfg)}"
+
+
+#: Checkpoints every trained model keeps along its own run, read by the suspect signals
+#: (audit.suspects): name -> (count, evenly spaced). geometric5: steps T/16, T/8, T/4, T/2, T;
+#: even8: T/8, 2T/8, ..., T. Keeping them costs disk (about 12 copies of the weights), not time.
+TRAJECTORIES = {"geometric5": (5, False), "even8": (8, True)}
+
+
+def total_steps(cfg: TrainConfig, n: int) -> int:
+    """Optimiser steps of cfg's recipe on n examples."""
+    return cfg.epochs * math.ceil(n / cfg.batch_size)
+
+
+def snapshot_steps(total: int, count: int, even: bool) -> list[int]:
+    """The steps (1..total) at which a run keeps `count` checkpoints: evenly spaced T/S, ..., T
+    (`even`) or geometrically spaced T/2^(S-1), ..., T/2, T."""
+    if even:
+        steps = [round(total * (k + 1) / count) for k in range(count)]
+    else:
+        steps = [round(total / 2 ** (count - 1 - k)) for k in range(count)]
+    return [min(max(s, 1), total) for s in steps]
+
+
+def snapshot_path(cfg: TrainConfig, step: int) -> Path:
+    """Where the recipe's own run keeps its checkpoint after `step` optimiser steps."""
+    return checkpoint_dir(cfg) / "snapshots" / f"step{step}.pt"
+
+
+def _save_snapshots(cfg: TrainConfig, kept: dict[int, dict]) -> None:
+    for step, state in kept.items():
+        path = snapshot_path(cfg, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
 
 
 def train_or_load(
@@ -98,9 +138,19 @@ def train_or_load(
     indices = None
     if cfg.subset_seed >= 0:
         indices = torch.nonzero(subset_mask(len(data), cfg.subset_fraction, cfg.subset_seed))[:, 0]
+    total = total_steps(cfg, len(data) if indices is None else len(indices))
+    wanted = {s for count, even in TRAJECTORIES.values()
+              for s in snapshot_steps(total, count, even)}
+    kept: dict[int, dict] = {}
+
+    def keep(step: int, net: nn.Module) -> None:
+        if step in wanted:
+            kept[step] = copy.deepcopy(net.state_dict())
+
     start = time.perf_counter()
-    train_model(model, data, cfg, indices, progress)
+    train_model(model, data, cfg, indices, progress, keep)
     seconds = time.perf_counter() - start
+    _save_snapshots(cfg, kept)  # before meta.json: a cached model has its snapshots
     meta = {
         "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed,
         "config": dataclasses.asdict(cfg), "config_hash": config_hash(cfg),

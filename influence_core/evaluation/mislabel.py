@@ -21,8 +21,8 @@ REGIMES = {  # name -> recipe overrides; memorising = long training, no weight d
 }
 MEMORISING_EPOCHS = {"digits": 200, "mnist": 40, "fashion_mnist": 40}
 BASE = ["loss", "margin", "self_influence", "identity_self_influence",
-        "checkpoint_self_influence", "checkpoint_loss", "cv_loss", "self_confidence", "aum",
-        "forgetting", "dynamics_loss"]
+        "checkpoint_self_influence", "checkpoint_loss", "cv_loss", "cv2_loss", "self_confidence",
+        "aum", "forgetting", "dynamics_loss"]
 # cv_self_influence (out-of-sample EK-FAC self-influence) is available but left out: 0.58-0.60 of
 # flips at 10% in both memorising runs (digits, mnist), below every combination, and 5 more fits.
 COMBINATIONS = [
@@ -34,6 +34,9 @@ COMBINATIONS = [
     "loss+aum", "loss+dynamics_loss", "aum+cv_loss", "dynamics_loss+cv_loss",
     "classnorm:aum", "classnorm:dynamics_loss", "loss+classnorm:loss",
     "dynamics_loss+self_influence", "loss+aum+cv_loss",
+    "checkpoint_loss+dynamics_loss", "checkpoint_loss+aum", "loss+checkpoint_loss",
+    "classnorm:checkpoint_loss", "cv2_loss+checkpoint_loss", "cv2_loss+dynamics_loss",
+    "cv2_loss+checkpoint_loss+dynamics_loss",
 ]
 EVIDENCE_SAMPLE = 200  # flipped examples the index-evidence suggestion rules are measured on
 
@@ -104,7 +107,12 @@ def suggestion_accuracy(problem, data, flipped: torch.Tensor, oos: torch.Tensor,
     from ..attribution.index import load_index
     from ..attribution.precompute import precompute
     from ..audit.suggest import best_other, class_scores, class_support
-    from ..audit.suspects import DYNAMICS_POINTS, training_dynamics, trajectory
+    from ..audit.suspects import (
+        DYNAMICS_POINTS,
+        cross_validated_probs,
+        training_dynamics,
+        trajectory,
+    )
     from ..data.datasets import subset
     from ..data.training import predict_logits
 
@@ -118,10 +126,14 @@ def suggestion_accuracy(problem, data, flipped: torch.Tensor, oos: torch.Tensor,
     snaps = trajectory(problem, progress=progress)  # checkpoint_loss's (cached)
     ckpt = sum(predict_logits(m, sub).softmax(1).double() for m in snaps) / len(snaps)
     cv = oos[idx].double()
+    cv2 = cross_validated_probs(problem, 2, progress)[idx].double()
     probs = {"model": final, "dynamics": dyn, "model+dynamics": (final + dyn) / 2,
              "cleanlab": cv, "model+cleanlab": (final + cv) / 2,
              "dynamics+cleanlab": (dyn + cv) / 2, "checkpoints": ckpt,
-             "checkpoints+cleanlab": (ckpt + cv) / 2}
+             "checkpoints+cleanlab": (ckpt + cv) / 2, "model+checkpoints": (final + ckpt) / 2,
+             "checkpoints+dynamics": (ckpt + dyn) / 2,
+             "model+checkpoints+dynamics": (final + ckpt + dyn) / 3,
+             "cv2": cv2, "model+cv2": (final + cv2) / 2, "dynamics+cv2": (dyn + cv2) / 2}
     out = {k: {"accuracy": float((best_other(p, given) == clean).mean()), "n": len(idx)}
            for k, p in probs.items()}
     if problem.config.subset_seed < 0:  # the index covers problem.train, = data

@@ -5,7 +5,9 @@ and the choice is reported on a test split never used for choosing.
   test  mnist/cnn and fashion_mnist/cnn (seeded 20% subsets, 12k images), noise seeds 2-4
 Each split crosses the noise kinds (uniform, pair, instance; data/noise.py), noise rates and
 regimes (regular, memorising) asked for. One run is evaluation.mislabel.run_mislabel; its
-result is cached under artifacts/suspect-runs, so an interrupted command resumes. The summary
+result is kept beside the report (<report folder>/suspect-runs/<run>.json, committed with the
+shipped reports), so an interrupted command resumes and a summary can be checked run by run.
+A kept run that lacks one of today's candidates is run again. The summary
 gives, per ranking, the fraction of flips found at 10% inspected: mean and spread over seeds
 per setting, and the mean over every run of the split; `chosen` is the best candidate on dev
 (never on test); on test, the report compares the default with cleanlab, training loss and
@@ -20,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import artifacts_root
 from ..progress import Progress, silent
-from .mislabel import mislabel_config, run_mislabel
+from .mislabel import BASE, COMBINATIONS, mislabel_config, run_mislabel
 from .reports import write_report
 
 SPLITS = {
@@ -47,25 +48,35 @@ def settings(split: str, kinds: list[str], rates: list[float], regimes: list[str
             in product(s["seeds"], s["problems"], regimes, rates, kinds)]
 
 
+def _complete(path: Path) -> bool:
+    """A kept run that has every candidate ranking of today's code."""
+    if not path.is_file():
+        return False
+    have = set(json.loads(path.read_text())["rankings"])
+    return set(BASE) | set(COMBINATIONS) <= have
+
+
 def run_all(split: str, kinds: list[str], rates: list[float], regimes: list[str],
-            data_root: str | None = None, kronfluence: bool = True, epochs: int | None = None,
-            progress: Progress = silent, available_only: bool = False) -> dict[str, dict]:
-    """Every run of the split (cached); key -> run_mislabel's result without its curves.
-    `available_only`: run nothing, return the runs already cached (a partial summary)."""
-    folder = artifacts_root() / "suspect-runs"
+            folder: Path, data_root: str | None = None, kronfluence: bool = True,
+            epochs: int | None = None, progress: Progress = silent,
+            available_only: bool = False) -> dict[str, dict]:
+    """Every run of the split, each kept in `folder` as <run key>.json; key -> run_mislabel's
+    result without its curves. `available_only`: run nothing, return the runs already kept
+    (a partial summary)."""
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for d, m, sub, kind, rate, regime, seed in settings(split, kinds, rates, regimes):
         key = run_key(d, m, sub, kind, rate, regime, seed)
         path = folder / f"{key}.json"
-        if not path.is_file() and available_only:
+        done = _complete(path)
+        if not done and available_only:
             continue
-        if not path.is_file():
+        if not done:
             cfg = mislabel_config(d, m, rate, regime, sub, epochs, kind, seed)
             res = run_mislabel(cfg, data_root, kronfluence, progress=progress)
             res.pop("_curves", None)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(res))
+            tmp.write_text(json.dumps(res, indent=1))
             tmp.replace(path)
         out[key] = json.loads(path.read_text())
     return out

@@ -1,0 +1,111 @@
+"""`bench first-card`: the time from choosing a dataset and model with nothing cached to the first
+Review card, measured by running the app's own setup steps in a fresh artifacts folder.
+
+Stages, in the order the app runs them (dashboard/state.py: get_problem, then workspace):
+  model             load the data and train the recipe (the app's "Loading <dataset>/<model>")
+  attribution index precompute EK-FAC, self-influence and the index; the test queries' vectors
+  suspect ranking   the chosen ranking's scores (extra trainings when it needs them) and the
+                    audit session (the Newton step's curvature)
+  first card        the queue's first row, its influence evidence and the suggested label
+Each progress message's first and last report are kept too (`steps`: which training or pass
+took the time). The browser adds its own rendering (seconds) on top."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..config import artifacts_root, recipe
+from ..progress import Progress, silent
+from ..runtime import cpu_has_bf16_units
+
+
+def bench_first_card(dataset: str, model: str, data_root: str | None, ranking: str,
+                     home: Path, progress: Progress = silent) -> dict:
+    """Run the setup in `home` (emptied first; it becomes $INFLUENCE_AUDIT_HOME for the run)
+    and return seconds per stage, per progress message, and in total."""
+    from .. import app_api
+    from ..audit.suspects import RANKINGS
+    from ..data.registry import load_problem
+
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}; choose from {', '.join(RANKINGS)}")
+    seen: dict[str, list[float]] = {}
+    start = time.perf_counter()
+
+    def report(done: int, total: int, what: str) -> None:
+        now = time.perf_counter() - start
+        seen.setdefault(what, [now, now])[1] = now
+        progress(done, total, what)
+
+    stages: dict[str, float] = {}
+
+    def stage(name: str, t0: float) -> float:
+        stages[name] = round(time.perf_counter() - t0, 2)
+        return time.perf_counter()
+
+    with _fresh_home(home):
+        t = time.perf_counter()
+        problem = load_problem(recipe(dataset, model), data_root, progress=report)
+        t = stage("model", t)
+        index = app_api.open_index(problem, report)
+        app_api.query_vectors(index, problem.test)
+        t = stage("attribution index", t)
+        session = app_api.open_audit(problem, index, progress=report, ranking=ranking)
+        state = session.state()
+        t = stage("suspect ranking", t)
+        row = app_api.review_queue(session, state).iloc[0]
+        i, label = int(row["index"]), int(row["label"])
+        probs = app_api.train_probabilities(state, problem.train, [i])[0]
+        card = app_api.evidence(index, problem.train, i, label, probs=probs)
+        stage("first card", t)
+    total = time.perf_counter() - start
+    return {
+        "kind": "bench_first_card", "dataset": dataset, "model": model, "ranking": ranking,
+        "signal": RANKINGS[session.ranking].signal if session.ranking in RANKINGS else "",
+        "ranking_used": session.ranking, "n_train": len(problem.train),
+        "stages_s": stages, "total_s": round(total, 2),
+        "steps_s": {w: round(b - a, 2) for w, (a, b) in seen.items()},
+        "first_card": {"index": i, "label": label, "suggested": int(card.suggested)},
+        "cpu_bf16_units": cpu_has_bf16_units(), "threads": _threads(),
+    }
+
+
+@contextmanager
+def _fresh_home(home: Path) -> Iterator[None]:
+    """`home`, emptied, as $INFLUENCE_AUDIT_HOME for the duration."""
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    before = os.environ.get("INFLUENCE_AUDIT_HOME")
+    os.environ["INFLUENCE_AUDIT_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("INFLUENCE_AUDIT_HOME", None)
+        else:
+            os.environ["INFLUENCE_AUDIT_HOME"] = before
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def default_home(dataset: str, model: str) -> Path:
+    """A scratch artifacts folder for the benchmark, inside the usual one (never /tmp)."""
+    name = f"{dataset}-{model}".replace(":", "_").replace("/", "_")
+    return artifacts_root() / "bench" / f"first-card-{name}"
+
+
+def first_card_markdown(r: dict) -> str:
+    lines = [f"Time to the first Review card, {r['dataset']}/{r['model']}, ranking "
+             f"`{r['ranking_used']}` ({r['signal']}), nothing cached: {r['total_s']:.0f} s.", "",
+             "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in r["stages_s"].items()]
+    return "\n".join(lines) + "\n"
