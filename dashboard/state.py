@@ -27,7 +27,6 @@ from influence_core import (
     Preview,
     Problem,
     Progress,
-    current_label,
     default_data_root,
     example_table,
     explain_image,
@@ -44,7 +43,6 @@ from influence_core import (
     reviewed,
     run_quick,
     self_influence_values,
-    suggested_label,
     train_predictions,
     train_probabilities,
     undo_last,
@@ -193,8 +191,7 @@ def decide(ws: Workspace, action: str, i: int, version: int, annotator: str) -> 
     drop the review position so the next unreviewed suspect of the re-ranked queue shows."""
     label = None
     if action == "relabel":  # the card's choice; its widget state can be missing after a
-        given = current_label(audit_state(ws), i)  # fragment-only run: then the suggestion
-        label = chosen_label(i, suggested_label(train_probs(ws.key, version, i, ws), given))
+        label = chosen_label(i, ws.cache.suggested(audit_state(ws), i))  # then the suggestion
     refused = record_decision(ws.session.log, i, action, label, annotator, version,
                               ws.session.ranking)
     if refused is not None:  # e.g. another annotator removed it meanwhile: say so, keep going

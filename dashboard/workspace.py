@@ -15,6 +15,7 @@ from influence_core import (
     ReviewCache,
     open_audit,
     open_index,
+    open_suggester,
     query_vectors,
 )
 
@@ -81,4 +82,5 @@ def open_workspace(sel: Selection, problem: Problem, attribution: Attribution, r
     session = open_audit(problem, index, sel.method, sel.damping, progress=progress,
                          ranking=ranking)
     return Workspace((*sel.key, ranking), problem, index, session, attribution.queries,
-                     ReviewCache(session, index, TOP_K))
+                     ReviewCache(session, index, TOP_K,
+                                 suggester=open_suggester(problem, session.ranking)))

@@ -20,7 +20,7 @@ from .attribution.index import AttributionIndex, index_scores, load_index
 from .attribution.precompute import precompute
 from .audit.session import AuditSession, AuditState, default_log_path, open_session
 from .audit.store import Decision, DecisionLog, active_decisions
-from .audit.suggest import best_other, class_scores, class_support
+from .audit.suggest import Suggester, best_other, class_scores, class_support
 from .audit.suspects import RANKINGS, suspect_scores
 from .audit.unlearning import updated_model
 from .config import EKFACConfig, IndexConfig, artifacts_root
@@ -155,6 +155,12 @@ def evidence(index: AttributionIndex, train: ImageDataset, i: int, label: int,
     hi, lo = given.topk(k), (-given).topk(k)
     return Evidence((hi.indices.numpy(), hi.values.double().numpy()),
                     (lo.indices.numpy(), -lo.values.double().numpy()), support, suggested)
+
+
+def open_suggester(problem: Problem, ranking: str) -> Suggester:
+    """The Review card's suggestion rule (audit.suggest.APP_RULE) for a session whose queue
+    `ranking` (a RANKINGS key) orders: it reuses the probabilities that ranking computed."""
+    return Suggester(problem, RANKINGS[ranking].signal if ranking in RANKINGS else "")
 
 
 def suggested_label(probs: np.ndarray, given: int) -> int:

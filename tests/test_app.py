@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
+import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -212,19 +213,31 @@ def test_review_page_shows_a_suspect_card_and_the_counter(app: Callable[..., App
     assert at.get("plotly_chart"), "the class probabilities are a plotly chart"
 
 
-def test_relabel_applies_the_models_suggestion(app: Callable[..., AppTest], home: Path) -> None:
-    """The card names the current model's most probable class other than the given label;
-    Relabel without touching the box records that class."""
-    from influence_core import load_problem, predict_logits, recipe
+def test_relabel_applies_the_suggestion(app: Callable[..., AppTest], home: Path) -> None:
+    """The card names the most probable class other than the given label under the mean of
+    the current model's probabilities and those of the checkpoints its own training kept (5 at
+    geometric, 8 at even steps); Relabel without touching the box records that class."""
+    from influence_core import build_model, load_checkpoint, load_problem, predict_logits, recipe
     from influence_core.data.datasets import subset
+    from influence_core.data.training import snapshot_path, snapshot_steps, total_steps
 
     at = review(app, annotator="sug")
     suspect = current_suspect(at)
     [card] = [md.value for md in at.markdown if "Suspect #" in md.value]
     given, suggested = (int(m) for m in re.search(
-        r"given label \*\*(\d)\*\*.*model suggests \*\*(\d)\*\*", card).groups())
+        r"given label \*\*(\d)\*\*.*suggested \*\*(\d)\*\*", card).groups())
     problem = load_problem(recipe("digits", "mlp"))
-    probs = predict_logits(problem.model, subset(problem.train, [suspect]))[0].softmax(0)
+    one, cfg = subset(problem.train, [suspect]), problem.config
+    total = total_steps(cfg, len(problem.train))
+
+    def mean_probs(count: int, even: bool) -> torch.Tensor:
+        nets = [load_checkpoint(build_model("mlp", one.shape, one.num_classes),
+                                snapshot_path(cfg, step))
+                for step in snapshot_steps(total, count, even)]
+        return sum(predict_logits(n, one)[0].softmax(0) for n in nets) / count
+
+    probs = (predict_logits(problem.model, one)[0].softmax(0) + mean_probs(5, False)
+             + mean_probs(8, True)) / 3
     probs[given] = -1
     assert suggested == int(probs.argmax()) != given
     at.button(key="act_relabel").click().run()

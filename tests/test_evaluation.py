@@ -205,24 +205,38 @@ def _run(found: dict[str, float], suggestion: dict[str, float]) -> dict:
 def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> None:
     from influence_core.evaluation.suspect_selection import settings, summarise
 
-    runs = {"d_m_sub1_pair_0.1_regular_s0": _run({"a": 0.9, "b": 0.7, "cleanlab": 0.95},
-                                                  {"model": 0.8}),
-            "d_m_sub1_pair_0.1_regular_s1": _run({"a": 0.7, "b": 0.7, "cleanlab": 0.95},
-                                                  {"model": 0.6, "dynamics": 0.9}),
-            "d_m_sub1_uniform_0.1_regular_s0": _run({"a": 0.6, "b": 0.8, "cleanlab": 0.9}, {})}
-    dev = summarise("dev", runs, "a", planned=4)
-    pair = dev["settings"]["d_m_sub1_pair_0.1_regular"]["a"]
+    a, b = "loss", "cv_loss"  # b needs 4 extra trainings (5-fold cross-validation)
+    runs = {"d_m_sub1_pair_0.1_regular_s0": _run(
+                {a: 0.9, b: 0.7, "cleanlab": 0.95},
+                {"model": 0.8, "cleanlab": 0.95, "model+dynamics": 0.9}),
+            "d_m_sub1_pair_0.1_regular_s1": _run(
+                {a: 0.7, b: 0.7, "cleanlab": 0.95},
+                {"model": 0.6, "dynamics": 0.9, "cleanlab": 0.95, "model+dynamics": 0.9}),
+            "d_m_sub1_uniform_0.1_regular_s0": _run(
+                {a: 0.6, b: 0.8, "cleanlab": 0.9},
+                {"model": 0.5, "cleanlab": 0.4, "model+dynamics": 0.45})}
+    dev = summarise("dev", runs, a, planned=4)
+    pair = dev["settings"]["d_m_sub1_pair_0.1_regular"][a]
     assert pair == {"mean": 0.8, "std": pytest.approx(0.1), "n": 2}
     # per setting first, then over settings: a (0.8 + 0.6) / 2, b (0.7 + 0.8) / 2
-    assert dev["overall"]["a"] == pytest.approx(0.7) and dev["overall"]["b"] == pytest.approx(0.75)
-    assert dev["chosen"] == "b"  # the best of OUR rankings: cleanlab is a baseline
+    assert dev["overall"][a] == pytest.approx(0.7) and dev["overall"][b] == pytest.approx(0.75)
+    assert dev["chosen"] == b  # the best of OUR rankings: cleanlab is a baseline
+    assert dev["chosen_default"] == a  # b costs more extra trainings than the default may
+    assert dev["extra_trainings"] == {a: 0.0, b: 4.0}
+    # a's session has the model's and the checkpoints' probabilities, not cleanlab's; a rule
+    # measured in only some settings (dynamics) is not chosen
+    assert dev["chosen_rule"] == "model+dynamics"
     assert (dev["n_runs"], dev["planned_runs"]) == (3, 4)
-    assert dev["suggestion_overall"] == {"model": pytest.approx(0.7), "dynamics": 0.9}
-    test = summarise("test", runs, "b")
-    assert "chosen" not in test  # nothing is chosen on the test split
+    assert dev["suggestion_overall"]["model"] == pytest.approx(0.6)  # (0.7 + 0.5) / 2
+    test = summarise("test", runs, b, rule="model+dynamics")
+    assert "chosen" not in test and "chosen_rule" not in test  # nothing is chosen on test
     goal = test["goal"]["per_setting"]["d_m_sub1_uniform_0.1_regular"]
     assert goal["best_baseline"] == "cleanlab" and goal["margin"] == pytest.approx(-0.1)
     assert (test["goal"]["met"], test["goal"]["of"]) == (0, 2)
+    sug = test["suggestion_goal"]["per_setting"]
+    assert sug["d_m_sub1_pair_0.1_regular"]["margin"] == pytest.approx(-0.05)  # cleanlab 0.95
+    assert sug["d_m_sub1_uniform_0.1_regular"]["best_baseline"] == "model"
+    assert (test["suggestion_goal"]["met"], test["suggestion_goal"]["of"]) == (0, 2)
     # the split's runs, seed by seed: every setting once before the next seed
     runs_planned = settings("dev", ["uniform", "pair"], [0.1], ["regular"])
     assert [r[-1] for r in runs_planned] == [0] * 4 + [1] * 4

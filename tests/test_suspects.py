@@ -4,6 +4,7 @@ flipped digits."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -125,3 +126,32 @@ def test_trajectory_signals_reuse_the_recipes_own_run(artifacts_home, monkeypatc
         assert all(torch.allclose(a.state_dict()[k], b.state_dict()[k]) for k in final)
     early = geometric[0].state_dict()
     assert not all(torch.equal(early[k], final[k]) for k in final)
+
+
+def test_the_suggester_averages_the_sources_its_session_has(artifacts_home) -> None:
+    """Suggester: the rule's sources that the ranking made available, averaged; a user's
+    checkpoint has no run of its own; the suggestion is the best other class of the average."""
+    from influence_core import load_problem, recipe
+    from influence_core.audit.suggest import Suggester
+    from influence_core.audit.suspects import cross_validated_probs, run_checkpoints
+    from influence_core.data.datasets import subset
+
+    problem = load_problem(recipe("digits", "mlp", epochs=4))
+    assert Suggester(problem, "loss").parts == ["model", "checkpoints", "dynamics"]
+    assert Suggester(problem, "loss", "model+cv2").parts == ["model"]  # no 2-fold run at hand
+    with_cv = Suggester(problem, "cv2_loss+checkpoint_loss", "model+cv2")
+    assert with_cv.parts == ["model", "cv2"]
+    current = np.full(10, 0.1)
+    i = 7
+    oos = cross_validated_probs(problem, 2)[i].double().numpy()
+    np.testing.assert_allclose(with_cv.probs(i, current), (current + oos) / 2)
+    one = subset(problem.train, torch.tensor([i]))
+    snaps = run_checkpoints(problem, "dynamics")
+    dyn = (sum(m(one.tensor([0])).softmax(1)[0].double() for m in snaps) / len(snaps)).detach()
+    rule = Suggester(problem, "loss", "model+dynamics")
+    np.testing.assert_allclose(rule.probs(i, current), (current + dyn.numpy()) / 2, atol=1e-6)
+    given = int(problem.train.labels[i])
+    expected = np.argsort(-(current + dyn.numpy()) / 2)
+    assert rule.suggest(i, given, current) == next(c for c in expected if c != given)
+    user = dataclasses.replace(problem, meta={**problem.meta, "checkpoint": "mine.pt"})
+    assert Suggester(user, "loss").parts == ["model"]

@@ -16,7 +16,6 @@ from influence_core import (
     labels_csv,
     recent_decisions,
     review_progress,
-    suggested_label,
 )
 
 sel = state.selection()
@@ -55,10 +54,9 @@ def card(version: int) -> None:
     nav[1].button("Next", shortcut="n", on_click=state.set_url, args=(state.SUSPECT, after),
                   disabled=after is None, key="nav_next")
     probs = state.train_probs(ws.key, version, i, ws)
-    suggested = suggested_label(probs, given)
+    suggested = ws.cache.suggested(audit, i)
     nav[2].markdown(f"**Suspect #{i}** · given label **{names[given]}** · "
-                    f"model suggests **{names[suggested]}**",
-                    help="The current model's most probable class other than the given label.")
+                    f"suggested **{names[suggested]}**", help=ws.cache.suggester.describe())
     image, chart = st.columns([1, 2])
     [big] = state.thumbnails(sel.dataset, sel.data_root, "train", (i,), images.LARGE_PX)
     image.image(big, caption=f"#{i} · given label {names[given]}", width=images.LARGE_PX)

@@ -17,10 +17,11 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from ..app_api import Evidence, Preview, evidence, preview
+from ..app_api import Evidence, Preview, evidence, preview, train_probabilities
 from ..attribution.index import AttributionIndex
 from ..memo import FutureCache
 from .session import AuditSession, AuditState
+from .suggest import Suggester
 
 CACHE_ENTRIES = 512
 
@@ -35,8 +36,9 @@ class ReviewCache:
     """Thread-safe LRU of evidence and previews, plus a one-thread background prefetcher."""
 
     def __init__(self, session: AuditSession, index: AttributionIndex, top_k: int = 8,
-                 entries: int = CACHE_ENTRIES) -> None:
+                 entries: int = CACHE_ENTRIES, suggester: Suggester | None = None) -> None:
         self.session, self.index, self.top_k, self.entries = session, index, top_k, entries
+        self.suggester = suggester
         self._lock = threading.Lock()  # guards _generation
         self._cached = FutureCache(entries).get
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-prefetch")
@@ -47,6 +49,15 @@ class ReviewCache:
         return self._cached(("evidence", i, label), lambda: evidence(
             self.index, self.session.train, i, label, self.top_k))
 
+    def suggested(self, state: AuditState, i: int) -> int:
+        """The card's suggested label for suspect i under `state` (the suggester's rule with the
+        current model's probabilities; without a suggester, the evidence's)."""
+        given = int(state.labels[i])
+        if self.suggester is None:
+            return self.evidence(i, given).suggested
+        return self._cached(("suggested", state.edits, i), lambda: self.suggester.suggest(
+            i, given, train_probabilities(state, self.session.train, [i])[0]))
+
     def preview(self, state: AuditState, i: int, action: str, label: int | None = None
                 ) -> Preview:
         """app_api.preview on top of `state`'s edits."""
@@ -56,8 +67,8 @@ class ReviewCache:
 
     def card(self, state: AuditState, j: int) -> None:
         """Everything the Review card of suspect j shows under `state`."""
-        given = int(state.labels[j])
-        suggested = self.evidence(j, given).suggested
+        self.evidence(j, int(state.labels[j]))
+        suggested = self.suggested(state, j)
         self.preview(state, j, "remove")
         self.preview(state, j, "relabel", suggested)
 
@@ -77,7 +88,7 @@ class ReviewCache:
 
         after = reviewed | {i}
         remove, relabel = list(state.edits[0]), dict(state.edits[1])
-        suggested = self.evidence(i, int(state.labels[i])).suggested
+        suggested = self.suggested(state, i)
         steps: list[Callable[[], None]] = [lambda: self.card(state, i)]
         if not state.removed[i]:  # the likeliest clicks first: relabel (suggested), then remove
             edits = [(remove, {**relabel, i: suggested}),

@@ -2,12 +2,17 @@
 evidence shown beside it.
 
 A suggestion is never the given label: the most probable OTHER class under some probabilities
-(`best_other`). The app uses the current model's ("model", app_api.suggested_label). Each rule
-is measured by `evaluate mislabel` on the flipped examples of every noise kind (report key
-"suggestion"; `evaluate suspects` averages them per split):
+(`best_other`). The app uses APP_RULE (a `Suggester`), chosen on the development split among
+the rules the default ranking's session has at hand (`evaluate suspects --split dev`,
+chosen_rule) and reported on the test split. Each rule is measured by `evaluate mislabel` on
+the flipped examples of every noise kind (report key "suggestion"; `evaluate suspects`
+averages them per split):
   model        the current model's probabilities
   dynamics     probabilities averaged over the training-dynamics checkpoints (audit.dynamics)
+  checkpoints  probabilities averaged over the trajectory checkpoints (audit.suspects)
   cleanlab     out-of-sample probabilities (5-fold cross-validation), as cleanlab's argmax
+  cv2          out-of-sample probabilities from 2-fold cross-validation
+  a+b(+c)      the mean of those sources' probabilities
   evidence     the class whose top-k index scores on the example's loss under that class sum
                highest (the old rule: those scores grow with the loss gradient, so the classes
                the model finds least likely get the most support)
@@ -17,11 +22,43 @@ is measured by `evaluate mislabel` on the flipped examples of every noise kind (
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
 from ..attribution.index import AttributionIndex, query_vector
-from ..data.datasets import ImageDataset
+from ..data.datasets import ImageDataset, subset
+from ..data.registry import Problem
+from ..data.training import predict_logits
+from .suspects import CV_FOLDS, cross_validated_probs, probability_sources, run_checkpoints
+
+PROBABILITY_SOURCES = ("model", "dynamics", "checkpoints", "cleanlab", "cv2")
+#: The probability rules `evaluate mislabel` measures (the evidence rules come on top).
+RULES = ["model", "dynamics", "checkpoints", "cleanlab", "cv2", "model+dynamics",
+         "model+checkpoints", "checkpoints+dynamics", "model+checkpoints+dynamics",
+         "model+cleanlab", "dynamics+cleanlab", "checkpoints+cleanlab", "model+cv2",
+         "dynamics+cv2"]
+
+
+#: The app's rule: the current model's probabilities averaged with those of the checkpoints its
+#: own training kept (early checkpoints have not memorised a wrong label yet).
+APP_RULE = "model+checkpoints+dynamics"
+
+
+def sources_of(rule: str) -> list[str]:
+    """The probability sources a rule averages ('model+dynamics' -> model, dynamics); empty for
+    the evidence rules, which read the index instead."""
+    parts = rule.split("+")
+    return parts if all(p in PROBABILITY_SOURCES for p in parts) else []
+
+
+def average_probs(rule: str, sources: dict[str, np.ndarray]) -> np.ndarray:
+    """The rule's probabilities: the mean of its sources' (n, K) probabilities."""
+    parts = sources_of(rule)
+    if not parts:
+        raise ValueError(f"{rule!r} is not an average of {PROBABILITY_SOURCES}")
+    return np.mean([np.asarray(sources[p], dtype=np.float64) for p in parts], axis=0)
 
 
 def best_other(probs: torch.Tensor | np.ndarray, given: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -49,3 +86,57 @@ def class_support(scores: torch.Tensor, k: int = 8, normalise: bool = True) -> n
         scores = scores / scale
     top = scores.nan_to_num(-float("inf")).topk(k, dim=1).values
     return top.clamp_min(0).sum(1).numpy()
+
+
+class Suggester:
+    """The Review card's suggestion for training example i under `rule`: the most probable class
+    other than its label under the mean of the rule's sources that the session has at hand (a
+    queue ranked by `signal` has the out-of-sample probabilities its cross-validations made; a
+    user's checkpoint or a subset-trained model has no run of its own, so only the model's).
+    The checkpoints' probabilities are computed per example and kept."""
+
+    def __init__(self, problem: Problem, signal: str, rule: str = APP_RULE) -> None:
+        have = probability_sources(signal)
+        if problem.meta.get("checkpoint") or problem.config.subset_seed >= 0:
+            have = {h for h in have if h in ("model", "cleanlab", "cv2")}
+            if problem.config.subset_seed >= 0:
+                have = {"model"}
+        self.problem, self.rule = problem, rule
+        self.parts = [p for p in sources_of(rule) if p in have] or ["model"]
+        self._lock = threading.Lock()
+        self._models: dict[str, list[torch.nn.Module]] = {}
+        self._oos: dict[str, torch.Tensor] = {}
+        self._probs: dict[tuple[str, int], np.ndarray] = {}
+
+    def describe(self) -> str:
+        names = {"model": "the current model's", "checkpoints": "5 checkpoints of its training",
+                 "dynamics": "8 more checkpoints of its training",
+                 "cleanlab": "5-fold out-of-sample", "cv2": "2-fold out-of-sample"}
+        return ("The most probable class other than the given label, averaging these "
+                "probabilities: " + ", ".join(names[p] for p in self.parts) + ".")
+
+    def _source(self, part: str, i: int) -> np.ndarray:
+        key = (part, i)
+        with self._lock:
+            if key not in self._probs:
+                if part in ("checkpoints", "dynamics"):
+                    models = self._models.get(part) or run_checkpoints(self.problem, part)
+                    self._models[part] = models
+                    one = subset(self.problem.train, torch.tensor([i]))
+                    p = sum(predict_logits(m, one).softmax(1).double() for m in models)
+                    self._probs[key] = (p / len(models))[0].numpy()
+                else:
+                    if part not in self._oos:
+                        folds = 5 if part == "cleanlab" else CV_FOLDS["cv2_loss"]
+                        self._oos[part] = cross_validated_probs(self.problem, folds)
+                    self._probs[key] = self._oos[part][i].double().numpy()
+            return self._probs[key]
+
+    def probs(self, i: int, current: np.ndarray) -> np.ndarray:
+        """(K,) the rule's probabilities for example i; `current`: the current model's."""
+        got = [np.asarray(current, dtype=np.float64) if p == "model" else self._source(p, i)
+               for p in self.parts]
+        return np.mean(got, axis=0)
+
+    def suggest(self, i: int, given: int, current: np.ndarray) -> int:
+        return int(best_other(self.probs(i, current)[None], np.array([given]))[0])

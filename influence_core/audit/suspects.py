@@ -58,6 +58,28 @@ DYNAMICS_POINTS = 8  # checkpoints of the training-dynamics run (aum, forgetting
 DEFAULT_SIGNAL = "cv_loss+checkpoint_loss"
 
 
+#: Folds of the cross-validated signals (each trains K models on (K-1)/K of the data).
+CV_FOLDS = {"cv_loss": 5, "self_confidence": 5, "cv_self_influence": 5, "cv2_loss": 2}
+
+
+def extra_trainings(expression: str) -> float:
+    """What a signal expression costs beyond the model's own training, in trainings of the
+    whole training set: K-1 per distinct fold count K of its cross-validated signals (folds are
+    shared). The trajectory and dynamics signals read checkpoints the model's own training kept
+    (free for a model the app trained; one training for a user's checkpoint)."""
+    folds = {CV_FOLDS[n] for n in base_names(expression) if n in CV_FOLDS}
+    return float(sum(k - 1 for k in folds))
+
+
+def probability_sources(expression: str) -> set[str]:
+    """The probabilities (audit.suggest.PROBABILITY_SOURCES) a session ranked by `expression`
+    has at hand without another training: the model's, its own run's checkpoints', and the
+    out-of-sample ones of the cross-validations the ranking trained."""
+    folds = {CV_FOLDS[n] for n in base_names(expression) if n in CV_FOLDS}
+    return ({"model", "dynamics", "checkpoints"} | ({"cleanlab"} if 5 in folds else set())
+            | ({"cv2"} if 2 in folds else set()))
+
+
 @dataclass(frozen=True)
 class Ranking:
     """A suspect ranking the Review page offers: a signal expression (see `combine`), and one
@@ -137,6 +159,17 @@ def trajectory(problem: Problem, snapshots: int = 5, progress: Progress = silent
     return _cached_train(problem, f"trajg{snapshots}", data, None, snapshots, progress)
 
 
+def run_checkpoints(problem: Problem, which: str, progress: Progress = silent
+                    ) -> list[nn.Module]:
+    """The checkpoints of problem's own training run that a probability source averages:
+    "checkpoints" = the trajectory's (geometric), "dynamics" = the training dynamics' (even)."""
+    if which == "checkpoints":
+        return trajectory(problem, progress=progress)
+    data, _, _ = training_set(problem)
+    return _cached_train(problem, f"even{DYNAMICS_POINTS}", data, None, DYNAMICS_POINTS,
+                         progress, even=True)
+
+
 _DYNAMICS: dict[tuple[str, int], Dynamics] = {}  # per process: (config hash, points)
 
 
@@ -146,7 +179,9 @@ def training_dynamics(problem: Problem, points: int = 8, progress: Progress = si
     key = (config_hash(problem.config), points)
     if key not in _DYNAMICS:
         data, _, _ = training_set(problem)
-        models = _cached_train(problem, f"even{points}", data, None, points, progress, even=True)
+        models = (run_checkpoints(problem, "dynamics", progress) if points == DYNAMICS_POINTS
+                  else _cached_train(problem, f"even{points}", data, None, points, progress,
+                                     even=True))
         _DYNAMICS.clear()  # one problem's at a time: (P, n) tensors
         _DYNAMICS[key] = Dynamics.of(models, data)
     return _DYNAMICS[key]

@@ -106,7 +106,7 @@ def suggestion_accuracy(problem, data, flipped: torch.Tensor, oos: torch.Tensor,
     EVIDENCE_SAMPLE flips (n says how many)."""
     from ..attribution.index import load_index
     from ..attribution.precompute import precompute
-    from ..audit.suggest import best_other, class_scores, class_support
+    from ..audit.suggest import RULES, average_probs, best_other, class_scores, class_support
     from ..audit.suspects import (
         DYNAMICS_POINTS,
         cross_validated_probs,
@@ -127,13 +127,9 @@ def suggestion_accuracy(problem, data, flipped: torch.Tensor, oos: torch.Tensor,
     ckpt = sum(predict_logits(m, sub).softmax(1).double() for m in snaps) / len(snaps)
     cv = oos[idx].double()
     cv2 = cross_validated_probs(problem, 2, progress)[idx].double()
-    probs = {"model": final, "dynamics": dyn, "model+dynamics": (final + dyn) / 2,
-             "cleanlab": cv, "model+cleanlab": (final + cv) / 2,
-             "dynamics+cleanlab": (dyn + cv) / 2, "checkpoints": ckpt,
-             "checkpoints+cleanlab": (ckpt + cv) / 2, "model+checkpoints": (final + ckpt) / 2,
-             "checkpoints+dynamics": (ckpt + dyn) / 2,
-             "model+checkpoints+dynamics": (final + ckpt + dyn) / 3,
-             "cv2": cv2, "model+cv2": (final + cv2) / 2, "dynamics+cv2": (dyn + cv2) / 2}
+    sources = {"model": final, "dynamics": dyn, "checkpoints": ckpt, "cleanlab": cv,
+               "cv2": cv2}
+    probs = {rule: average_probs(rule, sources) for rule in RULES}
     out = {k: {"accuracy": float((best_other(p, given) == clean).mean()), "n": len(idx)}
            for k, p in probs.items()}
     if problem.config.subset_seed < 0:  # the index covers problem.train, = data

@@ -9,9 +9,11 @@ result is kept beside the report (<report folder>/suspect-runs/<run>.json, commi
 shipped reports), so an interrupted command resumes and a summary can be checked run by run.
 A kept run that lacks one of today's candidates is run again. The summary
 gives, per ranking, the fraction of flips found at 10% inspected: mean and spread over seeds
-per setting, and the mean over every run of the split; `chosen` is the best candidate on dev
-(never on test); on test, the report compares the default with cleanlab, training loss and
-Kronfluence self-influence, measured in the same runs.
+per setting, and the mean over every run of the split; on dev (never on test), `chosen` is the
+best candidate and `chosen_default` the best one costing at most MAX_DEFAULT_TRAININGS extra
+trainings (the app's default: its cost counts in the time to the first Review card); on test,
+the report compares the default with cleanlab, training loss and Kronfluence self-influence,
+measured in the same runs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audit.suggest import sources_of
+from ..audit.suspects import extra_trainings, probability_sources
 from ..progress import Progress, silent
 from .mislabel import BASE, COMBINATIONS, mislabel_config, run_mislabel
 from .reports import write_report
@@ -32,8 +36,13 @@ SPLITS = {
              "seeds": (2, 3, 4)},
 }
 BASELINES = ("cleanlab", "loss", "kronfluence_self_influence")
+SUGGESTION_BASELINES = ("model", "cleanlab")  # the model's best other class, cleanlab's argmax
 NOT_CANDIDATES = {"cleanlab", "kronfluence_self_influence"}  # baselines, not our rankings
 BUDGET = "0.10"
+#: The default ranking may cost at most this many extra trainings (audit.suspects.
+#: extra_trainings): on mnist/cnn (2 cores) one training is ~50 s, the model's own training and
+#: the index take ~100 s, and the first Review card must be on screen within 3 minutes.
+MAX_DEFAULT_TRAININGS = 1.0
 
 
 def run_key(dataset: str, model: str, subset: float, kind: str, rate: float, regime: str,
@@ -86,9 +95,12 @@ def _setting(key: str) -> str:
     return key.rsplit("_s", 1)[0]
 
 
-def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0) -> dict:
+def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
+              rule: str = "") -> dict:
     """Per setting and ranking: mean / std / n of the fraction found at BUDGET; overall means;
-    the suggestion rules' accuracy the same way; on dev, the chosen candidate."""
+    the suggestion rules' accuracy the same way. On dev: the chosen candidates, and the best
+    suggestion rule among those the chosen default's session has at hand (`chosen_rule`); on
+    test: the default's and the suggestion `rule`'s margins over their baselines."""
     found: dict[str, dict[str, list[float]]] = {}
     suggest: dict[str, dict[str, list[float]]] = {}
     for key, res in runs.items():
@@ -114,26 +126,39 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0)
            "n_runs": len(runs), "planned_runs": max(planned, len(runs)),
            "settings": table(found), "overall": means, "suggestion": table(suggest),
            "suggestion_overall": overall(suggest, common=False)}
+    out["extra_trainings"] = {n: extra_trainings(n) for n in means if n not in NOT_CANDIDATES}
     if split == "dev":
         candidates = {n: v for n, v in means.items() if n not in NOT_CANDIDATES}
         out["chosen"] = max(candidates, key=candidates.get) if candidates else None
+        cheap = {n: v for n, v in candidates.items()
+                 if extra_trainings(n) <= MAX_DEFAULT_TRAININGS}
+        out["chosen_default"] = max(cheap, key=cheap.get) if cheap else None
+        out["max_default_trainings"] = MAX_DEFAULT_TRAININGS
+        have = probability_sources(out["chosen_default"] or "")
+        everywhere = overall(suggest)  # rules measured in every setting
+        rules = {r: v for r, v in everywhere.items()
+                 if sources_of(r) and set(sources_of(r)) <= have}
+        out["chosen_rule"] = max(rules, key=rules.get) if rules else None
     else:
-        out["goal"] = _goal(out["settings"], default)
+        out["goal"] = _margins(out["settings"], default, BASELINES)
+        if rule:
+            out["rule"] = rule
+            out["suggestion_goal"] = _margins(out["suggestion"], rule, SUGGESTION_BASELINES)
     return out
 
 
-def _goal(table: dict, default: str) -> dict:
-    """Per setting: the default's mean minus the best baseline's mean (>= 0: goal met)."""
+def _margins(table: dict, name: str, baselines: tuple[str, ...]) -> dict:
+    """Per setting: `name`'s mean minus the best baseline's mean (>= 0: goal met there)."""
     goal = {}
     for setting, per in table.items():
-        base = {b: per[b]["mean"] for b in BASELINES if b in per}
-        if default in per and base:
+        base = {b: per[b]["mean"] for b in baselines if b in per}
+        if name in per and base:
             best = max(base, key=base.get)
-            goal[setting] = {"default": per[default]["mean"], "best_baseline": best,
+            goal[setting] = {"value": per[name]["mean"], "best_baseline": best,
                              "best_baseline_mean": base[best],
-                             "margin": per[default]["mean"] - base[best]}
-    goal_met = [g["margin"] >= 0 for g in goal.values()]
-    return {"per_setting": goal, "met": int(sum(goal_met)), "of": len(goal_met)}
+                             "margin": per[name]["mean"] - base[best]}
+    met = [g["margin"] >= 0 for g in goal.values()]
+    return {"name": name, "per_setting": goal, "met": int(sum(met)), "of": len(met)}
 
 
 def selection_markdown(summary: dict) -> str:
@@ -142,17 +167,25 @@ def selection_markdown(summary: dict) -> str:
              f"{summary['budget']:.0%} of the training set inspected, mean over "
              f"{summary['n_runs']} of {summary['planned_runs']} planned runs. "
              f"Default ranking: `{summary['default']}`"
-             + (f"; best candidate here: `{summary['chosen']}`." if "chosen" in summary
-                else "."), "", "| ranking | mean |", "|---|---|"]
-    lines += [f"| {n} | {summary['overall'][n]:.3f} |" for n in names]
-    if "goal" in summary:
-        g = summary["goal"]
-        lines += ["", f"Default >= best of {', '.join(BASELINES)}: {g['met']} of {g['of']} "
-                  "settings.", "", "| setting | default | best baseline | margin |",
-                  "|---|---|---|---|"]
-        lines += [f"| {s} | {v['default']:.3f} | {v['best_baseline']} "
-                  f"{v['best_baseline_mean']:.3f} | {v['margin']:+.3f} |"
-                  for s, v in g["per_setting"].items()]
+             + (f"; best candidate here: `{summary['chosen']}`, best within "
+                f"{summary['max_default_trainings']:g} extra training: "
+                f"`{summary['chosen_default']}`; best suggestion rule it has at hand: "
+                f"`{summary['chosen_rule']}`." if "chosen" in summary else "."), "",
+             "| ranking | mean | extra trainings |", "|---|---|---|"]
+    cost = summary["extra_trainings"]
+    lines += [f"| {n} | {summary['overall'][n]:.3f} | "
+              f"{cost[n]:g} |" if n in cost else f"| {n} | {summary['overall'][n]:.3f} | |"
+              for n in names]
+    for key, what, base in (("goal", "Default", BASELINES),
+                            ("suggestion_goal", "Suggestion rule", SUGGESTION_BASELINES)):
+        if key in summary:
+            g = summary[key]
+            lines += ["", f"{what} `{g['name']}` >= best of {', '.join(base)}: {g['met']} of "
+                      f"{g['of']} settings.", "", "| setting | it | best baseline | margin |",
+                      "|---|---|---|---|"]
+            lines += [f"| {s} | {v['value']:.3f} | {v['best_baseline']} "
+                      f"{v['best_baseline_mean']:.3f} | {v['margin']:+.3f} |"
+                      for s, v in g["per_setting"].items()]
     sug = summary["suggestion_overall"]
     lines += ["", "Suggested label right on flipped examples (mean over runs):", "",
               "| rule | accuracy |", "|---|---|"]
@@ -161,10 +194,10 @@ def selection_markdown(summary: dict) -> str:
 
 
 def selection_report(out: Path, split: str, runs: dict[str, dict], default: str,
-                     planned: int = 0) -> str:
+                     planned: int = 0, rule: str = "") -> str:
     """Write the split's summary as report suspects_<split>; `planned`: how many runs the
-    command asked for (a partial summary says so)."""
-    summary = summarise(split, runs, default, planned)
+    command asked for (a partial summary says so); `rule`: the app's suggestion rule."""
+    summary = summarise(split, runs, default, planned, rule)
     md = selection_markdown(summary)
     write_report(out, f"suspects_{split}", summary, md, {})
     return md
