@@ -18,12 +18,14 @@ class Job:
     the script stops the polling loop in `wait`, never the computation itself."""
 
     def __init__(self, target: Callable[[Progress], object], text: str) -> None:
-        self.fraction, self.text, self.result, self.error = 0.0, text, None, None
+        self.fraction, self.title, self.text = 0.0, text, text
+        self.result, self.error = None, None
         self.finished = threading.Event()
         threading.Thread(target=self._run, args=(target,), daemon=True).start()
 
     def _report(self, done: int, total: int, what: str) -> None:
-        self.fraction, self.text = min(done / max(total, 1), 1.0), f"{what}: step {done} of {total}"
+        self.fraction = min(done / max(total, 1), 1.0)
+        self.text = f"{self.title} · {what}: {done} of {total}"  # the stage and its step
 
     def _run(self, target: Callable[[Progress], object]) -> None:
         try:

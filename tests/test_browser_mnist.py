@@ -137,3 +137,53 @@ def test_review_and_explore_latency_on_mnist(mnist_server: str, tmp_path: Path) 
     out_file = folder / f"latency_mnist_browser_think{THINK_S:g}.json"
     out_file.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
+
+
+def test_time_to_the_first_card_with_nothing_cached(data_root: Path, tmp_path: Path) -> None:
+    """mnist/cnn in a fresh artifacts folder: the seconds from opening Review (the app's first
+    page for a newly chosen dataset and model) until a suspect card is on screen, with the
+    progress bar's texts seen on the way (each names its stage). Reported in
+    first_card_mnist_browser.json in INFLUENCE_AUDIT_SCREENSHOTS (else a temporary folder)."""
+    home = Path(os.environ.get("INFLUENCE_AUDIT_FIRST_CARD_HOME") or tmp_path / "home")
+    assert not (home / "models").exists(), "the home must start with nothing cached"
+    log = (tmp_path / "streamlit.log").open("w")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py",
+         "--server.headless", "true", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env={**os.environ, "INFLUENCE_AUDIT_HOME": str(home)},
+        stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    texts: list[str] = []
+    try:
+        _wait_healthy(url, proc, SERVER_START_S)
+        with playwright_api().sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            start = time.perf_counter()
+            page.goto(f"{url}/review?dataset=mnist&model=cnn&data_root={data_root}")
+            while not page.get_by_text("Suspect #").count():
+                assert time.perf_counter() - start < SETUP_S, "no card within the limit"
+                bar = page.get_by_test_id("stProgress")
+                if bar.count():
+                    text = bar.first.inner_text().rsplit(":", 1)[0].strip()  # drop the count
+                    if text and (not texts or texts[-1] != text):
+                        texts.append(text)
+                time.sleep(0.5)
+            seconds = time.perf_counter() - start
+            settle(page, 120)
+            first = suspect(page)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+    assert "Traceback" not in (tmp_path / "streamlit.log").read_text()
+    report = {"kind": "first_card_browser", "dataset": "mnist", "model": "cnn",
+              "seconds": round(seconds, 1), "first_suspect": first, "progress_texts": texts}
+    folder = Path(os.environ.get("INFLUENCE_AUDIT_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "first_card_mnist_browser.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    assert any("suspect ranking" in t for t in texts), texts

@@ -141,7 +141,7 @@ def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch
             states[step] = copy.deepcopy(net.state_dict())
 
     def report(step: int, total: int, what: str) -> None:
-        progress(step, total, f"{what} ({tag})")
+        progress(step, total, f"{what}, {_describe(tag)}")
 
     train_model(model, data, cfg, indices, report, keep)
     folder.mkdir(parents=True, exist_ok=True)
@@ -149,6 +149,16 @@ def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch
         torch.save(states[s], p.with_suffix(".tmp"))
         p.with_suffix(".tmp").replace(p)
     return [load_checkpoint(fresh(), p).eval() for p in paths]
+
+
+def _describe(tag: str) -> str:
+    """A training's purpose in words, for progress bars: 'cv5-0' -> 'cross-validation model 1
+    of 5'."""
+    if tag.startswith("cv"):
+        folds, k = tag[2:].split("-")
+        return f"cross-validation model {int(k) + 1} of {folds}"
+    return {"even": "training-dynamics checkpoints", "trajg": "trajectory checkpoints"}.get(
+        tag.rstrip("0123456789"), tag)
 
 
 def trajectory(problem: Problem, snapshots: int = 5, progress: Progress = silent

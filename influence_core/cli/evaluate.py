@@ -75,6 +75,7 @@ def _mislabel(args: argparse.Namespace, out: Path, progress, kron: bool) -> int:
 
 
 def _suspects(args: argparse.Namespace, out: Path, progress, kron: bool) -> int:
+    from ..audit.suggest import APP_RULE
     from ..audit.suspects import DEFAULT_SIGNAL
     from ..evaluation.suspect_selection import run_all, selection_report, settings
 
@@ -87,7 +88,7 @@ def _suspects(args: argparse.Namespace, out: Path, progress, kron: bool) -> int:
     runs = run_all(args.split, kinds, rates, regimes, out / "suspect-runs", args.data_root,
                    kron, args.epochs, progress, args.available_only)
     planned = len(settings(args.split, kinds, rates, regimes))
-    print(selection_report(out, args.split, runs, DEFAULT_SIGNAL, planned))
+    print(selection_report(out, args.split, runs, DEFAULT_SIGNAL, planned, APP_RULE))
     return 0
 
 

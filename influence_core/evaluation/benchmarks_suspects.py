@@ -7,29 +7,44 @@ from __future__ import annotations
 from .benchmarks_doc import CLI, Reports, cmd, num, table
 
 SHOWN = ["cv_loss+checkpoint_loss", "cleanlab", "loss", "self_influence", "aum",
-         "dynamics_loss", "classnorm:aum", "forgetting", "checkpoint_loss"]
+         "dynamics_loss", "forgetting", "checkpoint_loss", "cv_loss", "kronfluence_self_influence",
+         "cv2_loss"]
+
+
+def _margins(g: dict, what: str, baselines: str) -> list[str]:
+    rows = [[s, num(v["value"], 3), f"{v['best_baseline']} {num(v['best_baseline_mean'], 3)}",
+             f"{v['margin']:+.3f}"] for s, v in g["per_setting"].items()]
+    return [f"{what} `{g['name']}` at least as good as the best of {baselines} in "
+            f"{num(g['met'])} of {num(g['of'])} settings:",
+            table(["setting (noise kind, rate, regime)", "it", "best baseline", "margin"],
+                  rows)]
 
 
 def _split(r: Reports, name: str) -> str:
     x = r(name)
-    means = x["overall"]
-    rows = [[f"`{n}`" + (" (default)" if n == x["default"] else ""), num(means[n], 3)]
-            for n in sorted(means, key=lambda n: -means[n]) if n in SHOWN or n == x["default"]
-            or n == x.get("chosen")]
+    means, cost = x["overall"], x.get("extra_trainings", {})
+    keep = {x["default"], x.get("chosen"), x.get("chosen_default"), *SHOWN}
+    rows = [[f"`{n}`" + (" (default)" if n == x["default"] else ""), num(means[n], 3),
+             f"{cost[n]:g}" if n in cost else "baseline"]
+            for n in sorted(means, key=lambda n: -means[n]) if n in keep]
     sug = x["suggestion_overall"]
     rules = [[f"`{k}`", num(v, 3)] for k, v in sorted(sug.items(), key=lambda kv: -kv[1])]
     command = cmd(f"{CLI} evaluate suspects --split {x['split']}")
     head = (f"**{x['split']} split** ({r.link(name)}): {num(x['n_runs'])} of "
             f"{num(x['planned_runs'])} planned runs, {command}. "
             "Fraction of flips found at 10% inspected, mean over the runs:")
-    parts = [head, table(["ranking", "found"], rows)]
+    parts = [head, table(["ranking", "found", "extra trainings"], rows)]
     if x.get("chosen"):
-        parts.append(f"Best candidate on this split: `{x['chosen']}`.")
+        parts.append(f"Best candidate on this split: `{x['chosen']}`; best within "
+                     f"{x['max_default_trainings']:g} extra training (the default's "
+                     f"budget): `{x['chosen_default']}`; best suggestion rule that ranking "
+                     f"has at hand: `{x['chosen_rule']}`.")
     if "goal" in x:
-        g = x["goal"]
-        parts.append(f"Default at least as good as the best of cleanlab, training loss and "
-                     f"Kronfluence self-influence in {num(g['met'])} of {num(g['of'])} "
-                     "settings.")
+        parts += _margins(x["goal"], "Default", "cleanlab, training loss and Kronfluence "
+                          "self-influence")
+    if "suggestion_goal" in x:
+        parts += _margins(x["suggestion_goal"], "Suggestion rule", "the model's best other "
+                          "class and cleanlab's argmax")
     parts += ["Suggested label right on the flipped examples, per rule (mean over runs):",
               table(["rule", "right"], rules)]
     return "\n\n".join(parts)
