@@ -6,6 +6,7 @@ from .app_api import (
     DEFAULT_RANKING,
     Evidence,
     Preview,
+    check_estimator,
     checkpoint_bytes,
     decision_log_path,
     evidence,
@@ -96,6 +97,13 @@ from .evaluation.reports import load_reports
 from .evaluation.unlearning import verify_unlearning
 from .progress import Progress, silent, tqdm_progress
 from .runtime import tune_runtime
+from .serving import (
+    PathNotAllowedError,
+    TooCostlyError,
+    allowed_roots,
+    confine,
+    exposure_refusal,
+)
 
 __all__ = [
     "CURVATURE_CONFIGS",
@@ -125,6 +133,7 @@ __all__ = [
     "KFACConfig",
     "LissaConfig",
     "LissaDivergedError",
+    "PathNotAllowedError",
     "Preview",
     "Problem",
     "Progress",
@@ -132,18 +141,22 @@ __all__ = [
     "Ranking",
     "ReviewCache",
     "Task",
+    "TooCostlyError",
     "TrackedModel",
     "TrainConfig",
     "UnsupportedLayerError",
     "VerifyConfig",
     "accuracy",
+    "allowed_roots",
     "artifact_folder",
     "artifacts_root",
     "auprc",
     "auroc",
     "build_model",
+    "check_estimator",
     "checkpoint_bytes",
     "config_hash",
+    "confine",
     "current_label",
     "decision_log_path",
     "decisions_frame",
@@ -154,6 +167,7 @@ __all__ = [
     "explain",
     "explain_image",
     "explain_query",
+    "exposure_refusal",
     "fit_curvature",
     "has_decision",
     "ihvp_error",
