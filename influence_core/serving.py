@@ -4,8 +4,8 @@ non-loopback address with nobody checking who connects.
 
 Paths. Every path a request names (data root, image folder, checkpoint) is resolved (symlinks
 followed, `..` collapsed) and must lie under one of the allowed roots, themselves resolved:
-$INFLUENCE_AUDIT_ALLOWED_ROOTS (os.pathsep-separated), else the working directory and the default
-data root ($INFLUENCE_AUDIT_DATA). The check is lexical on resolved paths and creates nothing.
+$INFLUENCE_AUDIT_ALLOWED_ROOTS (os.pathsep-separated), else the working directory; the default
+data root ($INFLUENCE_AUDIT_DATA) always. The check compares resolved paths and creates nothing.
 
 Cost. The exact Gauss-Newton inverse holds a dense p x p matrix (or, beyond curvature.exact's
 DENSE_LIMIT, an NK x p one) and eigendecomposes it: O(p^3). LiSSA runs `depth` Gauss-Newton-vector
@@ -42,10 +42,11 @@ class TooCostlyError(ValueError):
 
 def allowed_roots() -> tuple[Path, ...]:
     """The resolved roots requests may name paths under: $INFLUENCE_AUDIT_ALLOWED_ROOTS
-    (os.pathsep-separated), else the working directory and the default data root."""
+    (os.pathsep-separated), else the working directory; and always the default data root (the
+    server's own setting, the sidebar's default)."""
     given = [r for r in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if r.strip()]
-    roots = given or [Path.cwd(), default_data_root()]
-    return tuple(Path(r).expanduser().resolve() for r in roots)
+    roots = [*(given or [Path.cwd()]), default_data_root()]
+    return tuple(dict.fromkeys(Path(r).expanduser().resolve() for r in roots))
 
 
 def confine(path: str | Path, what: str = "path",
@@ -60,7 +61,7 @@ def confine(path: str | Path, what: str = "path",
     if not any(resolved.is_relative_to(root) for root in roots):
         raise PathNotAllowedError(
             f"{what} {path!s} is outside the folders this server may read (by default the "
-            f"working directory and the data root). To allow it, start the server with "
+            "working directory and the default data root). To allow it, start the server with "
             f"{ALLOWED_ROOTS_ENV} listing it (folders separated by {os.pathsep!r}).")
     return resolved
 

@@ -55,7 +55,7 @@ def test_allowed_roots_default_and_the_option(tmp_path: Path,
     monkeypatch.delenv("INFLUENCE_AUDIT_ALLOWED_ROOTS", raising=False)
     assert allowed_roots() == (Path.cwd().resolve(), default_data_root())
     monkeypatch.setenv("INFLUENCE_AUDIT_ALLOWED_ROOTS", f"{tmp_path}{os.pathsep}{tmp_path}/b")
-    assert allowed_roots() == (tmp_path.resolve(), tmp_path.resolve() / "b")
+    assert allowed_roots() == (tmp_path.resolve(), tmp_path.resolve() / "b", default_data_root())
     with pytest.raises(PathNotAllowedError):
         confine(Path.cwd() / "README.md")
 
