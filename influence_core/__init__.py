@@ -27,6 +27,7 @@ from .app_api import (
     train_probabilities,
 )
 from .app_tables import (
+    UploadError,
     current_label,
     decisions_frame,
     example_table,
@@ -145,6 +146,7 @@ __all__ = [
     "TrackedModel",
     "TrainConfig",
     "UnsupportedLayerError",
+    "UploadError",
     "VerifyConfig",
     "accuracy",
     "allowed_roots",

@@ -318,6 +318,29 @@ def test_a_crafted_link_and_an_oversized_upload_are_refused(
     page.close()
 
 
+def test_an_upload_that_is_no_image_is_an_error_message(
+    server: str, browser: object, tmp_path: Path,
+) -> None:
+    """A small file that PIL cannot decode, and a PNG whose header claims more pixels than an
+    upload may have, each show an error on Explore, not a traceback."""
+    from PIL import Image
+
+    garbage, huge = tmp_path / "garbage.png", tmp_path / "huge.png"
+    garbage.write_bytes(b"not an image at all")
+    Image.new("1", (5000, 5000)).save(huge)  # a few KB, 25 million pixels
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/explore")
+    settle(page, FIRST_RENDER_S)
+    for path, words in ((garbage, "not a readable image"), (huge, "5000 x 5000 pixels")):
+        page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+            str(path))
+        page.get_by_text(words, exact=False).wait_for(timeout=RERUN_S * 1000)
+        settle(page, RERUN_S, images=False)
+        assert f"Cannot use {path.name}" in page.locator(
+            '[data-testid="stAlertContentError"]').first.inner_text()
+    page.close()
+
+
 def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
