@@ -56,7 +56,7 @@ def confine(path: str | Path, what: str = "path",
     roots = allowed_roots() if roots is None else roots
     try:
         resolved = Path(path).expanduser().resolve()
-    except (OSError, RuntimeError) as exc:  # a symlink loop, an unreadable parent
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
         raise PathNotAllowedError(f"{what} {path!s} cannot be resolved: {exc}") from exc
     if not any(resolved.is_relative_to(root) for root in roots):
         raise PathNotAllowedError(

@@ -48,6 +48,10 @@ def test_confine_accepts_paths_under_a_root_and_refuses_the_rest(tmp_path: Path)
         with pytest.raises(PathNotAllowedError, match="outside the folders"):
             confine(crafted, "The checkpoint", roots=roots)
     assert not (root / "new").exists(), "confine creates nothing"
+    (root / "loop").symlink_to(root / "loop")
+    for broken in (root / "loop", f"{root}/bad\x00name"):
+        with pytest.raises(PathNotAllowedError):
+            confine(broken, roots=roots)
 
 
 def test_allowed_roots_default_and_the_option(tmp_path: Path,
