@@ -12,12 +12,16 @@ from influence_core import PathNotAllowedError, confine, exposure_refusal
 IMAGE_FOLDER_PREFIX = "imagefolder:"
 
 
+AUTH_KEYS = {"redirect_uri", "cookie_secret"}  # what st.login needs besides the provider's
+
+
 def auth_configured() -> bool:
-    """Whether st.login is set up: an [auth] section in .streamlit/secrets.toml."""
+    """Whether st.login is set up: an [auth] section in .streamlit/secrets.toml with AUTH_KEYS."""
     try:
-        return "auth" in st.secrets
+        auth = st.secrets.get("auth")
     except FileNotFoundError:  # StreamlitSecretNotFoundError: no secrets file at all
         return False
+    return auth is not None and set(auth) >= AUTH_KEYS
 
 
 def require_safe_exposure() -> None:

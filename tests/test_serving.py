@@ -195,6 +195,7 @@ def test_a_public_bind_without_login_stops_with_a_message(
     at = app()
     assert refused(at, "listens on 0.0.0.0")
     assert "INFLUENCE_AUDIT_ALLOW_PUBLIC" in at.error[0].value
+    assert refused(app(secrets={"auth": {"client_id": "id"}}), "no login is configured")
     monkeypatch.setenv("INFLUENCE_AUDIT_ALLOW_PUBLIC", "1")
     at = app()
     assert not at.exception and not at.error and at.title[0].value == "Dataset"
