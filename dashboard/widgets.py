@@ -69,9 +69,10 @@ def pager_ui(num_items: int, page_size: int, key: str) -> tuple[int, int]:
 
 
 def audit_ui(
-    estimators: list[str], keys: tuple[str, str, str, str]
+    estimators: list[str], keys: tuple[str, str, str, str], identity: str | None = None,
 ) -> tuple[str, str, float | None, str]:
-    """Sidebar: (checkpoint path or "", estimator, damping or None for the heuristic, annotator)."""
+    """Sidebar: (checkpoint path or "", estimator, damping or None for the heuristic, annotator).
+    With `identity` (a logged-in user) the annotator is that identity, not a free-text field."""
     checkpoint_key, method_key, damping_key, annotator_key = keys
     with st.sidebar:
         checkpoint = st.text_input(
@@ -95,6 +96,9 @@ def audit_ui(
             "does against retraining.",
         )
         st.subheader("Review")
+        if identity:
+            st.caption(f"Annotator: **{identity}** (logged in)")
+            return checkpoint.strip(), method, damping or None, identity
         annotator = st.text_input("Annotator", value="anonymous", key=annotator_key,
                                   bind="query-params")
     return checkpoint.strip(), method, damping or None, annotator.strip() or "anonymous"

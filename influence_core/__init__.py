@@ -6,6 +6,7 @@ from .app_api import (
     DEFAULT_RANKING,
     Evidence,
     Preview,
+    check_estimator,
     checkpoint_bytes,
     decision_log_path,
     evidence,
@@ -27,6 +28,7 @@ from .app_api import (
     train_probabilities,
 )
 from .app_tables import (
+    UploadError,
     current_label,
     decisions_frame,
     example_table,
@@ -97,6 +99,13 @@ from .evaluation.reports import load_reports
 from .evaluation.unlearning import verify_unlearning
 from .progress import Progress, silent, tqdm_progress
 from .runtime import tune_runtime
+from .serving import (
+    PathNotAllowedError,
+    TooCostlyError,
+    allowed_roots,
+    confine,
+    exposure_refusal,
+)
 
 __all__ = [
     "CURVATURE_CONFIGS",
@@ -126,6 +135,7 @@ __all__ = [
     "KFACConfig",
     "LissaConfig",
     "LissaDivergedError",
+    "PathNotAllowedError",
     "Preview",
     "Problem",
     "Progress",
@@ -133,18 +143,23 @@ __all__ = [
     "Ranking",
     "ReviewCache",
     "Task",
+    "TooCostlyError",
     "TrackedModel",
     "TrainConfig",
     "UnsupportedLayerError",
+    "UploadError",
     "VerifyConfig",
     "accuracy",
+    "allowed_roots",
     "artifact_folder",
     "artifacts_root",
     "auprc",
     "auroc",
     "build_model",
+    "check_estimator",
     "checkpoint_bytes",
     "config_hash",
+    "confine",
     "current_label",
     "decision_log_path",
     "decisions_frame",
@@ -155,6 +170,7 @@ __all__ = [
     "explain",
     "explain_image",
     "explain_query",
+    "exposure_refusal",
     "fit_curvature",
     "has_decision",
     "ihvp_error",

@@ -23,12 +23,13 @@ from .audit.store import Decision, DecisionLog, active_decisions
 from .audit.suggest import Suggester, best_other, class_scores, class_support
 from .audit.suspects import RANKINGS, suspect_scores
 from .audit.unlearning import updated_model
-from .config import EKFACConfig, IndexConfig, artifacts_root
-from .curvature.gradients import backward_pairs, forward_capture
+from .config import EKFACConfig, IndexConfig, LissaConfig, artifacts_root
+from .curvature.gradients import TrackedModel, backward_pairs, forward_capture
 from .data.datasets import ImageDataset, subset
 from .data.registry import Problem
 from .data.training import predict_logits
 from .progress import Progress, silent
+from .serving import check_cost
 
 QUEUE_SIZE = 500  # suspects in the queue: the most suspect under the chosen ranking
 
@@ -82,6 +83,12 @@ def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
     queue = torch.topk(order, min(queue_size, len(order))).indices
     return open_session(problem, method, decision_log_path(problem), progress, damping,
                         suspects=queue, prior=prior, ranking=ranking)
+
+
+def check_estimator(problem: Problem, method: str) -> None:
+    """serving.check_cost for the Newton step's `method` on problem's model (all its tracked
+    parameters, LiSSA at its default depth): TooCostlyError naming a cheaper estimator."""
+    check_cost(method, TrackedModel(problem.model).num_params, LissaConfig().depth)
 
 
 def _probs(logits: torch.Tensor) -> np.ndarray:

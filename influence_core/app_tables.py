@@ -71,10 +71,31 @@ def explain_query(index: AttributionIndex, test: ImageDataset, i: int, k: int = 
     return explain(index, test.tensor([i])[0], k)
 
 
+UPLOAD_MAX_PIXELS = 4096 * 4096  # an upload is shrunk to the model's input: decode no more
+_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises
+
+
+class UploadError(ValueError):
+    """An uploaded file that is not a readable image of a sensible size."""
+
+
 def explain_image(index: AttributionIndex, train: ImageDataset, data: bytes, k: int = 8
                   ) -> Explanation:
-    """`explain` of an encoded image file (an upload), converted to `train`'s input format."""
-    image = Image.open(io.BytesIO(data))
+    """`explain` of an encoded image file (an upload), converted to `train`'s input format.
+    UploadError for a file PIL cannot decode, or one over UPLOAD_MAX_PIXELS pixels (read from
+    its header, before decoding)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        size = image.size
+    except _UNREADABLE as exc:
+        raise UploadError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
+    if size[0] * size[1] > UPLOAD_MAX_PIXELS:
+        raise UploadError(f"{size[0]} x {size[1]} pixels is more than the {UPLOAD_MAX_PIXELS:,} "
+                          "an upload may have")
+    try:
+        image.load()
+    except _UNREADABLE as exc:
+        raise UploadError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
     return explain(index, train.normalise(image)[0], k)
 
 

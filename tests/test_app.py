@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -34,9 +35,15 @@ def _clear_caches() -> None:
 
 
 @pytest.fixture
-def app(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AppTest]]:
-    """Runs app.py on the default problem (digits / mlp); keyword arguments become URL params."""
+def app(home: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AppTest]]:
+    """Runs app.py on the default problem (digits / mlp); keyword arguments become URL params.
+    The server may read the working directory, the default data root and the test's tmp_path."""
+    from influence_core import default_data_root
+
     monkeypatch.setenv("INFLUENCE_AUDIT_HOME", str(home))
+    roots = (Path.cwd(), default_data_root(), tmp_path)
+    monkeypatch.setenv("INFLUENCE_AUDIT_ALLOWED_ROOTS", os.pathsep.join(map(str, roots)))
     _clear_caches()
 
     def run(**query: str) -> AppTest:
@@ -103,8 +110,9 @@ def test_test_split_and_mispredicted_filter(app: Callable[..., AppTest]) -> None
     assert all(m.group(2) != m.group(3) for m in parsed)
 
 
-def test_a_missing_image_folder_is_an_error_message(app: Callable[..., AppTest]) -> None:
-    at = app(dataset="imagefolder", folder="/nonexistent/influence-audit-images")
+def test_a_missing_image_folder_is_an_error_message(app: Callable[..., AppTest],
+                                                    tmp_path: Path) -> None:
+    at = app(dataset="imagefolder", folder=str(tmp_path / "no-such-images"))
     assert not at.exception
     assert at.error and "is not a folder" in at.error[0].value
 

@@ -294,6 +294,53 @@ def test_bulk_mode_applies_one_action_to_the_selected_rows(server: str, browser:
     page.close()
 
 
+def test_a_crafted_link_and_an_oversized_upload_are_refused(
+    server: str, browser: object, tmp_path: Path,
+) -> None:
+    """A link naming a data root outside the allowed folders shows an error (no traceback, no
+    grid, no folder created); an upload over server.maxUploadSize (5 MB) is refused."""
+    outside = tmp_path / "crafted" / "root"
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/?dataset=mnist&data_root={outside}")
+    settle(page, FIRST_RENDER_S, images=False)
+    alert = page.locator('[data-testid="stAlertContentError"]')
+    assert "outside the folders this server may read" in alert.first.inner_text()
+    assert page.locator('[data-testid="stImage"]').count() == 0
+    assert not (tmp_path / "crafted").exists()
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(6 * 1024 * 1024))
+    page.goto(f"{server}/explore")
+    settle(page, FIRST_RENDER_S)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(big))
+    page.get_by_text("5.0MB or smaller", exact=False).wait_for(timeout=RERUN_S * 1000)
+    assert page.get_by_text("Query: your image", exact=False).count() == 0
+    page.close()
+
+
+def test_an_upload_that_is_no_image_is_an_error_message(
+    server: str, browser: object, tmp_path: Path,
+) -> None:
+    """A small file that PIL cannot decode, and a PNG whose header claims more pixels than an
+    upload may have, each show an error on Explore, not a traceback."""
+    from PIL import Image
+
+    garbage, huge = tmp_path / "garbage.png", tmp_path / "huge.png"
+    garbage.write_bytes(b"not an image at all")
+    Image.new("1", (5000, 5000)).save(huge)  # a few KB, 25 million pixels
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/explore")
+    settle(page, FIRST_RENDER_S)
+    for path, words in ((garbage, "not a readable image"), (huge, "5000 x 5000 pixels")):
+        page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+            str(path))
+        page.get_by_text(words, exact=False).wait_for(timeout=RERUN_S * 1000)
+        settle(page, RERUN_S, images=False)
+        assert f"Cannot use {path.name}" in page.locator(
+            '[data-testid="stAlertContentError"]').first.inner_text()
+    page.close()
+
+
 def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

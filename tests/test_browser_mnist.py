@@ -52,7 +52,8 @@ def mnist_server(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         [sys.executable, "-m", "streamlit", "run", "dashboard/app.py",
          "--server.headless", "true", "--server.address", "127.0.0.1",
          "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env={**os.environ, "INFLUENCE_AUDIT_HOME": home},
+        cwd=ROOT, env={**os.environ, "INFLUENCE_AUDIT_HOME": home,  # may read the data root
+                       "INFLUENCE_AUDIT_ALLOWED_ROOTS": f"{ROOT}{os.pathsep}{data_root}"},
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

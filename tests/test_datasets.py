@@ -234,6 +234,32 @@ def test_imagefolder_skips_and_reports_unreadable_files(tmp_path: Path, write_im
     assert train.image(0).size == (12, 12)
 
 
+def test_imagefolder_never_follows_a_symlink_out_of_the_folder(tmp_path: Path,
+                                                               write_image) -> None:
+    """A symlinked file or class folder that resolves outside the image folder is skipped and
+    named (nothing under its target is read or listed); a symlink within the folder is read."""
+    root, secret = tmp_path / "images", tmp_path / "secret"
+    for c in ("cat", "dog"):
+        for k in range(5):
+            write_image(root / c / f"{k}.png", seed=k)
+    for k in range(3):
+        write_image(secret / "private" / f"{k}.png", seed=10 + k)
+    (root / "cat" / "leak.png").symlink_to(secret / "private" / "0.png")
+    (root / "stolen").symlink_to(secret / "private", target_is_directory=True)
+    (root / "dog" / "sub").symlink_to(secret, target_is_directory=True)
+    (root / "dog" / "alias.png").symlink_to(root / "cat" / "1.png")  # inside: followed
+
+    with pytest.warns(UserWarning, match="symlink") as record:
+        train, test = load_dataset(f"imagefolder:{root}")
+    links = [root / "cat" / "leak.png", root / "dog" / "sub", root / "stolen"]
+    assert sorted(p for p, _ in train.skipped) == sorted(map(str, links))
+    assert all("outside" in why for _, why in train.skipped)
+    assert all(str(p) in str(record[0].message) for p in links)
+    assert "private/1.png" not in str(record[0].message)  # the target's files are not listed
+    assert train.class_names == ["cat", "dog"]
+    assert len(train) + len(test) == 11  # 10 images and the alias
+
+
 def test_imagefolder_train_test_folders_and_grey(tmp_path: Path, write_image) -> None:
     for split, n in (("train", 3), ("test", 2)):
         for c in ("b", "a"):

@@ -17,8 +17,9 @@ except (DatasetError, CheckpointError) as exc:
     st.stop()
 
 skipped = problem.train.skipped + problem.test.skipped  # image folders: unreadable files
-if skipped:
-    st.warning(f"{len(skipped)} unreadable image file(s) were skipped.")
+if skipped:  # and symlinks that point outside the folder (never followed)
+    st.warning(f"{len(skipped)} unreadable image file(s) or symlink(s) to outside the folder "
+               "were skipped.")
     st.dataframe(pd.DataFrame(skipped, columns=["file", "reason"]), height=150)
 
 accuracy, train_size, test_size, classes = st.columns(4)

@@ -20,12 +20,17 @@ COMMANDS = {  # in the order `-h` lists them
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: one sub-parser per COMMANDS entry."""
     parser = argparse.ArgumentParser(prog="python -m influence_core")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, add_args, help_text) in COMMANDS.items():
         add_args(sub.add_parser(name, help=help_text))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     tune_runtime()
     try:
         return COMMANDS[args.command][0](args)

@@ -1,6 +1,7 @@
-"""`imagefolder:<path>`: one sub-folder per class, any image format PIL reads. Unreadable files
-are skipped and named (ImageDataset.skipped); a folder with a train/ and a test/ split keeps it,
-otherwise a seeded stratified 80/20 split is made."""
+"""`imagefolder:<path>`: one sub-folder per class, any image format PIL reads. Unreadable files,
+and symlinks that point outside the folder, are skipped and named (ImageDataset.skipped); a
+folder with a train/ and a test/ split keeps it, otherwise a seeded stratified 80/20 split is
+made."""
 
 from __future__ import annotations
 
@@ -17,11 +18,35 @@ from .sources import pixel_stats
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
-def _class_files(folder: Path) -> dict[str, list[Path]]:
-    return {
-        d.name: sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
-        for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")
-    }
+OUTSIDE = "symlink to outside the image folder: not followed"
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def _class_files(folder: Path, root: Path) -> tuple[dict[str, list[Path]], list[tuple]]:
+    """{class: image files} under folder's class sub-folders, and [(path, reason)] of the
+    symlinks that point outside `root` (resolved): named, never followed."""
+    files, outside = {}, []
+    for d in sorted(folder.iterdir()):
+        if d.name.startswith("."):
+            continue
+        if not _inside(d, root):
+            outside.append((str(d), OUTSIDE))
+        elif d.is_dir():  # rglob does not descend into symlinked folders
+            files[d.name] = []
+            for p in sorted(d.rglob("*")):
+                if p.name.startswith("."):
+                    continue
+                if not _inside(p, root):
+                    outside.append((str(p), OUTSIDE))
+                elif p.is_file():
+                    files[d.name].append(p)
+    return files, outside
 
 
 def _verified(path: Path) -> tuple[tuple[int, int], bool]:
@@ -63,7 +88,8 @@ def imagefolder(root: Path) -> tuple[ImageDataset, ImageDataset]:
     when both exist; otherwise a seeded stratified 80/20 split (random_state=0).
 
     Class names are the sorted folder names; index order is sorted class, then sorted file path.
-    Every file (dotfiles aside) is opened, verified and decoded; files that fail are skipped,
+    Symlinks that resolve outside root are not followed: skipped and named like unreadable
+    files. Every file (dotfiles aside) is opened, verified and decoded; files that fail are skipped,
     listed in `skipped` as (path, reason) and named in a warning (in the 80/20 case all skips are
     listed on the train split). Pixels stay in memory: every image is resized (bilinear, aspect
     ratio not kept) to one square side, the median of the shorter sides clamped to [8, 64];
@@ -72,17 +98,19 @@ def imagefolder(root: Path) -> tuple[ImageDataset, ImageDataset]:
     if not root.is_dir():
         raise DatasetError(f"imagefolder: {root} is not a folder")
     dirs = {"train": root / "train", "test": root / "test"}
-    dirs = dirs if all(d.is_dir() for d in dirs.values()) else {"train": root}
-    files = {s: _class_files(d) for s, d in dirs.items()}
+    split = all(d.is_dir() and _inside(d, root) for d in dirs.values())
+    listed = {s: _class_files(d, root) for s, d in (dirs if split else {"train": root}).items()}
+    files = {s: f for s, (f, _) in listed.items()}
     classes = sorted(set().union(*files.values()))
     scans = {s: _scan(f, classes) for s, f in files.items()}
     found = {s: sc[0] for s, sc in scans.items()}
-    skipped = {"test": [], **{s: sc[1] for s, sc in scans.items()}}
+    skipped = {"test": [], **{s: listed[s][1] + sc[1] for s, sc in scans.items()}}
     bad = skipped["train"] + skipped["test"]
     if bad:
         shown = "; ".join(f"{p} ({why})" for p, why in bad[:10])
         more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
-        warnings.warn(f"imagefolder {root}: skipped {len(bad)} unreadable file(s): {shown}{more}",
+        warnings.warn(f"imagefolder {root}: skipped {len(bad)} unreadable "
+                      f"file(s) or symlink(s) to outside it: {shown}{more}",
                       stacklevel=2)
     if not found["train"]:
         raise DatasetError(f"imagefolder: no readable images in class folders under {root}")
