@@ -72,7 +72,7 @@ def test_mislabel_curve_on_a_constructed_ranking() -> None:
 
 
 def test_suspect_combinations() -> None:
-    from influence_core.audit.suspects import class_normalised, combine, rank_mean
+    from influence_core.audit.signals import class_normalised, combine, rank_mean
 
     labels = torch.tensor([0, 0, 1, 1])
     scores = torch.tensor([1.0, 3.0, 100.0, 102.0])
@@ -105,9 +105,9 @@ QUICK_PINNED = {
     "lds_kfac": 0.48,
     "lds_identity": 0.212,
     "lds_trak_projected": 0.092,
-    "cv_loss+checkpoint_loss@10%": 0.958,
-    "cv_loss+checkpoint_loss@20%": 0.993,
-    "cv_loss+checkpoint_loss_auroc": 0.998,
+    "cv2_loss+checkpoint_loss+dynamics_loss@10%": 0.931,
+    "cv2_loss+checkpoint_loss+dynamics_loss@20%": 0.993,
+    "cv2_loss+checkpoint_loss+dynamics_loss_auroc": 0.997,
     "self_influence@10%": 0.944,
     "self_influence@20%": 0.986,
     "self_influence_auroc": 0.995,
@@ -264,3 +264,15 @@ def test_first_card_benchmark_runs_the_apps_setup_in_a_fresh_home(artifacts_home
     assert card["suggested"] != card["label"]
     with pytest.raises(ValueError, match="unknown ranking"):
         bench_first_card("digits", "mlp", None, "nope", home)
+
+
+def test_what_a_signal_costs_and_which_probabilities_it_leaves() -> None:
+    from influence_core.audit.signals import extra_trainings, probability_sources
+
+    assert extra_trainings("loss+classnorm:checkpoint_loss+dynamics_loss") == 0
+    assert extra_trainings("cv2_loss+checkpoint_loss") == 1  # 2 models on half the data
+    assert extra_trainings("cv_loss+self_confidence") == 4  # one 5-fold run, shared
+    assert extra_trainings("cv2_loss+cv_loss") == 5
+    assert probability_sources("loss") == {"model", "dynamics", "checkpoints"}
+    assert probability_sources("cv2_loss+classnorm:cv_loss") == {
+        "model", "dynamics", "checkpoints", "cv2", "cleanlab"}

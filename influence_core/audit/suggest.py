@@ -31,7 +31,8 @@ from ..attribution.index import AttributionIndex, query_vector
 from ..data.datasets import ImageDataset, subset
 from ..data.registry import Problem
 from ..data.training import predict_logits
-from .suspects import CV_FOLDS, cross_validated_probs, probability_sources, run_checkpoints
+from .signals import CV_FOLDS, probability_sources
+from .suspects import cross_validated_probs, run_checkpoints
 
 PROBABILITY_SOURCES = ("model", "dynamics", "checkpoints", "cleanlab", "cv2")
 #: The probability rules `evaluate mislabel` measures (the evidence rules come on top).

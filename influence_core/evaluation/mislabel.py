@@ -61,13 +61,8 @@ def run_mislabel(cfg, data_root: str | None = None, kronfluence: bool = True,
                  snapshots: int = 5, folds: int = 5, progress: Progress = silent) -> dict:
     """Every base signal, combination and baseline on one noisy problem: detection curves,
     AUROC and AUPRC, with how many flips the model fitted."""
-    from ..audit.suspects import (
-        DEFAULT_SIGNAL,
-        base_signals,
-        combine,
-        cross_validated_probs,
-        training_set,
-    )
+    from ..audit.signals import combine
+    from ..audit.suspects import DEFAULT_SIGNAL, base_signals, cross_validated_probs, training_set
     from ..data.registry import load_problem
     from ..data.training import predict_logits
     from .baselines import cleanlab_scores, kronfluence_scores

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audit.signals import extra_trainings, probability_sources
 from ..audit.suggest import sources_of
-from ..audit.suspects import extra_trainings, probability_sources
 from ..progress import Progress, silent
 from .mislabel import BASE, COMBINATIONS, mislabel_config, run_mislabel
 from .reports import write_report
