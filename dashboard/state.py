@@ -195,16 +195,15 @@ def decide(ws: Workspace, action: str, i: int, version: int, annotator: str) -> 
     if action == "relabel":  # the card's choice; its widget state can be missing after a
         given = current_label(audit_state(ws), i)  # fragment-only run: then the suggestion
         label = chosen_label(i, suggested_label(train_probs(ws.key, version, i, ws), given))
-    refused = record_decision(ws.session.log, i, action, label, annotator, version,
+    refused = record_decision(ws.session, i, action, label, annotator, version,
                               ws.session.ranking)
-    if refused is not None:  # e.g. another annotator removed it meanwhile: say so, keep going
-        st.session_state[_NOTICE] = f"Not recorded: {refused}"
-        return
-    set_url(SUSPECT, None)
+    if refused is None:  # else, e.g. another annotator removed it meanwhile: say so, go on
+        return set_url(SUSPECT, None)
+    st.session_state[_NOTICE] = f"Not recorded: {refused}"
 
 
 def notice() -> str | None:
-    """The message of a refused decision (shown once, on the next run)."""
+    """The message of a refused decision or batch (shown once, on the next run)."""
     return st.session_state.pop(_NOTICE, None)
 
 
@@ -213,10 +212,11 @@ def undo_last_decision(ws: Workspace, version: int, annotator: str) -> None:
 
 
 def apply_bulk(ws: Workspace, rows: pd.DataFrame, version: int, annotator: str) -> None:
-    """on_click: one action (BULK_ACTION) on the rows selected in the bulk table."""
+    """on_click: one action (BULK_ACTION) on the rows picked in the bulk table, all or none."""
     picked = rows.iloc[st.session_state[BULK_TABLE].selection.rows]
-    record_rows(ws.session.log, picked, st.session_state.get(BULK_ACTION, "keep"), annotator,
-                version, ws.session.ranking)
+    st.session_state[_NOTICE] = "; ".join(record_rows(  # a refusal, or the rows already done
+        ws.session, picked, st.session_state.get(BULK_ACTION, "keep"), annotator, version,
+        ws.session.ranking)) or None
 
 
 # ---- images and the Dataset grid -------------------------------------------------------------

@@ -85,26 +85,24 @@ def rank_descending(values: np.ndarray) -> np.ndarray:
     return rank
 
 
-def record_decision(log: DecisionLog, i: int, action: str, label: int | None, annotator: str,
-                    model_version: int, ranking: str = "") -> str | None:
-    """Append one decision, made under the queue's `ranking` (a RANKINGS key), to the durable
-    log (committed before this returns). Returns None, or the reason the log refused it (e.g.
-    another annotator removed the example meanwhile)."""
-    try:
-        log.record(int(i), action, label, annotator, model_version, ranking)
-    except ValueError as exc:
-        return str(exc)
-    return None
+def record_decision(session: AuditSession, i: int, action: str, label: int | None,
+                    annotator: str, model_version: int, ranking: str = "") -> str | None:
+    """Append one decision, made under the queue's `ranking` (a RANKINGS key), to the durable log
+    (committed before this returns). Returns None, or the reason it was refused and nothing
+    recorded (e.g. another annotator removed the example meanwhile, or the Newton step it
+    gives is not finite)."""
+    _, messages = record_many(session, [i], action, [label], annotator, model_version, ranking)
+    return messages[0] if messages else None
 
 
-def record_rows(log: DecisionLog, rows: pd.DataFrame, action: str, annotator: str,
+def record_rows(session: AuditSession, rows: pd.DataFrame, action: str, annotator: str,
                 model_version: int, ranking: str = "") -> list[str]:
     """One `action` on each row of a `review_queue` frame (bulk review, under the queue's
-    `ranking`); relabel goes to each row's alternative. Returns the log's error messages for
-    rows it refused (skipped)."""
+    `ranking`); relabel goes to each row's alternative. Returns record_many's messages (empty:
+    all recorded)."""
     labels = rows["alternative"].tolist() if action == "relabel" else [None] * len(rows)
-    return record_many(log, rows["index"].tolist(), action, labels, annotator, model_version,
-                       ranking)[1]
+    return record_many(session, rows["index"].tolist(), action, labels, annotator,
+                       model_version, ranking)[1]
 
 
 def review_progress(session: AuditSession) -> tuple[int, int]:
@@ -123,20 +121,18 @@ def recent_decisions(log: DecisionLog, n: int | None = 5) -> pd.DataFrame:
     return (frame if n is None else frame.tail(n)).iloc[::-1]
 
 
-def record_many(log: DecisionLog, indices: list[int], action: str, labels: list[int | None],
-                annotator: str, model_version: int, ranking: str = ""
+def record_many(session: AuditSession, indices: list[int], action: str,
+                labels: list[int | None], annotator: str, model_version: int, ranking: str = ""
                 ) -> tuple[list[Decision], list[str]]:
-    """Record one decision per index (bulk review; `ranking`: the queue's RANKINGS key); returns
-    (recorded, error messages). A row that the log refuses (e.g. an already removed example) is
-    skipped, not fatal."""
-    done, errors = [], []
-    for i, y in zip(indices, labels):
-        try:
-            done.append(log.record(int(i), action, None if y is None else int(y), annotator,
-                                   model_version, ranking))
-        except ValueError as exc:
-            errors.append(str(exc))
-    return done, errors
+    """Record one decision per index (bulk review; `ranking`: the queue's RANKINGS key), all or
+    none (AuditSession.apply). Returns (recorded, messages): nothing recorded and the reason
+    when the batch is refused; otherwise the requests already in force, which are skipped
+    (e.g. "index 3 already removed"), so clicking twice records once."""
+    requests = [(action, int(i), None if y is None else int(y)) for i, y in zip(indices, labels)]
+    try:
+        return session.apply(requests, annotator, model_version, ranking)
+    except ValueError as exc:
+        return [], [str(exc)]
 
 
 def undo_last(log: DecisionLog, annotator: str, model_version: int, ranking: str = ""

@@ -23,13 +23,26 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-ACTIONS = ("relabel", "remove", "keep", "undo")
-REMOVED = None  # in `edits()`: the index is removed from the training set
+from .decisions import (
+    ACTIONS,
+    REMOVED,
+    Decision,
+    Request,
+    active_decisions,
+    check_index,
+    check_label,
+    edits,
+    plan_records,
+    plan_undos,
+)
+
+__all__ = ["ACTIONS", "REMOVED", "Decision", "DecisionLog", "Request", "active_decisions",
+           "edits"]
+
 BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
@@ -46,37 +59,6 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-@dataclass(frozen=True)
-class Decision:
-    id: int
-    index: int  # training-set index
-    action: str  # relabel | remove | keep | undo
-    label: int | None  # the new label (relabel only)
-    annotator: str
-    ts: str  # ISO 8601, UTC, microseconds
-    model_version: int  # the model version the annotator was looking at
-    undoes: int | None = None  # undo only: the id of the undone decision
-    ranking: str = ""  # the suspect ranking the queue was ordered by ("" when unknown)
-
-
-def active_decisions(decisions: Sequence[Decision]) -> list[Decision]:
-    """The relabel / remove / keep decisions not undone, in id order."""
-    undone = {d.undoes for d in decisions if d.action == "undo"}
-    return [d for d in decisions if d.action != "undo" and d.id not in undone]
-
-
-def edits(decisions: Sequence[Decision], base_labels: Sequence[int]) -> dict[int, int | None]:
-    """index -> final label, or REMOVED (None), for every index whose state differs from the
-    base training set. Replays the active decisions in id order; the last one per index wins."""
-    state: dict[int, int | None] = {}
-    for d in active_decisions(decisions):
-        if d.action == "relabel":
-            state[d.index] = d.label
-        elif d.action == "remove":
-            state[d.index] = REMOVED
-    return {i: y for i, y in state.items() if y is REMOVED or y != base_labels[i]}
 
 
 class DecisionLog:
@@ -145,9 +127,9 @@ class DecisionLog:
         outside 0..K-1, a relabel to the current label, or a decision on a removed point."""
         if action not in ("relabel", "remove", "keep"):
             raise ValueError(f"action must be relabel, remove or keep, got {action!r}")
-        index = _check_index(index, len(self.labels))
+        index = check_index(index, len(self.labels))
         if action == "relabel":
-            label = _check_label(label, self.num_classes)
+            label = check_label(label, self.num_classes)
         elif label is not None:
             raise ValueError(f"a {action} decision takes no label (got {label})")
         with self._transaction() as cur:
@@ -159,6 +141,38 @@ class DecisionLog:
                 raise ValueError(f"index {index} already has label {label}")
             return self._insert(cur, index, action, label, annotator, model_version, None,
                                 ranking)
+
+    def apply(self, requests: Sequence[Request], annotator: str = "",
+              model_version: int | None = None, ranking: str = "",
+              check: Callable[[dict[int, int | None]], None] | None = None
+              ) -> tuple[list[Decision], list[str]]:
+        """Validate a batch of (action, index, label) requests ("undo": index is a decision id),
+        then commit all of it in one transaction, or nothing. Undos apply first, then the rest.
+        A request already in force (removing a removed point, relabelling to the label it has,
+        keeping a point whose last decision is a keep, undoing an undone decision) is skipped
+        with a note, so re-running a batch changes nothing. `check(edits)` sees the edit set the
+        batch would produce and may raise ValueError to refuse it. Returns (committed, notes).
+
+        Raises ValueError naming every refused request (index or label out of range, a decision
+        on a removed point, two different decisions on one index, an unknown id)."""
+        with self._transaction() as cur:
+            rows = _read(cur)
+            errors, notes, undos = plan_undos(rows, requests)
+            live = [d for d in active_decisions(rows) if d.id not in {u.id for u in undos}]
+            writes = plan_records(live, self.labels, self.num_classes, requests, errors, notes)
+            if errors:
+                more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+                raise ValueError("; ".join(errors[:5]) + more + ": nothing recorded")
+            if check is not None and (undos or writes):
+                final = edits(live + [Decision(0, i, a, y, "", "", 0) for a, i, y in writes],
+                              self.labels)
+                check(final)
+            if model_version is None:  # one version for the whole batch: the head before it
+                model_version = max((d.id for d in rows), default=0)
+            done = [self._insert(cur, d.index, "undo", None, annotator, model_version, d.id,
+                                 ranking) for d in undos]
+            return done + [self._insert(cur, i, a, y, annotator, model_version, None, ranking)
+                           for a, i, y in writes], notes
 
     def undo(self, decision_id: int, annotator: str = "", model_version: int | None = None,
              ranking: str = "") -> Decision:
@@ -254,16 +268,3 @@ def _add_ranking_column(cur: sqlite3.Cursor) -> None:
     columns = {row[1] for row in cur.execute("PRAGMA table_info(decisions)")}
     if "ranking" not in columns:
         cur.execute("ALTER TABLE decisions ADD COLUMN ranking TEXT NOT NULL DEFAULT ''")
-
-
-def _check_index(index: int, n: int) -> int:
-    if isinstance(index, bool) or not 0 <= int(index) < n or int(index) != index:
-        raise ValueError(f"index {index} is outside the training set (0..{n - 1})")
-    return int(index)
-
-
-def _check_label(label: int | None, num_classes: int) -> int:
-    if label is None or isinstance(label, bool) or not 0 <= int(label) < num_classes \
-            or int(label) != label:
-        raise ValueError(f"label {label} is outside 0..{num_classes - 1}")
-    return int(label)
