@@ -240,9 +240,8 @@ def _logits(model: nn.Module, data: ImageDataset) -> torch.Tensor:
 def non_finite_message(damping: float | None) -> str:
     """The refusal of a Newton step (or a prediction from it) that is not finite."""
     at = f" at damping {damping:g}" if damping else ""
-    larger = f", e.g. {10 * damping:g}" if damping else ""
     return (f"the Newton step is not finite{at}: nothing recorded; choose a larger damping "
-            f"(unlearn --damping, the app's damping lambda){larger}")
+            "(unlearn --damping, the app's damping lambda; unset: 1000 x the weight decay)")
 
 
 def default_log_path(problem: object) -> Path:
