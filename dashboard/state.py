@@ -20,9 +20,8 @@ from dashboard.jobs import Job, wait
 from dashboard.workspace import TOP_K, Selection, Workspace, open_attribution, open_workspace
 from influence_core import (
     DEFAULT_RANKING,
+    INPUT_ERRORS,
     AuditState,
-    CheckpointError,
-    DatasetError,
     Evidence,
     Preview,
     Problem,
@@ -87,7 +86,7 @@ def _run(key: tuple, target: Callable[[Progress], object], text: str) -> object:
 
 def get_problem(dataset: str, model: str, data_root: str, checkpoint: str = "") -> Problem:
     """The trained model and both splits, shared by all sessions. Trains (st.progress) when no
-    checkpoint exists. Raises DatasetError / CheckpointError (and forgets the failure)."""
+    checkpoint exists. Raises one of INPUT_ERRORS (and forgets the failure)."""
     return _run(("problem", dataset, model, data_root, checkpoint), lambda p: load_problem(
         recipe(dataset, model), data_root, checkpoint or None, p), f"Loading {dataset}/{model}")
 
@@ -106,7 +105,7 @@ def workspace_or_stop(sel: Selection, ranking: str | None = None) -> Workspace:
     """workspace(sel, ranking or Review's last choice), or an error message and a stop."""
     try:
         return workspace(sel, ranking or st.session_state.get(RANKING, DEFAULT_RANKING))
-    except (DatasetError, CheckpointError) as exc:
+    except INPUT_ERRORS as exc:
         st.error(f"Cannot load {sel.dataset} / {sel.model}: {exc}")
         st.stop()
 

@@ -4,10 +4,10 @@ The dashboard imports only the names listed here (a test enforces it)."""
 
 from .app_api import (
     DEFAULT_RANKING,
+    INPUT_ERRORS,
     Evidence,
     Preview,
     checkpoint_bytes,
-    decision_log_path,
     evidence,
     explain,
     ihvp_errors,
@@ -62,8 +62,8 @@ from .attribution.scores import (
     train_gradients,
 )
 from .audit.review_cache import ReviewCache, next_suspect
-from .audit.session import AuditSession, AuditState, default_log_path, open_session
-from .audit.store import Decision, DecisionLog
+from .audit.session import AuditSession, AuditState, decision_log_path, open_session
+from .audit.store import Decision, DecisionLog, DecisionLogError, backup_log
 from .audit.suspects import DEFAULT_SIGNAL, RANKINGS, Ranking, suspect_scores, training_set
 from .audit.unlearning import newton_step, refine, updated_model
 from .config import (
@@ -103,6 +103,7 @@ __all__ = [
     "DEFAULT_RANKING",
     "DEFAULT_SIGNAL",
     "ESTIMATORS",
+    "INPUT_ERRORS",
     "MODELS",
     "NOISE_KINDS",
     "RANKINGS",
@@ -116,6 +117,7 @@ __all__ = [
     "DatasetError",
     "Decision",
     "DecisionLog",
+    "DecisionLogError",
     "EKFACConfig",
     "Evidence",
     "ExactConfig",
@@ -141,6 +143,7 @@ __all__ = [
     "artifacts_root",
     "auprc",
     "auroc",
+    "backup_log",
     "build_model",
     "checkpoint_bytes",
     "config_hash",
@@ -148,7 +151,6 @@ __all__ = [
     "decision_log_path",
     "decisions_frame",
     "default_data_root",
-    "default_log_path",
     "evidence",
     "example_table",
     "explain",

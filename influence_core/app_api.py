@@ -9,28 +9,29 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .artifacts import model_hash
 from .attribution.index import AttributionIndex, index_scores, load_index
 from .attribution.precompute import precompute
-from .audit.session import AuditSession, AuditState, default_log_path, open_session
-from .audit.store import Decision, DecisionLog, active_decisions
+from .audit.session import AuditSession, AuditState, open_session
+from .audit.store import Decision, DecisionLog, DecisionLogError, active_decisions
 from .audit.suggest import best_other, class_scores, class_support
 from .audit.suspects import RANKINGS, suspect_scores
 from .audit.unlearning import updated_model
-from .config import EKFACConfig, IndexConfig, artifacts_root
+from .config import EKFACConfig, IndexConfig
 from .curvature.gradients import backward_pairs, forward_capture
-from .data.datasets import ImageDataset, subset
+from .data.datasets import DatasetError, ImageDataset, subset
+from .data.models import CheckpointError
 from .data.registry import Problem
 from .data.training import predict_logits
 from .progress import Progress, silent
 
 QUEUE_SIZE = 500  # suspects in the queue: the most suspect under the chosen ranking
+# what a page shows as a one-line message (the user's files or settings, not a bug)
+INPUT_ERRORS = (DatasetError, CheckpointError, DecisionLogError)
 
 
 def open_index(problem: Problem, progress: Progress = silent) -> AttributionIndex:
@@ -39,15 +40,6 @@ def open_index(problem: Problem, progress: Progress = silent) -> AttributionInde
     then load it."""
     return load_index(precompute(problem, "ekfac", EKFACConfig(), IndexConfig(), progress=progress),
                       problem.model)
-
-
-def decision_log_path(problem: Problem) -> Path:
-    """The log of the recipe's checkpoint (shared with the CLI), or, for a user's checkpoint,
-    artifacts/decisions/<dataset>-<model>-<model hash>.db."""
-    if not problem.meta.get("checkpoint"):
-        return default_log_path(problem)
-    name = f"{problem.config.dataset}-{problem.config.model}-{model_hash(problem.model)}"
-    return artifacts_root() / "decisions" / f"{name.replace(':', '_').replace('/', '_')}.db"
 
 
 DEFAULT_RANKING = "default"  # the suspects.RANKINGS key that orders the queue unless chosen
@@ -80,7 +72,7 @@ def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
     self_inf = torch.from_numpy(np.asarray(index.arrays["self_influence"], dtype=np.float64))
     order = self_inf if prior is None else prior
     queue = torch.topk(order, min(queue_size, len(order))).indices
-    return open_session(problem, method, decision_log_path(problem), progress, damping,
+    return open_session(problem, method, None, progress, damping,
                         suspects=queue, prior=prior, ranking=ranking)
 
 

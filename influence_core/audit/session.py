@@ -244,11 +244,18 @@ def non_finite_message(damping: float | None) -> str:
             "(unlearn --damping, the app's damping lambda; unset: 1000 x the weight decay)")
 
 
-def default_log_path(problem: object) -> Path:
-    """artifacts/decisions/<checkpoint folder>.db: one log per trained model."""
+def decision_log_path(problem: object) -> Path:
+    """Where a problem's decisions live, for the CLI and the app alike: one log per model.
+    The recipe's own checkpoint: artifacts/decisions/<its checkpoint folder>.db; a user's
+    checkpoint (problem.meta["checkpoint"]): artifacts/decisions/<dataset>-<model>-<hash of
+    its weights>.db, so the same weights find the same log from any path."""
+    from ..artifacts import model_hash
     from ..config import artifacts_root
 
-    return artifacts_root() / "decisions" / f"{Path(problem.checkpoint).parent.name}.db"
+    if not problem.meta.get("checkpoint"):
+        return artifacts_root() / "decisions" / f"{Path(problem.checkpoint).parent.name}.db"
+    name = f"{problem.config.dataset}-{problem.config.model}-{model_hash(problem.model)}"
+    return artifacts_root() / "decisions" / f"{name.replace(':', '_').replace('/', '_')}.db"
 
 
 def open_session(
@@ -267,6 +274,6 @@ def open_session(
     cfg = CURVATURE_CONFIGS[method](damping=damping) if method != "identity" else None
     curv = fit_curvature(method, TrackedModel(problem.model), task, problem.train, cfg,
                          progress=progress)
-    log = DecisionLog(log_path or default_log_path(problem), problem.train.labels,
+    log = DecisionLog(log_path or decision_log_path(problem), problem.train.labels,
                       problem.train.num_classes)
     return AuditSession(problem, curv, log, task, damping=damping, **kwargs)

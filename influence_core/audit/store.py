@@ -39,11 +39,11 @@ from .decisions import (
     plan_records,
     plan_undos,
 )
+from .log_files import BUSY_TIMEOUT_S, DecisionLogError, backup_log, check_log_file
 
-__all__ = ["ACTIONS", "REMOVED", "Decision", "DecisionLog", "Request", "active_decisions",
-           "edits"]
+__all__ = ["ACTIONS", "REMOVED", "Decision", "DecisionLog", "DecisionLogError", "Request",
+           "active_decisions", "backup_log", "edits"]
 
-BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -73,14 +73,19 @@ class DecisionLog:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-        with self._transaction() as cur:
-            for stmt in filter(str.strip, _SCHEMA.split(";")):
-                cur.execute(stmt)
-            _add_ranking_column(cur)
-            self._check_meta(cur)
+        try:
+            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            check_log_file(self._db, self.path)  # before anything is written to it
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            with self._transaction() as cur:
+                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                    cur.execute(stmt)
+                _add_ranking_column(cur)
+                self._check_meta(cur)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()

@@ -5,6 +5,8 @@
       decisions already in force are reported, not repeated), then print the updated model's
       summary with the recorded ids. The Newton step's damping: audit.unlearning.newton_damping.
   verify-unlearning: Newton step vs real retraining; writes JSON and prints a Markdown table.
+  backup --log DB --to FILE: a consistent copy of a decision log (SQLite's backup API), safe
+      while the app or another command writes to it.
 """
 
 from __future__ import annotations
@@ -117,9 +119,24 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_backup_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", required=True, help="the decision log to copy (a .db file)")
+    p.add_argument("--to", required=True, help="the backup file to write")
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from ..audit.store import backup_log
+
+    count = backup_log(args.log, args.to)
+    print(f"backed up {count} decisions from {args.log} to {args.to}")
+    return 0
+
+
 COMMANDS = {
     "unlearn": (_cmd_unlearn, _add_unlearn_args,
                 "record remove/relabel/keep/undo decisions and update the model (Newton step)"),
+    "backup": (_cmd_backup, _add_backup_args,
+               "copy a decision log consistently, even while the app writes to it"),
     "verify-unlearning": (_cmd_verify, _add_verify_args,
                           "Newton-step unlearning vs real retraining (JSON + table)"),
 }
