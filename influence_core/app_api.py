@@ -61,7 +61,12 @@ def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
     `progress` and are cached). Beyond RANKED_LIMIT training examples, and for a model trained
     on a subset, every ranking falls back to self-influence. The session's `ranking` is the key
     that orders its queue (after a fall-back "self_influence"); its decisions record it.
-    Raises ValueError for a key not in RANKINGS."""
+    Raises ValueError for a key not in RANKINGS, DatasetError for a training set of one class
+    (nothing to relabel to, no suggestion to make)."""
+    if problem.train.num_classes < 2:
+        raise DatasetError(f"{problem.config.dataset} has a single class "
+                           f"({', '.join(problem.train.class_names)}): reviewing labels needs "
+                           "at least two (for an image folder: one sub-folder per class)")
     if ranking not in RANKINGS:
         raise ValueError(f"unknown ranking {ranking!r}; choose from {', '.join(RANKINGS)}")
     if len(problem.train) > RANKED_LIMIT or problem.config.subset_seed >= 0:

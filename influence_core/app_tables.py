@@ -8,19 +8,18 @@ Class columns hold class ids, except `example_table`'s, which hold class names."
 
 from __future__ import annotations
 
-import io
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from .app_api import explain, query_probabilities, reviewed
 from .attribution.index import AttributionIndex
 from .audit.session import AuditSession, AuditState
 from .audit.store import Decision, DecisionLog, active_decisions
 from .data.datasets import ImageDataset
+from .data.images import decode_image
 from .data.registry import Problem
 from .data.training import predict_logits
 
@@ -73,8 +72,10 @@ def explain_query(index: AttributionIndex, test: ImageDataset, i: int, k: int = 
 
 def explain_image(index: AttributionIndex, train: ImageDataset, data: bytes, k: int = 8
                   ) -> Explanation:
-    """`explain` of an encoded image file (an upload), converted to `train`'s input format."""
-    image = Image.open(io.BytesIO(data))
+    """`explain` of an encoded image file (an upload), converted to `train`'s input format
+    (data.images.decode_image: transparency onto the dataset's background). Raises ImageError
+    (one of INPUT_ERRORS) for a file that is not a usable image."""
+    image = decode_image(data, train.background())
     return explain(index, train.normalise(image)[0], k)
 
 

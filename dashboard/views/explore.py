@@ -5,7 +5,7 @@ a training image for its card: self-influence, the queries it moves most, a link
 import streamlit as st
 
 from dashboard import frames, images, state, tiles, widgets
-from influence_core import current_label
+from influence_core import INPUT_ERRORS, current_label
 
 PAGE_SIZE = 24  # thumbnails per grid page (streamlit#12090: many elements render slowly)
 
@@ -26,7 +26,11 @@ uploaded = upload.file_uploader("Or upload your own image", type=["png", "jpg", 
 
 query = state.url_int(state.QUERY)
 if uploaded is not None:
-    result = state.explain_upload(ws.key, uploaded.getvalue(), ws)
+    try:
+        result = state.explain_upload(ws.key, uploaded.getvalue(), ws)
+    except INPUT_ERRORS as exc:  # not an image, truncated, too large
+        st.error(f"Cannot use {uploaded.name}: {exc}")
+        st.stop()
     image, title = uploaded.getvalue(), "your image"
 elif query is not None:
     result = state.explain_test(ws.key, query, ws)

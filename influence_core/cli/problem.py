@@ -55,16 +55,16 @@ def _add_query_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from ..attribution.index import load_index, query_index
     from ..attribution.precompute import artifact_folder
+    from ..data.images import decode_image
 
     problem = problem_from_args(args)
     folder = artifact_folder(problem, args.method, curvature_config(args), index_config(args))
     index = load_index(folder, problem.model)
     if args.image is not None:
-        x, label = problem.test.normalise(Image.open(args.image)), args.label
+        image = decode_image(args.image, problem.train.background())
+        x, label = problem.test.normalise(image), args.label
     else:
         x = problem.test.tensor([args.index])
         label = args.label if args.label is not None else int(problem.test.labels[args.index])
