@@ -166,8 +166,12 @@ def test_frame(key: tuple, version: int, _ws: Workspace) -> pd.DataFrame:
 
 
 # ---- URL parameters and decisions ------------------------------------------------------------
+def url_text(name: str) -> str | None:
+    return st.query_params.get(name)  # as given (a bound widget drops what it cannot show)
+
+
 def url_int(name: str) -> int | None:
-    value = st.query_params.get(name)
+    value = url_text(name)
     return int(value) if value not in (None, "") and value.lstrip("-").isdigit() else None
 
 
@@ -235,10 +239,6 @@ def examples(dataset: str, model: str, data_root: str, checkpoint: str, split: s
 
 
 # ---- the review queue ------------------------------------------------------------------------
-def log_version(ws: Workspace) -> int:
-    return ws.session.log.version()
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def train_probs(key: tuple, version: int, i: int, _ws: Workspace) -> np.ndarray:
     """(K,) the current model's class probabilities on training example i."""

@@ -20,7 +20,7 @@ from .audit.session import AuditSession, AuditState, open_session
 from .audit.store import Decision, DecisionLog, DecisionLogError, active_decisions
 from .audit.suggest import best_other, class_scores, class_support
 from .audit.suspects import RANKINGS, suspect_scores
-from .audit.unlearning import updated_model
+from .audit.unlearning import newton_damping, updated_model
 from .config import EKFACConfig, IndexConfig
 from .curvature.gradients import backward_pairs, forward_capture
 from .data.datasets import DatasetError, ImageDataset, subset
@@ -79,6 +79,23 @@ def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
     queue = torch.topk(order, min(queue_size, len(order))).indices
     return open_session(problem, method, None, progress, damping,
                         suspects=queue, prior=prior, ranking=ranking)
+
+
+def damping_refusal(text: str) -> str | None:
+    """Why a Newton-step damping given as text (the app's damping=... link parameter) cannot be
+    used, or None: 0 means the default; anything else must be a number > 0 and finite
+    (audit.unlearning.newton_damping)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return f"{text!r} is not a number"
+    if value == 0:
+        return None
+    try:
+        newton_damping(None, value)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _probs(logits: torch.Tensor) -> np.ndarray:
