@@ -8,6 +8,7 @@ same functions. Scores follow attribution.py: positive = helpful (lowers the que
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 
 from .attribution.index import AttributionIndex, index_scores, load_index
 from .attribution.precompute import precompute
-from .audit.session import AuditSession, AuditState, open_session
+from .audit.session import AuditSession, AuditState, non_finite_message, open_session
 from .audit.store import Decision, DecisionLog, DecisionLogError, active_decisions
 from .audit.suggest import best_other, class_scores, class_support
 from .audit.suspects import RANKINGS, suspect_scores
@@ -183,11 +184,13 @@ PREVIEW_TEST = 1000  # test images a preview evaluates (a fixed seeded subset; a
 @dataclass(frozen=True)
 class Preview:
     """What an edit would do, before it is committed: the change of the mean test loss and the
-    test predictions it flips (frame: index, label, before, after), on `evaluated` test images."""
+    test predictions it flips (frame: index, label, before, after), on `evaluated` test images.
+    `refused`: why the edit would be refused ("" when it would not): a non-finite change."""
 
     test_loss_change: float
     flips: pd.DataFrame
     evaluated: int = 0
+    refused: str = ""
 
 
 def preview_indices(n_test: int, limit: int = PREVIEW_TEST) -> torch.Tensor:
@@ -216,6 +219,9 @@ def preview(session: AuditSession, state: AuditState, i: int, action: str,
     y = test.labels[idx]
     loss = torch.nn.functional.cross_entropy
     change = float(loss(after.double(), y) - loss(before.double(), y))
+    if not math.isfinite(change):  # the decision would be refused too (AuditSession.check_step)
+        return Preview(change, pd.DataFrame(columns=["index", "label", "before", "after"]),
+                       len(idx), non_finite_message(session.damping))
     before_pred, after_pred = before.argmax(1), after.argmax(1)
     flipped = torch.nonzero(before_pred != after_pred)[:, 0]
     return Preview(change, pd.DataFrame({

@@ -100,3 +100,20 @@ def test_a_non_finite_newton_step_is_refused_before_it_is_recorded(
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 0
     assert main(argv) == 0  # the default damping records the same batch
+
+
+def test_the_apps_preview_and_record_paths_refuse_a_non_finite_step(artifacts_home: Path,
+                                                                     tmp_path: Path) -> None:
+    from influence_core import open_session, preview, record_decision, record_many
+
+    problem = load_problem(recipe("digits", "mlp", epochs=2))
+    session = open_session(problem, "kfac", tmp_path / "app.db", damping=float(SINGULAR_DAMPING))
+    state = session.state()
+    seen = preview(session, state, 3, "remove")
+    assert "not finite at damping 1e-30" in seen.refused and seen.flips.empty
+    refused = record_decision(session, 3, "remove", None, "ann", state.version)
+    assert refused is not None and "larger damping" in refused
+    assert record_many(session, [3, 4], "keep", [None, None], "ann", state.version)[0]
+    assert record_many(session, [5, 6], "remove", [None, None], "ann", state.version)[0] == []
+    assert [d.action for d in session.log.decisions()] == ["keep", "keep"]
+    session.log.close()
