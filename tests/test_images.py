@@ -117,7 +117,7 @@ def test_an_image_folder_skips_and_names_the_bad_files(tmp_path: Path) -> None:
           suppress_health_check=[HealthCheck.too_slow])
 @given(mode=st.sampled_from(MODES), fmt=st.sampled_from(FORMATS),
        size=st.tuples(st.integers(1, 24), st.integers(1, 24)), seed=st.integers(0, 2**16),
-       cut=st.one_of(st.none(), st.floats(0.0, 1.0)), flip=st.one_of(st.none(), st.integers(0)))
+       cut=st.one_of(st.none(), st.integers(0, 999)), flip=st.one_of(st.none(), st.integers(0)))
 def test_fuzz_decode_gives_8_bit_l_or_rgb_or_an_image_error(mode, fmt, size, seed, cut, flip
                                                             ) -> None:
     rng = np.random.default_rng(seed)
@@ -126,7 +126,8 @@ def test_fuzz_decode_gives_8_bit_l_or_rgb_or_an_image_error(mode, fmt, size, see
         data = _encode(image.convert(mode), fmt)
     except (OSError, ValueError, KeyError):
         return  # this format cannot store this mode: nothing to decode
-    data = bytearray(data if cut is None else data[: int(len(data) * cut)])
+    data = bytearray(data if cut is None else data[: len(data) * cut // 1000])  # per mille;
+    # integers, not floats: torch may have set flush-to-zero, which hypothesis's floats refuse
     if flip is not None and data:
         data[flip % len(data)] ^= 0xFF
     try:

@@ -9,7 +9,9 @@ runs in WAL mode with synchronous=FULL, and `record` / `undo` return only after 
 decision that was reported is on disk even if the process is killed the next instant. Writers
 serialise through BEGIN IMMEDIATE (with a busy timeout): validation and insert happen in one
 transaction, so two processes or sessions writing at once lose nothing and cannot both remove
-the same point.
+the same point. `apply` does the same for a batch: every request is validated first, then all
+are committed in one transaction or none; requests already in force are skipped and reported.
+A file that is not a decision log is refused, never replaced (log_files.check_log_file).
 
 The edited training set is a pure function of the log: replay the active (not undone) decisions
 in id order; for each index the last relabel / remove wins, and `keep` changes nothing (it
