@@ -86,3 +86,21 @@ def test_unlearn_validates_the_whole_batch_and_a_retry_is_idempotent(
     assert again["recorded"] == [] and again["removed"] == 2
     assert again["unchanged"] == ["index 1 already removed", "index 2 already removed"]
     assert "already removed" in out.err
+
+
+def test_the_apps_bulk_mode_is_all_or_nothing_and_idempotent(artifacts_home: Path,
+                                                             tmp_path: Path) -> None:
+    from influence_core import load_problem, open_session, recipe, record_many
+
+    session = open_session(load_problem(recipe("digits", "mlp", epochs=2)), "kfac",
+                           tmp_path / "app.db")
+    log = session.log
+    done, messages = record_many(session, [1, 2, 99999], "remove", [None] * 3, "ann", 0)
+    assert done == [] and "index 99999 is outside the training set" in messages[0]
+    assert log.decisions() == []
+    done, messages = record_many(session, [1, 2], "remove", [None] * 2, "ann", 0)
+    assert [d.index for d in done] == [1, 2] and messages == []
+    again = record_many(session, [1, 2], "remove", [None] * 2, "ann", log.version())
+    assert again == ([], ["index 1 already removed", "index 2 already removed"])
+    assert len(log.decisions()) == 2
+    log.close()

@@ -46,6 +46,30 @@ def edits(decisions: Sequence[Decision], base_labels: Sequence[int]) -> dict[int
     return {i: y for i, y in state.items() if y is REMOVED or y != base_labels[i]}
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A validated batch: what to write, what was already in force, and the resulting edits."""
+
+    undos: list[Decision]  # the decisions to undo
+    writes: list[Request]  # the (action, index, label) rows to insert after them
+    notes: list[str]  # the requests already in force, skipped
+    edits: dict[int, int | None]  # `edits` of the log after the batch
+
+
+def plan_batch(rows: list[Decision], labels: list[int], num_classes: int,
+               requests: Sequence[Request]) -> Plan:
+    """Validate a batch of requests against the log's `rows` (undos first, then the rest, see
+    plan_undos / plan_records). Raises ValueError naming every refused request (at most 5)."""
+    errors, notes, undos = plan_undos(rows, requests)
+    live = [d for d in active_decisions(rows) if d.id not in {u.id for u in undos}]
+    writes = plan_records(live, labels, num_classes, requests, errors, notes)
+    if errors:
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise ValueError("; ".join(errors[:5]) + more + ": nothing recorded")
+    after = edits(live + [Decision(0, i, a, y, "", "", 0) for a, i, y in writes], labels)
+    return Plan(undos, writes, notes, after)
+
+
 def plan_undos(rows: list[Decision], requests: Sequence[Request]
                ) -> tuple[list[str], list[str], list[Decision]]:
     """(errors, notes, decisions to undo) for the batch's undo requests against the log's

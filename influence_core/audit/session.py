@@ -138,7 +138,15 @@ class AuditSession:
         step is not finite (check_step)."""
         version = self.log.version() if model_version is None else model_version
         ranking = self.ranking if ranking is None else ranking
-        return self.log.apply(requests, annotator, version, ranking, self.check_step)
+        planned = self.log.planned_edits(requests)  # validates; raises, writing nothing
+        if planned is not None:  # outside the log's write lock: a state can take a while
+            self.check_step(planned)
+
+        def recheck(edits: dict[int, int | None]) -> None:  # another writer came in between
+            if edits != planned:
+                self.check_step(edits)
+
+        return self.log.apply(requests, annotator, version, ranking, recheck)
 
     def check_step(self, edits: dict[int, int | None]) -> None:
         """Raise ValueError when the model these edits give has non-finite weights or outputs

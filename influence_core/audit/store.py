@@ -38,8 +38,7 @@ from .decisions import (
     check_index,
     check_label,
     edits,
-    plan_records,
-    plan_undos,
+    plan_batch,
 )
 from .log_files import BUSY_TIMEOUT_S, DecisionLogError, backup_log, check_log_file
 
@@ -149,37 +148,34 @@ class DecisionLog:
             return self._insert(cur, index, action, label, annotator, model_version, None,
                                 ranking)
 
+    def planned_edits(self, requests: Sequence[Request]) -> dict[int, int | None] | None:
+        """The edits (see `edits`) the log would hold after `apply(requests)`, None when the
+        batch would change nothing; validates like `apply`, writes nothing."""
+        with self._lock:
+            plan = plan_batch(_read(self._db), self.labels, self.num_classes, requests)
+        return plan.edits if plan.undos or plan.writes else None
+
     def apply(self, requests: Sequence[Request], annotator: str = "",
               model_version: int | None = None, ranking: str = "",
               check: Callable[[dict[int, int | None]], None] | None = None
               ) -> tuple[list[Decision], list[str]]:
         """Validate a batch of (action, index, label) requests ("undo": index is a decision id),
-        then commit all of it in one transaction, or nothing. Undos apply first, then the rest.
-        A request already in force (removing a removed point, relabelling to the label it has,
-        keeping a point whose last decision is a keep, undoing an undone decision) is skipped
-        with a note, so re-running a batch changes nothing. `check(edits)` sees the edit set the
-        batch would produce and may raise ValueError to refuse it. Returns (committed, notes).
-
-        Raises ValueError naming every refused request (index or label out of range, a decision
-        on a removed point, two different decisions on one index, an unknown id)."""
+        then commit all of it in one transaction, or nothing (decisions.plan_batch: undos
+        first, requests already in force skipped with a note, so re-running a batch changes
+        nothing). `check(edits)` sees the edit set the batch would produce and may raise
+        ValueError to refuse it. Returns (committed, notes). Raises ValueError naming every
+        refused request, writing nothing."""
         with self._transaction() as cur:
             rows = _read(cur)
-            errors, notes, undos = plan_undos(rows, requests)
-            live = [d for d in active_decisions(rows) if d.id not in {u.id for u in undos}]
-            writes = plan_records(live, self.labels, self.num_classes, requests, errors, notes)
-            if errors:
-                more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-                raise ValueError("; ".join(errors[:5]) + more + ": nothing recorded")
-            if check is not None and (undos or writes):
-                final = edits(live + [Decision(0, i, a, y, "", "", 0) for a, i, y in writes],
-                              self.labels)
-                check(final)
+            plan = plan_batch(rows, self.labels, self.num_classes, requests)
+            if check is not None and (plan.undos or plan.writes):
+                check(plan.edits)
             if model_version is None:  # one version for the whole batch: the head before it
                 model_version = max((d.id for d in rows), default=0)
             done = [self._insert(cur, d.index, "undo", None, annotator, model_version, d.id,
-                                 ranking) for d in undos]
+                                 ranking) for d in plan.undos]
             return done + [self._insert(cur, i, a, y, annotator, model_version, None, ranking)
-                           for a, i, y in writes], notes
+                           for a, i, y in plan.writes], plan.notes
 
     def undo(self, decision_id: int, annotator: str = "", model_version: int | None = None,
              ranking: str = "") -> Decision:
