@@ -1,5 +1,6 @@
 """The app turns bad inputs into messages, not tracebacks: a decision-log file that is not a log
-(Review, Explore), a one-class image folder (Review), a damping in the link that is no damping."""
+(Review, Explore), a one-class image folder (Review), a damping in the link that is no damping,
+an upload that is not a usable image (Explore)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,20 @@ RUN_TIMEOUT_S = 300  # the first run trains digits/mlp and precomputes its index
 FAST = {"ranking": "self_influence"}  # the index's own ranking: no extra trainings at setup
 
 
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One artifacts folder for the module: the first test trains digits/mlp, the rest reuse it."""
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("home")
+        mp.setenv("INFLUENCE_AUDIT_HOME", str(home))
+        yield home
+
+
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("INFLUENCE_AUDIT_HOME", str(tmp_path / "home"))
+def home(shared_home: Path) -> Iterator[Path]:
     st.cache_resource.clear()
     st.cache_data.clear()
-    yield tmp_path / "home"
+    yield shared_home
     st.cache_resource.clear()
     st.cache_data.clear()
 
@@ -38,14 +47,17 @@ def _page(name: str, **query: str) -> AppTest:
 
 def test_a_log_that_is_not_a_log_is_an_error_on_review_and_explore(home: Path) -> None:
     log = decision_log_path(load_problem(recipe("digits", "mlp")))
-    log.parent.mkdir(parents=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(b"my notes, not a database\n" * 100)
-    for name in ("review", "explore"):
-        at = _page(name, **FAST)
-        assert not at.exception, at.exception
-        assert at.error and "not a decision log" in at.error[0].value
-        assert "move it aside" in at.error[0].value
-    assert log.read_bytes() == b"my notes, not a database\n" * 100
+    try:
+        for name in ("review", "explore"):
+            at = _page(name, **FAST)
+            assert not at.exception, at.exception
+            assert at.error and "not a decision log" in at.error[0].value
+            assert "move it aside" in at.error[0].value
+        assert log.read_bytes() == b"my notes, not a database\n" * 100
+    finally:
+        log.unlink()  # the module's later tests use this problem
 
 
 def test_a_one_class_image_folder_is_a_message_on_review(home: Path, tmp_path: Path) -> None:
@@ -63,3 +75,18 @@ def test_a_damping_in_the_link_that_is_no_damping_is_a_warning(home: Path) -> No
     at = _page("dataset", damping="nan")
     assert not at.exception
     assert any("Ignored damping=nan" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("notes.png", b"just some text\n" * 20, "is not an image"),
+    ("empty.png", b"", "is empty"),
+])
+def test_an_upload_that_is_no_usable_image_is_an_error_on_explore(home: Path, name: str,
+                                                                   data: bytes,
+                                                                   message: str) -> None:
+    at = _page("explore", **FAST)
+    assert not at.exception, at.exception
+    at.file_uploader(key="upload").upload(name, data, "image/png").run()
+    assert not at.exception, at.exception
+    assert at.error and at.error[0].value.startswith(f"Cannot use {name}")
+    assert message in at.error[0].value
