@@ -60,6 +60,12 @@ def test_a_file_that_is_not_a_log_is_refused_and_left_untouched(tmp_path: Path, 
     assert path.read_bytes() == before and not Path(f"{path}-wal").exists()
 
 
+def test_a_log_of_another_training_set_is_a_decision_log_error(tmp_path: Path) -> None:
+    DecisionLog(tmp_path / "d.db", LABELS, CLASSES).close()
+    with pytest.raises(DecisionLogError, match=r"another training set.*move it aside"):
+        DecisionLog(tmp_path / "d.db", LABELS[::-1], CLASSES)  # the app shows it as a message
+
+
 def test_unlearn_on_a_foreign_log_is_a_message_with_the_way_out(artifacts_home: Path,
                                                                 tmp_path: Path, capsys) -> None:
     path = tmp_path / "decisions.db"

@@ -102,8 +102,9 @@ class DecisionLog:
         if not have:
             cur.executemany("INSERT INTO meta VALUES (?, ?)", sorted(want.items()))
         elif have != want:
-            raise ValueError(f"{self.path} belongs to another training set: it was created for "
-                             f"{have}, this one is {want}")
+            raise DecisionLogError(
+                f"{self.path} belongs to another training set: it was created for {have}, this "
+                f"one is {want}; nothing was changed (choose another log path, or move it aside)")
 
     # -- reading ---------------------------------------------------------------------------
     def decisions(self) -> list[Decision]:
