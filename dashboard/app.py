@@ -15,7 +15,13 @@ import streamlit as st  # noqa: E402 (after the sys.path fix above)
 
 from dashboard import guard, state, widgets  # noqa: E402
 from dashboard.workspace import Selection  # noqa: E402
-from influence_core import DATASETS, ESTIMATORS, default_data_root, tune_runtime  # noqa: E402
+from influence_core import (  # noqa: E402
+    DATASETS,
+    ESTIMATORS,
+    damping_refusal,
+    default_data_root,
+    tune_runtime,
+)
 
 tune_runtime()
 
@@ -41,10 +47,14 @@ def run() -> None:
         list(DATASETS), MODEL_CHOICES, str(default_data_root()),
         keys=(state.DATASET, state.MODEL, state.DATA_ROOT, state.IMAGE_FOLDER),
     )
+    given = state.url_text(state.DAMPING)  # before the widget drops a value it cannot take
     checkpoint, method, damping, annotator = widgets.audit_ui(
         list(ESTIMATORS), keys=(state.CHECKPOINT, state.METHOD, state.DAMPING, state.ANNOTATOR),
         identity=guard.identity(),
     )
+    if given not in (None, "") and (refused := damping_refusal(given)):
+        st.warning(f"Ignored damping={given} from the link: {refused}; using "
+                   f"{damping or 'the default'}.")
     if not dataset:
         st.info("Enter the path of an image folder (one sub-folder per class) in the sidebar.")
         return

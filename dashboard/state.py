@@ -19,9 +19,8 @@ from dashboard.jobs import Job, wait
 from dashboard.workspace import TOP_K, Selection, Workspace, open_attribution, open_workspace
 from influence_core import (
     DEFAULT_RANKING,
+    INPUT_ERRORS,
     AuditState,
-    CheckpointError,
-    DatasetError,
     Evidence,
     Preview,
     Problem,
@@ -86,7 +85,7 @@ def _run(key: tuple, target: Callable[[Progress], object], text: str) -> object:
 
 def get_problem(dataset: str, model: str, data_root: str, checkpoint: str = "") -> Problem:
     """The trained model and both splits, shared by all sessions. Trains (st.progress) when no
-    checkpoint exists. Raises DatasetError / CheckpointError (and forgets the failure)."""
+    checkpoint exists. Raises one of INPUT_ERRORS (and forgets the failure)."""
     return _run(("problem", dataset, model, data_root, checkpoint), lambda p: load_problem(
         recipe(dataset, model), data_root, checkpoint or None, p), f"Loading {dataset}/{model}")
 
@@ -106,7 +105,7 @@ def workspace_or_stop(sel: Selection, ranking: str | None = None) -> Workspace:
     """workspace(sel, ranking or Review's last choice), or an error message and a stop."""
     try:
         return workspace(sel, ranking or st.session_state.get(RANKING, DEFAULT_RANKING))
-    except (DatasetError, CheckpointError, TooCostlyError) as exc:
+    except (*INPUT_ERRORS, TooCostlyError) as exc:
         st.error(f"Cannot open {sel.dataset} / {sel.model} / {sel.method}: {exc}")
         st.stop()
 
@@ -167,8 +166,12 @@ def test_frame(key: tuple, version: int, _ws: Workspace) -> pd.DataFrame:
 
 
 # ---- URL parameters and decisions ------------------------------------------------------------
+def url_text(name: str) -> str | None:
+    return st.query_params.get(name)  # as given (a bound widget drops what it cannot show)
+
+
 def url_int(name: str) -> int | None:
-    value = st.query_params.get(name)
+    value = url_text(name)
     return int(value) if value not in (None, "") and value.lstrip("-").isdigit() else None
 
 
@@ -194,16 +197,15 @@ def decide(ws: Workspace, action: str, i: int, version: int, annotator: str) -> 
     label = None
     if action == "relabel":  # the card's choice; its widget state can be missing after a
         label = chosen_label(i, ws.cache.suggested(audit_state(ws), i))  # then the suggestion
-    refused = record_decision(ws.session.log, i, action, label, annotator, version,
+    refused = record_decision(ws.session, i, action, label, annotator, version,
                               ws.session.ranking)
-    if refused is not None:  # e.g. another annotator removed it meanwhile: say so, keep going
-        st.session_state[_NOTICE] = f"Not recorded: {refused}"
-        return
-    set_url(SUSPECT, None)
+    if refused is None:  # else, e.g. another annotator removed it meanwhile: say so, go on
+        return set_url(SUSPECT, None)
+    st.session_state[_NOTICE] = f"Not recorded: {refused}"
 
 
 def notice() -> str | None:
-    """The message of a refused decision (shown once, on the next run)."""
+    """The message of a refused decision or batch (shown once, on the next run)."""
     return st.session_state.pop(_NOTICE, None)
 
 
@@ -212,10 +214,11 @@ def undo_last_decision(ws: Workspace, version: int, annotator: str) -> None:
 
 
 def apply_bulk(ws: Workspace, rows: pd.DataFrame, version: int, annotator: str) -> None:
-    """on_click: one action (BULK_ACTION) on the rows selected in the bulk table."""
+    """on_click: one action (BULK_ACTION) on the rows picked in the bulk table, all or none."""
     picked = rows.iloc[st.session_state[BULK_TABLE].selection.rows]
-    record_rows(ws.session.log, picked, st.session_state.get(BULK_ACTION, "keep"), annotator,
-                version, ws.session.ranking)
+    st.session_state[_NOTICE] = "; ".join(record_rows(  # a refusal, or the rows already done
+        ws.session, picked, st.session_state.get(BULK_ACTION, "keep"), annotator, version,
+        ws.session.ranking)) or None
 
 
 # ---- images and the Dataset grid -------------------------------------------------------------

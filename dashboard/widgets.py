@@ -188,6 +188,8 @@ def review_buttons(
 def preview_text(what: str, preview: object) -> None:
     """One line from an influence_core.Preview: the predicted change of mean test loss and the
     test predictions that flip."""
+    if preview.refused:  # a non-finite step: say why the button will refuse
+        return st.caption(f"**{what}**: {preview.refused}")
     loss_change, flips = preview.test_loss_change, preview.flips
     shown = ", ".join(f"#{i} {b}→{a}" for i, b, a in
                       zip(flips["index"][:6], flips["before"][:6], flips["after"][:6]))

@@ -4,11 +4,12 @@ The dashboard imports only the names listed here (a test enforces it)."""
 
 from .app_api import (
     DEFAULT_RANKING,
+    INPUT_ERRORS,
     Evidence,
     Preview,
     check_estimator,
     checkpoint_bytes,
-    decision_log_path,
+    damping_refusal,
     evidence,
     explain,
     ihvp_errors,
@@ -28,7 +29,6 @@ from .app_api import (
     train_probabilities,
 )
 from .app_tables import (
-    UploadError,
     current_label,
     decisions_frame,
     example_table,
@@ -65,8 +65,8 @@ from .attribution.scores import (
     train_gradients,
 )
 from .audit.review_cache import ReviewCache, next_suspect
-from .audit.session import AuditSession, AuditState, default_log_path, open_session
-from .audit.store import Decision, DecisionLog
+from .audit.session import AuditSession, AuditState, decision_log_path, open_session
+from .audit.store import Decision, DecisionLog, DecisionLogError, backup_log
 from .audit.suspects import DEFAULT_SIGNAL, RANKINGS, Ranking, suspect_scores, training_set
 from .audit.unlearning import newton_step, refine, updated_model
 from .config import (
@@ -113,6 +113,7 @@ __all__ = [
     "DEFAULT_RANKING",
     "DEFAULT_SIGNAL",
     "ESTIMATORS",
+    "INPUT_ERRORS",
     "MODELS",
     "NOISE_KINDS",
     "RANKINGS",
@@ -126,6 +127,7 @@ __all__ = [
     "DatasetError",
     "Decision",
     "DecisionLog",
+    "DecisionLogError",
     "EKFACConfig",
     "Evidence",
     "ExactConfig",
@@ -147,7 +149,6 @@ __all__ = [
     "TrackedModel",
     "TrainConfig",
     "UnsupportedLayerError",
-    "UploadError",
     "VerifyConfig",
     "accuracy",
     "allowed_roots",
@@ -155,16 +156,17 @@ __all__ = [
     "artifacts_root",
     "auprc",
     "auroc",
+    "backup_log",
     "build_model",
     "check_estimator",
     "checkpoint_bytes",
     "config_hash",
     "confine",
     "current_label",
+    "damping_refusal",
     "decision_log_path",
     "decisions_frame",
     "default_data_root",
-    "default_log_path",
     "evidence",
     "example_table",
     "explain",

@@ -8,30 +8,32 @@ same functions. Scores follow attribution.py: positive = helpful (lowers the que
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .artifacts import model_hash
 from .attribution.index import AttributionIndex, index_scores, load_index
 from .attribution.precompute import precompute
-from .audit.session import AuditSession, AuditState, default_log_path, open_session
-from .audit.store import Decision, DecisionLog, active_decisions
+from .audit.session import AuditSession, AuditState, non_finite_message, open_session
+from .audit.store import Decision, DecisionLog, DecisionLogError, active_decisions
 from .audit.suggest import Suggester, best_other, class_scores, class_support
 from .audit.suspects import RANKINGS, suspect_scores
-from .audit.unlearning import updated_model
-from .config import EKFACConfig, IndexConfig, LissaConfig, artifacts_root
+from .audit.unlearning import newton_damping, updated_model
+from .config import EKFACConfig, IndexConfig, LissaConfig
 from .curvature.gradients import TrackedModel, backward_pairs, forward_capture
-from .data.datasets import ImageDataset, subset
+from .data.datasets import DatasetError, ImageDataset, subset
+from .data.models import CheckpointError
 from .data.registry import Problem
 from .data.training import predict_logits
 from .progress import Progress, silent
 from .serving import check_cost
 
 QUEUE_SIZE = 500  # suspects in the queue: the most suspect under the chosen ranking
+# what a page shows as a one-line message (the user's files or settings, not a bug)
+INPUT_ERRORS = (DatasetError, CheckpointError, DecisionLogError)
 
 
 def open_index(problem: Problem, progress: Progress = silent) -> AttributionIndex:
@@ -40,15 +42,6 @@ def open_index(problem: Problem, progress: Progress = silent) -> AttributionInde
     then load it."""
     return load_index(precompute(problem, "ekfac", EKFACConfig(), IndexConfig(), progress=progress),
                       problem.model)
-
-
-def decision_log_path(problem: Problem) -> Path:
-    """The log of the recipe's checkpoint (shared with the CLI), or, for a user's checkpoint,
-    artifacts/decisions/<dataset>-<model>-<model hash>.db."""
-    if not problem.meta.get("checkpoint"):
-        return default_log_path(problem)
-    name = f"{problem.config.dataset}-{problem.config.model}-{model_hash(problem.model)}"
-    return artifacts_root() / "decisions" / f"{name.replace(':', '_').replace('/', '_')}.db"
 
 
 DEFAULT_RANKING = "default"  # the suspects.RANKINGS key that orders the queue unless chosen
@@ -70,7 +63,12 @@ def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
     `progress` and are cached). Beyond RANKED_LIMIT training examples, and for a model trained
     on a subset, every ranking falls back to self-influence. The session's `ranking` is the key
     that orders its queue (after a fall-back "self_influence"); its decisions record it.
-    Raises ValueError for a key not in RANKINGS."""
+    Raises ValueError for a key not in RANKINGS, DatasetError for a training set of one class
+    (nothing to relabel to, no suggestion to make)."""
+    if problem.train.num_classes < 2:
+        raise DatasetError(f"{problem.config.dataset} has a single class "
+                           f"({', '.join(problem.train.class_names)}): reviewing labels needs "
+                           "at least two (for an image folder: one sub-folder per class)")
     if ranking not in RANKINGS:
         raise ValueError(f"unknown ranking {ranking!r}; choose from {', '.join(RANKINGS)}")
     if len(problem.train) > RANKED_LIMIT or problem.config.subset_seed >= 0:
@@ -81,7 +79,7 @@ def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
     self_inf = torch.from_numpy(np.asarray(index.arrays["self_influence"], dtype=np.float64))
     order = self_inf if prior is None else prior
     queue = torch.topk(order, min(queue_size, len(order))).indices
-    return open_session(problem, method, decision_log_path(problem), progress, damping,
+    return open_session(problem, method, None, progress, damping,
                         suspects=queue, prior=prior, ranking=ranking)
 
 
@@ -89,6 +87,23 @@ def check_estimator(problem: Problem, method: str) -> None:
     """serving.check_cost for the Newton step's `method` on problem's model (all its tracked
     parameters, LiSSA at its default depth): TooCostlyError naming a cheaper estimator."""
     check_cost(method, TrackedModel(problem.model).num_params, LissaConfig().depth)
+
+
+def damping_refusal(text: str) -> str | None:
+    """Why a Newton-step damping given as text (the app's damping=... link parameter) cannot be
+    used, or None: 0 means the default; anything else must be a number > 0 and finite
+    (audit.unlearning.newton_damping)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return f"{text!r} is not a number"
+    if value == 0:
+        return None
+    try:
+        newton_damping(None, value)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _probs(logits: torch.Tensor) -> np.ndarray:
@@ -182,11 +197,13 @@ PREVIEW_TEST = 1000  # test images a preview evaluates (a fixed seeded subset; a
 @dataclass(frozen=True)
 class Preview:
     """What an edit would do, before it is committed: the change of the mean test loss and the
-    test predictions it flips (frame: index, label, before, after), on `evaluated` test images."""
+    test predictions it flips (frame: index, label, before, after), on `evaluated` test images.
+    `refused`: why the edit would be refused ("" when it would not): a non-finite change."""
 
     test_loss_change: float
     flips: pd.DataFrame
     evaluated: int = 0
+    refused: str = ""
 
 
 def preview_indices(n_test: int, limit: int = PREVIEW_TEST) -> torch.Tensor:
@@ -215,6 +232,9 @@ def preview(session: AuditSession, state: AuditState, i: int, action: str,
     y = test.labels[idx]
     loss = torch.nn.functional.cross_entropy
     change = float(loss(after.double(), y) - loss(before.double(), y))
+    if not math.isfinite(change):  # the decision would be refused too (AuditSession.check_step)
+        return Preview(change, pd.DataFrame(columns=["index", "label", "before", "after"]),
+                       len(idx), non_finite_message(session.damping))
     before_pred, after_pred = before.argmax(1), after.argmax(1)
     flipped = torch.nonzero(before_pred != after_pred)[:, 0]
     return Preview(change, pd.DataFrame({

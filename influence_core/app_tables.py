@@ -8,19 +8,18 @@ Class columns hold class ids, except `example_table`'s, which hold class names."
 
 from __future__ import annotations
 
-import io
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from .app_api import explain, query_probabilities, reviewed
 from .attribution.index import AttributionIndex
 from .audit.session import AuditSession, AuditState
 from .audit.store import Decision, DecisionLog, active_decisions
 from .data.datasets import ImageDataset
+from .data.images import decode_image
 from .data.registry import Problem
 from .data.training import predict_logits
 
@@ -72,30 +71,13 @@ def explain_query(index: AttributionIndex, test: ImageDataset, i: int, k: int = 
 
 
 UPLOAD_MAX_PIXELS = 4096 * 4096  # an upload is shrunk to the model's input: decode no more
-_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises
-
-
-class UploadError(ValueError):
-    """An uploaded file that is not a readable image of a sensible size."""
-
-
 def explain_image(index: AttributionIndex, train: ImageDataset, data: bytes, k: int = 8
                   ) -> Explanation:
-    """`explain` of an encoded image file (an upload), converted to `train`'s input format.
-    UploadError for a file PIL cannot decode, or one over UPLOAD_MAX_PIXELS pixels (read from
-    its header, before decoding)."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        size = image.size
-    except _UNREADABLE as exc:
-        raise UploadError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
-    if size[0] * size[1] > UPLOAD_MAX_PIXELS:
-        raise UploadError(f"{size[0]} x {size[1]} pixels is more than the {UPLOAD_MAX_PIXELS:,} "
-                          "an upload may have")
-    try:
-        image.load()
-    except _UNREADABLE as exc:
-        raise UploadError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
+    """`explain` of an encoded image file (an upload), converted to `train`'s input format
+    (data.images.decode_image: transparency onto the dataset's background). Raises ImageError
+    (one of INPUT_ERRORS) for a file that is not a usable image or has more than
+    UPLOAD_MAX_PIXELS pixels (read from its header, before decoding)."""
+    image = decode_image(data, train.background(), max_pixels=UPLOAD_MAX_PIXELS)
     return explain(index, train.normalise(image)[0], k)
 
 
@@ -106,26 +88,24 @@ def rank_descending(values: np.ndarray) -> np.ndarray:
     return rank
 
 
-def record_decision(log: DecisionLog, i: int, action: str, label: int | None, annotator: str,
-                    model_version: int, ranking: str = "") -> str | None:
-    """Append one decision, made under the queue's `ranking` (a RANKINGS key), to the durable
-    log (committed before this returns). Returns None, or the reason the log refused it (e.g.
-    another annotator removed the example meanwhile)."""
-    try:
-        log.record(int(i), action, label, annotator, model_version, ranking)
-    except ValueError as exc:
-        return str(exc)
-    return None
+def record_decision(session: AuditSession, i: int, action: str, label: int | None,
+                    annotator: str, model_version: int, ranking: str = "") -> str | None:
+    """Append one decision, made under the queue's `ranking` (a RANKINGS key), to the durable log
+    (committed before this returns). Returns None, or the reason it was refused and nothing
+    recorded (e.g. another annotator removed the example meanwhile, or the Newton step it
+    gives is not finite)."""
+    _, messages = record_many(session, [i], action, [label], annotator, model_version, ranking)
+    return messages[0] if messages else None
 
 
-def record_rows(log: DecisionLog, rows: pd.DataFrame, action: str, annotator: str,
+def record_rows(session: AuditSession, rows: pd.DataFrame, action: str, annotator: str,
                 model_version: int, ranking: str = "") -> list[str]:
     """One `action` on each row of a `review_queue` frame (bulk review, under the queue's
-    `ranking`); relabel goes to each row's alternative. Returns the log's error messages for
-    rows it refused (skipped)."""
+    `ranking`); relabel goes to each row's alternative. Returns record_many's messages (empty:
+    all recorded)."""
     labels = rows["alternative"].tolist() if action == "relabel" else [None] * len(rows)
-    return record_many(log, rows["index"].tolist(), action, labels, annotator, model_version,
-                       ranking)[1]
+    return record_many(session, rows["index"].tolist(), action, labels, annotator,
+                       model_version, ranking)[1]
 
 
 def review_progress(session: AuditSession) -> tuple[int, int]:
@@ -144,20 +124,18 @@ def recent_decisions(log: DecisionLog, n: int | None = 5) -> pd.DataFrame:
     return (frame if n is None else frame.tail(n)).iloc[::-1]
 
 
-def record_many(log: DecisionLog, indices: list[int], action: str, labels: list[int | None],
-                annotator: str, model_version: int, ranking: str = ""
+def record_many(session: AuditSession, indices: list[int], action: str,
+                labels: list[int | None], annotator: str, model_version: int, ranking: str = ""
                 ) -> tuple[list[Decision], list[str]]:
-    """Record one decision per index (bulk review; `ranking`: the queue's RANKINGS key); returns
-    (recorded, error messages). A row that the log refuses (e.g. an already removed example) is
-    skipped, not fatal."""
-    done, errors = [], []
-    for i, y in zip(indices, labels):
-        try:
-            done.append(log.record(int(i), action, None if y is None else int(y), annotator,
-                                   model_version, ranking))
-        except ValueError as exc:
-            errors.append(str(exc))
-    return done, errors
+    """Record one decision per index (bulk review; `ranking`: the queue's RANKINGS key), all or
+    none (AuditSession.apply). Returns (recorded, messages): nothing recorded and the reason
+    when the batch is refused; otherwise the requests already in force, which are skipped
+    (e.g. "index 3 already removed"), so clicking twice records once."""
+    requests = [(action, int(i), None if y is None else int(y)) for i, y in zip(indices, labels)]
+    try:
+        return session.apply(requests, annotator, model_version, ranking)
+    except ValueError as exc:
+        return [], [str(exc)]
 
 
 def undo_last(log: DecisionLog, annotator: str, model_version: int, ranking: str = ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,14 @@ def _hashed_fields(config: object) -> dict:
     return out
 
 
+def _check_range(name: str, value: float, low: float, high: float, open_low: bool = False
+                 ) -> None:
+    """Refuse a value that is not a finite number in [low, high) ((low, high) with open_low)."""
+    if not (math.isfinite(value) and (low < value if open_low else low <= value) and value < high):
+        raise ValueError(f"{name} must be a finite number in {'(' if open_low else '['}{low:g}, "
+                         f"{high:g}), got {value}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     dataset: str = "digits"
@@ -61,6 +70,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be positive")
+        _check_range("lr", self.lr, 0.0, math.inf, open_low=True)
+        _check_range("momentum", self.momentum, 0.0, 1.0)
+        _check_range("weight_decay", self.weight_decay, 0.0, math.inf)
         if not 0.0 <= self.noise < 1.0:
             raise ValueError(f"noise must be in [0, 1), got {self.noise}")
         if self.noise_kind not in ("uniform", "pair", "instance"):

@@ -151,12 +151,12 @@ def test_preview_on_a_test_subset_agrees_with_the_full_preview(world: tuple) -> 
     torch.testing.assert_close(state.test_logits_of(idx), state.test_logits[idx])
 
 
-def test_record_many_skips_refused_rows_and_undo_last_is_per_annotator(world: tuple) -> None:
+def test_record_many_counts_a_repeated_row_once_and_undo_is_per_annotator(world: tuple) -> None:
     _, _, session = world
     log = session.log
-    done, errors = record_many(log, [1, 2, 2], "remove", [None] * 3, "bulk", log.version())
-    assert [d.index for d in done] == [1, 2] and len(errors) == 1  # 2 is already removed
-    record_many(log, [3], "keep", [None], "other", log.version())
+    done, notes = record_many(session, [1, 2, 2], "remove", [None] * 3, "bulk", log.version())
+    assert [d.index for d in done] == [1, 2] and notes == []  # a repeated row counts once
+    record_many(session, [3], "keep", [None], "other", log.version())
     assert undo_last(log, "bulk", log.version()).index == 2
     assert set(reviewed(log)) == {1, 3}
     rows = list(csv.DictReader(io.StringIO(labels_csv(log).decode())))
@@ -292,11 +292,11 @@ def test_recorded_decisions_refusals_and_bulk_rows(world: tuple) -> None:
     log, frame = session.log, review_queue(session, session.state())
     i = int(frame["index"][4])
     assert not has_decision(log, "tables")
-    assert record_decision(log, i, "remove", None, "tables", log.version()) is None
-    assert "removed" in record_decision(log, i, "keep", None, "tables", log.version())
+    assert record_decision(session, i, "remove", None, "tables", log.version()) is None
+    assert "removed" in record_decision(session, i, "keep", None, "tables", log.version())
     assert has_decision(log, "tables") and review_progress(session) == (1, QUEUE)
     rows = frame.iloc[[5, 6]]
-    assert record_rows(log, rows, "relabel", "tables", log.version()) == []
+    assert record_rows(session, rows, "relabel", "tables", log.version()) == []
     newest = recent_decisions(log, 2)
     assert newest["index"].tolist() == rows["index"].tolist()[::-1]
     assert newest["label"].tolist() == rows["alternative"].tolist()[::-1]
@@ -310,8 +310,8 @@ def test_the_apps_decisions_record_the_ranking_they_were_made_under(world: tuple
     _, _, session = world
     log, frame = session.log, review_queue(session, session.state())
     i = int(frame["index"][7])
-    assert record_decision(log, i, "keep", None, "ranked", log.version(), "cleanlab") is None
-    assert record_rows(log, frame.iloc[[8]], "remove", "ranked", log.version(), "loss") == []
+    assert record_decision(session, i, "keep", None, "ranked", log.version(), "cleanlab") is None
+    assert record_rows(session, frame.iloc[[8]], "remove", "ranked", log.version(), "loss") == []
     undo_last(log, "ranked", log.version(), "self_influence")
     newest = recent_decisions(log, 3)
     assert newest["action"].tolist() == ["undo", "remove", "keep"]

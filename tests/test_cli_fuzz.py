@@ -30,8 +30,8 @@ def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
 
 
 OPTIONS = _option_strings(PARSER)
-NUMBERS = st.one_of(st.integers(-10**6, 10**6).map(str),
-                    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+NUMBERS = st.one_of(st.integers(-10**6, 10**6).map(str),  # no subnormals: the runtime flushes them
+                    st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False).map(repr),
                     st.sampled_from(["0", "-0", "1e309", "-1e-400", "nan", "inf", "0x10", "1_0"]))
 TOKEN = st.one_of(
     st.sampled_from(sorted(COMMANDS)),

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import captions, frames, images, state, widgets
-from influence_core import CheckpointError, DatasetError
+from influence_core import INPUT_ERRORS
 
 PAGE_SIZE = 24  # thumbnails per grid page (streamlit#12090: many elements render slowly)
 
@@ -12,7 +12,7 @@ sel = state.selection()
 st.title("Dataset")
 try:
     problem = state.get_problem(sel.dataset, sel.model, sel.data_root, sel.checkpoint)
-except (DatasetError, CheckpointError) as exc:
+except INPUT_ERRORS as exc:
     st.error(f"Cannot load {sel.dataset} / {sel.model}: {exc}")
     st.stop()
 

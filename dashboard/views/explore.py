@@ -5,7 +5,7 @@ a training image for its card: self-influence, the queries it moves most, a link
 import streamlit as st
 
 from dashboard import frames, images, state, tiles, widgets
-from influence_core import UploadError, current_label
+from influence_core import INPUT_ERRORS, current_label
 
 PAGE_SIZE = 24  # thumbnails per grid page (streamlit#12090: many elements render slowly)
 
@@ -28,7 +28,7 @@ query = state.url_int(state.QUERY)
 if uploaded is not None:
     try:
         result = state.explain_upload(ws.key, uploaded.getvalue(), ws)
-    except UploadError as exc:
+    except INPUT_ERRORS as exc:  # not an image, truncated, too large
         st.error(f"Cannot use {uploaded.name}: {exc}")
         st.stop()
     image, title = uploaded.getvalue(), "your image"

@@ -42,7 +42,7 @@ if message := state.notice():
 
 @st.fragment
 def card(version: int) -> None:
-    if ws.session.log.version() != version:  # a decision was committed: re-rank the whole page
+    if ws.session.log.version() != version:  # a decision was committed: re-rank the page
         st.rerun(scope="app")
     i = state.current_suspect(rows)  # from the URL: Previous/Next rerun only this card
     given = current_label(audit, i)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from ..curvature.task import ClassificationTask, Task
 from ..data.datasets import ImageDataset, subset
 from ..memo import FutureCache
 from ..progress import Progress, silent
-from .store import REMOVED, Decision, DecisionLog
+from .store import REMOVED, Decision, DecisionLog, Request
 from .unlearning import newton_damping, newton_step, rebind, refine, updated_model
 
 CACHE_SIZE = 8
@@ -104,6 +105,7 @@ class AuditSession:
         self, problem: object, curvature: Curvature, log: DecisionLog, task: Task | None = None,
         suspects: torch.Tensor | None = None, refine_steps: int = 0,
         weight_decay: float | None = None, prior: torch.Tensor | None = None, ranking: str = "",
+        damping: float | None = None,
     ) -> None:
         self.problem, self.curvature, self.log = problem, curvature, log
         self.task = task or ClassificationTask()
@@ -113,6 +115,7 @@ class AuditSession:
         self.refine_steps = refine_steps
         self.prior = None if prior is None else torch.as_tensor(prior).double()
         self.ranking = ranking
+        self.damping = damping  # the Newton step's lambda (named in refusals), when known
         config = getattr(problem, "config", None)  # the training recipe's L2 strength
         self.weight_decay = weight_decay if weight_decay is not None else getattr(
             config, "weight_decay", 0.0)
@@ -126,6 +129,34 @@ class AuditSession:
 
     def undo(self, decision_id: int, annotator: str = "") -> Decision:
         return self.log.undo(decision_id, annotator, self.log.version(), self.ranking)
+
+    def apply(self, requests: Sequence[Request], annotator: str = "",
+              model_version: int | None = None, ranking: str | None = None
+              ) -> tuple[list[Decision], list[str]]:
+        """DecisionLog.apply (all or nothing; requests in force are notes) under `ranking`
+        (default: the session's), refusing, before anything is written, a batch whose Newton
+        step is not finite (check_step)."""
+        version = self.log.version() if model_version is None else model_version
+        ranking = self.ranking if ranking is None else ranking
+        planned = self.log.planned_edits(requests)  # validates; raises, writing nothing
+        if planned is not None:  # outside the log's write lock: a state can take a while
+            self.check_step(planned)
+
+        def recheck(edits: dict[int, int | None]) -> None:  # another writer came in between
+            if edits != planned:
+                self.check_step(edits)
+
+        return self.log.apply(requests, annotator, version, ranking, recheck)
+
+    def check_step(self, edits: dict[int, int | None]) -> None:
+        """Raise ValueError when the model these edits give has non-finite weights or outputs
+        (the damped curvature is too close to singular); the state is cached for later."""
+        remove = [i for i, y in edits.items() if y is REMOVED]
+        relabel = {i: y for i, y in edits.items() if y is not REMOVED}
+        state = self.state_for(remove, relabel)
+        if not (bool(torch.isfinite(state.delta).all())
+                and bool(torch.isfinite(state.suspect_logits).all())):
+            raise ValueError(non_finite_message(self.damping))
 
     # -- the model -------------------------------------------------------------------------
     def edits(self) -> tuple[list[int], dict[int, int]]:
@@ -214,11 +245,25 @@ def _logits(model: nn.Module, data: ImageDataset) -> torch.Tensor:
     return torch.cat([model(x.to(dtype)) for x, _, _ in data.batches(128)])  # cache-sized
 
 
-def default_log_path(problem: object) -> Path:
-    """artifacts/decisions/<checkpoint folder>.db: one log per trained model."""
+def non_finite_message(damping: float | None) -> str:
+    """The refusal of a Newton step (or a prediction from it) that is not finite."""
+    at = f" at damping {damping:g}" if damping else ""
+    return (f"the Newton step is not finite{at}: nothing recorded; choose a larger damping "
+            "(unlearn --damping, the app's damping lambda; unset: 1000 x the weight decay)")
+
+
+def decision_log_path(problem: object) -> Path:
+    """Where a problem's decisions live, for the CLI and the app alike: one log per model.
+    The recipe's own checkpoint: artifacts/decisions/<its checkpoint folder>.db; a user's
+    checkpoint (problem.meta["checkpoint"]): artifacts/decisions/<dataset>-<model>-<hash of
+    its weights>.db, so the same weights find the same log from any path."""
+    from ..artifacts import model_hash
     from ..config import artifacts_root
 
-    return artifacts_root() / "decisions" / f"{Path(problem.checkpoint).parent.name}.db"
+    if not problem.meta.get("checkpoint"):
+        return artifacts_root() / "decisions" / f"{Path(problem.checkpoint).parent.name}.db"
+    name = f"{problem.config.dataset}-{problem.config.model}-{model_hash(problem.model)}"
+    return artifacts_root() / "decisions" / f"{name.replace(':', '_').replace('/', '_')}.db"
 
 
 def open_session(
@@ -237,6 +282,6 @@ def open_session(
     cfg = CURVATURE_CONFIGS[method](damping=damping) if method != "identity" else None
     curv = fit_curvature(method, TrackedModel(problem.model), task, problem.train, cfg,
                          progress=progress)
-    log = DecisionLog(log_path or default_log_path(problem), problem.train.labels,
+    log = DecisionLog(log_path or decision_log_path(problem), problem.train.labels,
                       problem.train.num_classes)
-    return AuditSession(problem, curv, log, task, **kwargs)
+    return AuditSession(problem, curv, log, task, damping=damping, **kwargs)

@@ -9,7 +9,9 @@ runs in WAL mode with synchronous=FULL, and `record` / `undo` return only after 
 decision that was reported is on disk even if the process is killed the next instant. Writers
 serialise through BEGIN IMMEDIATE (with a busy timeout): validation and insert happen in one
 transaction, so two processes or sessions writing at once lose nothing and cannot both remove
-the same point.
+the same point. `apply` does the same for a batch: every request is validated first, then all
+are committed in one transaction or none; requests already in force are skipped and reported.
+A file that is not a decision log is refused, never replaced (log_files.check_log_file).
 
 The edited training set is a pure function of the log: replay the active (not undone) decisions
 in id order; for each index the last relabel / remove wins, and `keep` changes nothing (it
@@ -23,14 +25,26 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-ACTIONS = ("relabel", "remove", "keep", "undo")
-REMOVED = None  # in `edits()`: the index is removed from the training set
-BUSY_TIMEOUT_S = 30.0
+from .decisions import (
+    ACTIONS,
+    REMOVED,
+    Decision,
+    Request,
+    active_decisions,
+    check_index,
+    check_label,
+    edits,
+    plan_batch,
+)
+from .log_files import BUSY_TIMEOUT_S, DecisionLogError, backup_log, check_log_file
+
+__all__ = ["ACTIONS", "REMOVED", "Decision", "DecisionLog", "DecisionLogError", "Request",
+           "active_decisions", "backup_log", "edits"]
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -48,37 +62,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-@dataclass(frozen=True)
-class Decision:
-    id: int
-    index: int  # training-set index
-    action: str  # relabel | remove | keep | undo
-    label: int | None  # the new label (relabel only)
-    annotator: str
-    ts: str  # ISO 8601, UTC, microseconds
-    model_version: int  # the model version the annotator was looking at
-    undoes: int | None = None  # undo only: the id of the undone decision
-    ranking: str = ""  # the suspect ranking the queue was ordered by ("" when unknown)
-
-
-def active_decisions(decisions: Sequence[Decision]) -> list[Decision]:
-    """The relabel / remove / keep decisions not undone, in id order."""
-    undone = {d.undoes for d in decisions if d.action == "undo"}
-    return [d for d in decisions if d.action != "undo" and d.id not in undone]
-
-
-def edits(decisions: Sequence[Decision], base_labels: Sequence[int]) -> dict[int, int | None]:
-    """index -> final label, or REMOVED (None), for every index whose state differs from the
-    base training set. Replays the active decisions in id order; the last one per index wins."""
-    state: dict[int, int | None] = {}
-    for d in active_decisions(decisions):
-        if d.action == "relabel":
-            state[d.index] = d.label
-        elif d.action == "remove":
-            state[d.index] = REMOVED
-    return {i: y for i, y in state.items() if y is REMOVED or y != base_labels[i]}
-
-
 class DecisionLog:
     """An open decision log for one training set (N labels, K classes); several handles, in
     one process or several, may write to the same file at once."""
@@ -91,14 +74,19 @@ class DecisionLog:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-        with self._transaction() as cur:
-            for stmt in filter(str.strip, _SCHEMA.split(";")):
-                cur.execute(stmt)
-            _add_ranking_column(cur)
-            self._check_meta(cur)
+        try:
+            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            check_log_file(self._db, self.path)  # before anything is written to it
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            with self._transaction() as cur:
+                for stmt in filter(str.strip, _SCHEMA.split(";")):
+                    cur.execute(stmt)
+                _add_ranking_column(cur)
+                self._check_meta(cur)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -114,8 +102,9 @@ class DecisionLog:
         if not have:
             cur.executemany("INSERT INTO meta VALUES (?, ?)", sorted(want.items()))
         elif have != want:
-            raise ValueError(f"{self.path} belongs to another training set: it was created for "
-                             f"{have}, this one is {want}")
+            raise DecisionLogError(
+                f"{self.path} belongs to another training set: it was created for {have}, this "
+                f"one is {want}; nothing was changed (choose another log path, or move it aside)")
 
     # -- reading ---------------------------------------------------------------------------
     def decisions(self) -> list[Decision]:
@@ -145,9 +134,9 @@ class DecisionLog:
         outside 0..K-1, a relabel to the current label, or a decision on a removed point."""
         if action not in ("relabel", "remove", "keep"):
             raise ValueError(f"action must be relabel, remove or keep, got {action!r}")
-        index = _check_index(index, len(self.labels))
+        index = check_index(index, len(self.labels))
         if action == "relabel":
-            label = _check_label(label, self.num_classes)
+            label = check_label(label, self.num_classes)
         elif label is not None:
             raise ValueError(f"a {action} decision takes no label (got {label})")
         with self._transaction() as cur:
@@ -159,6 +148,35 @@ class DecisionLog:
                 raise ValueError(f"index {index} already has label {label}")
             return self._insert(cur, index, action, label, annotator, model_version, None,
                                 ranking)
+
+    def planned_edits(self, requests: Sequence[Request]) -> dict[int, int | None] | None:
+        """The edits (see `edits`) the log would hold after `apply(requests)`, None when the
+        batch would change nothing; validates like `apply`, writes nothing."""
+        with self._lock:
+            plan = plan_batch(_read(self._db), self.labels, self.num_classes, requests)
+        return plan.edits if plan.undos or plan.writes else None
+
+    def apply(self, requests: Sequence[Request], annotator: str = "",
+              model_version: int | None = None, ranking: str = "",
+              check: Callable[[dict[int, int | None]], None] | None = None
+              ) -> tuple[list[Decision], list[str]]:
+        """Validate a batch of (action, index, label) requests ("undo": index is a decision id),
+        then commit all of it in one transaction, or nothing (decisions.plan_batch: undos
+        first, requests already in force skipped with a note, so re-running a batch changes
+        nothing). `check(edits)` sees the edit set the batch would produce and may raise
+        ValueError to refuse it. Returns (committed, notes). Raises ValueError naming every
+        refused request, writing nothing."""
+        with self._transaction() as cur:
+            rows = _read(cur)
+            plan = plan_batch(rows, self.labels, self.num_classes, requests)
+            if check is not None and (plan.undos or plan.writes):
+                check(plan.edits)
+            if model_version is None:  # one version for the whole batch: the head before it
+                model_version = max((d.id for d in rows), default=0)
+            done = [self._insert(cur, d.index, "undo", None, annotator, model_version, d.id,
+                                 ranking) for d in plan.undos]
+            return done + [self._insert(cur, i, a, y, annotator, model_version, None, ranking)
+                           for a, i, y in plan.writes], plan.notes
 
     def undo(self, decision_id: int, annotator: str = "", model_version: int | None = None,
              ranking: str = "") -> Decision:
@@ -254,16 +272,3 @@ def _add_ranking_column(cur: sqlite3.Cursor) -> None:
     columns = {row[1] for row in cur.execute("PRAGMA table_info(decisions)")}
     if "ranking" not in columns:
         cur.execute("ALTER TABLE decisions ADD COLUMN ranking TEXT NOT NULL DEFAULT ''")
-
-
-def _check_index(index: int, n: int) -> int:
-    if isinstance(index, bool) or not 0 <= int(index) < n or int(index) != index:
-        raise ValueError(f"index {index} is outside the training set (0..{n - 1})")
-    return int(index)
-
-
-def _check_label(label: int | None, num_classes: int) -> int:
-    if label is None or isinstance(label, bool) or not 0 <= int(label) < num_classes \
-            or int(label) != label:
-        raise ValueError(f"label {label} is outside 0..{num_classes - 1}")
-    return int(label)

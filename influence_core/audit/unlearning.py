@@ -31,6 +31,7 @@ digits/mlp that also moves the model toward the retrained one (verify-unlearning
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -67,8 +68,8 @@ def newton_damping(config: object, damping: float | None = None) -> float:
     verify-unlearning uses an explicit `--damping` through it and otherwise calibrates its own
     multiple of damping_unit on held-out removal sets."""
     if damping is not None:
-        if not damping > 0:
-            raise ValueError(f"the Newton step's damping must be > 0, got {damping}")
+        if not (damping > 0 and math.isfinite(damping)):
+            raise ValueError(f"the Newton step's damping must be > 0 and finite, got {damping}")
         return float(damping)
     return UNLEARNING_DAMPING * damping_unit(config)
 

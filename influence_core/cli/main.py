@@ -15,7 +15,7 @@ COMMANDS = {  # in the order `-h` lists them
     **problem.COMMANDS,  # train, precompute, query
     **bench.COMMANDS,
     **evaluate.COMMANDS,
-    **unlearn.COMMANDS,  # unlearn, verify-unlearning
+    **unlearn.COMMANDS,  # unlearn, backup, verify-unlearning
     **report.COMMANDS,
 }
 

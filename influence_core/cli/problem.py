@@ -10,6 +10,7 @@ from .args import (
     add_problem_args,
     curvature_config,
     index_config,
+    positive_int,
     problem_from_args,
 )
 
@@ -51,20 +52,28 @@ def _add_query_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--index", type=int, help="a test-set index to explain")
     src.add_argument("--image", help="an image file to explain (an upload)")
     p.add_argument("--label", type=int, default=None, help="query label (default: prediction)")
-    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--top", type=positive_int, default=10, help="training examples per list")
+
+
+def _check_query(args: argparse.Namespace, n_test: int, num_classes: int) -> None:
+    if args.index is not None and not 0 <= args.index < n_test:  # -1 is not "the last"
+        raise ValueError(f"--index {args.index} is outside the test set (0..{n_test - 1})")
+    if args.label is not None and not 0 <= args.label < num_classes:
+        raise ValueError(f"--label {args.label} is outside the classes (0..{num_classes - 1})")
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from ..attribution.index import load_index, query_index
     from ..attribution.precompute import artifact_folder
+    from ..data.images import decode_image
 
     problem = problem_from_args(args)
+    _check_query(args, len(problem.test), problem.test.num_classes)
     folder = artifact_folder(problem, args.method, curvature_config(args), index_config(args))
     index = load_index(folder, problem.model)
     if args.image is not None:
-        x, label = problem.test.normalise(Image.open(args.image)), args.label
+        image = decode_image(args.image, problem.train.background())
+        x, label = problem.test.normalise(image), args.label
     else:
         x = problem.test.tensor([args.index])
         label = args.label if args.label is not None else int(problem.test.labels[args.index])

@@ -98,6 +98,18 @@ class ImageDataset:
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (x - mean) / std
 
+    def background(self) -> tuple[int, ...]:
+        """The colour (0..255, one value per channel) the dataset's images are drawn on: the
+        median border pixel of up to 256 in-memory images (MNIST and digits: black), else
+        white. Uploads with transparency are composited onto it (data.images)."""
+        if self.pixels is None or not len(self.pixels):
+            return (255,) * self.channels
+        px = self.pixels[:256]
+        border = torch.cat([px[:, 0].flatten(0, 1), px[:, -1].flatten(0, 1),
+                            px[:, :, 0].flatten(0, 1), px[:, :, -1].flatten(0, 1)])
+        border = border.view(-1, self.channels if px.ndim == 4 else 1)
+        return tuple(int(v) for v in border.median(0).values)
+
     def to_tensor(self, img: Image.Image) -> torch.Tensor:
         """An arbitrary PIL image (an upload) converted to this dataset's (C, H, W) in [0, 1]."""
         img = img.convert("L" if self.channels == 1 else "RGB")

@@ -1,7 +1,8 @@
-"""`imagefolder:<path>`: one sub-folder per class, any image format PIL reads. Unreadable files,
-and symlinks that point outside the folder, are skipped and named (ImageDataset.skipped); a
-folder with a train/ and a test/ split keeps it, otherwise a seeded stratified 80/20 split is
-made."""
+"""`imagefolder:<path>`: one sub-folder per class, any image format PIL reads, decoded by
+data.images.decode_image (16-bit, transparency, CMYK; size capped before decoding). Unreadable
+files, and symlinks that point outside the folder, are skipped and named
+(ImageDataset.skipped); a folder with a train/ and a test/ split keeps it, otherwise a seeded
+stratified 80/20 split is made."""
 
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ import torch
 from PIL import Image
 
 from .datasets import DatasetError, ImageDataset
+from .images import decode_image
 from .sources import pixel_stats
-
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
-
 
 OUTSIDE = "symlink to outside the image folder: not followed"
 
@@ -50,21 +49,19 @@ def _class_files(folder: Path, root: Path) -> tuple[dict[str, list[Path]], list[
 
 
 def _verified(path: Path) -> tuple[tuple[int, int], bool]:
+    decoded = decode_image(path)  # every pixel: catches truncated files that verify misses
     with Image.open(path) as im:
         im.verify()  # structure and checksums; the image can't be used after verify
-    with Image.open(path) as im:
-        im.load()  # decodes everything: catches truncated files that verify misses
-        return im.size, im.mode in GREY_MODES
+    return decoded.size, decoded.mode == "L"
 
 
 def _pixels(paths: list[Path], side: int, grey: bool) -> torch.Tensor:
     mode = "L" if grey else "RGB"
     arrays = []
-    for p in paths:
-        with Image.open(p) as im:
-            im.draft(mode, (side, side))  # JPEG: decode at a reduced scale, much faster
-            small = im.convert(mode).resize((side, side), Image.Resampling.BILINEAR)
-            arrays.append(np.asarray(small, dtype=np.uint8))
+    for p in paths:  # JPEG decodes at a reduced scale (draft), much faster
+        small = decode_image(p, draft=(mode, (side, side))).convert(mode)
+        arrays.append(np.asarray(small.resize((side, side), Image.Resampling.BILINEAR),
+                                 dtype=np.uint8))
     empty = (0, side, side) if grey else (0, side, side, 3)
     return torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(empty, dtype=torch.uint8)
 

@@ -117,7 +117,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a state_dict saved with torch.save into `model`, in place.
 
     Uses `weights_only=True`, so a pickle that carries code is refused; a checkpoint of another
-    architecture raises CheckpointError naming every missing, unexpected and mismatched key."""
+    architecture raises CheckpointError naming every missing, unexpected and mismatched key,
+    and one whose weights are not all finite raises CheckpointError naming the tensors."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -151,5 +152,9 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         if mismatched:
             parts.append(f"mismatched shapes: {'; '.join(mismatched)}")
         raise CheckpointError(f"{path} does not fit this model. " + ". ".join(parts))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf) in "
+                              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: refused")
     model.load_state_dict(state)
     return model

@@ -59,7 +59,10 @@ def load_dataset(
     key = (name, str(root))
     if key not in _CACHE:
         if name.startswith("imagefolder:"):
-            _CACHE[key] = imagefolder(Path(name.split(":", 1)[1]))
+            folder = name.split(":", 1)[1].strip()
+            if not folder:  # Path("") is the current directory: never train on that by accident
+                raise DatasetError("imagefolder: needs a folder path: imagefolder:<path>")
+            _CACHE[key] = imagefolder(Path(folder))
         elif name in DATASETS:
             _CACHE[key] = DATASETS[name](root)
         else:

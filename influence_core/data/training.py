@@ -20,6 +20,10 @@ from .models import build_model
 from .noise import inject_noise
 
 
+class TrainingDiverged(ValueError):
+    """Training met a non-finite loss (or ended with non-finite weights): nothing was saved."""
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: ImageDataset, batch_size: int = 128) -> torch.Tensor:
     """Logits (N, K) of `model` on every example of `data`, in index order."""
@@ -40,7 +44,8 @@ def train_model(
     at_step: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
     """SGD with momentum and cosine learning-rate decay on `data` (restricted to `indices`);
-    `at_step(step, model)` is called after every optimiser step (1..T).
+    `at_step(step, model)` is called after every optimiser step (1..T). Raises TrainingDiverged
+    at the first non-finite batch loss.
 
     Deterministic: batch order comes from a generator seeded with cfg.order_seed (cfg.seed
     when that is -1)."""
@@ -61,7 +66,9 @@ def train_model(
         order = order_src[torch.randperm(len(order_src), generator=gen)]
         for x, y, _ in data.batches(cfg.batch_size, order):
             opt.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
+            loss = loss_fn(model(x), y)
+            _check_loss(loss.detach(), cfg, step + 1, total)
+            loss.backward()
             opt.step()
             sched.step()
             step += 1
@@ -71,6 +78,21 @@ def train_model(
                 progress(step, total, f"train {cfg.dataset}/{cfg.model}")
     model.eval()
     return model
+
+
+def _check_loss(loss: torch.Tensor, cfg: TrainConfig, step: int, total: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"training {cfg.dataset}/{cfg.model} diverged at step {step} of {total}: the loss "
+            f"is {loss.item()}; no checkpoint saved. Lower the learning rate (lr={cfg.lr:g}) "
+            "or check the data for non-finite pixels")
+
+
+def _check_weights(model: nn.Module, cfg: TrainConfig) -> None:
+    if not all(bool(v.isfinite().all()) for v in model.state_dict().values()
+               if v.is_floating_point()):
+        raise TrainingDiverged(f"training {cfg.dataset}/{cfg.model} ended with non-finite "
+                               f"weights; no checkpoint saved. Lower the learning rate")
 
 
 def training_labels(train: ImageDataset, cfg: TrainConfig) -> tuple[ImageDataset, torch.Tensor]:
@@ -150,6 +172,7 @@ def train_or_load(
     start = time.perf_counter()
     train_model(model, data, cfg, indices, progress, keep)
     seconds = time.perf_counter() - start
+    _check_weights(model, cfg)
     _save_snapshots(cfg, kept)  # before meta.json: a cached model has its snapshots
     meta = {
         "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed,
