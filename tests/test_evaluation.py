@@ -214,7 +214,7 @@ def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> No
                 {"model": 0.6, "dynamics": 0.9, "cleanlab": 0.95, "model+dynamics": 0.9}),
             "d_m_sub1_uniform_0.1_regular_s0": _run(
                 {a: 0.6, b: 0.8, "cleanlab": 0.9},
-                {"model": 0.5, "cleanlab": 0.4, "model+dynamics": 0.45})}
+                {"model": 0.5, "cleanlab": 0.4, "model+dynamics": 0.45, "cv2": 0.1})}
     dev = summarise("dev", runs, a, planned=4)
     pair = dev["settings"]["d_m_sub1_pair_0.1_regular"][a]
     assert pair == {"mean": 0.8, "std": pytest.approx(0.1), "n": 2}
@@ -229,6 +229,7 @@ def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> No
     assert (dev["n_runs"], dev["planned_runs"]) == (3, 4)
     assert dev["suggestion_overall"]["model"] == pytest.approx(0.6)  # (0.7 + 0.5) / 2
     test = summarise("test", runs, b, rule="model+dynamics")
+    assert test["rule"] == test["suggestion_goal"]["name"] == "model+dynamics"
     assert "chosen" not in test and "chosen_rule" not in test  # nothing is chosen on test
     goal = test["goal"]["per_setting"]["d_m_sub1_uniform_0.1_regular"]
     assert goal["best_baseline"] == "cleanlab" and goal["margin"] == pytest.approx(-0.1)

@@ -106,8 +106,8 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
     for key, res in runs.items():
         for name, r in res["rankings"].items():
             found.setdefault(_setting(key), {}).setdefault(name, []).append(r["curve"][BUDGET])
-        for rule, r in res.get("suggestion", {}).items():
-            suggest.setdefault(_setting(key), {}).setdefault(rule, []).append(r["accuracy"])
+        for name, r in res.get("suggestion", {}).items():
+            suggest.setdefault(_setting(key), {}).setdefault(name, []).append(r["accuracy"])
 
     def table(values: dict) -> dict:
         return {s: {n: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
