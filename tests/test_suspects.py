@@ -155,3 +155,25 @@ def test_the_suggester_averages_the_sources_its_session_has(artifacts_home) -> N
     assert rule.suggest(i, given, current) == next(c for c in expected if c != given)
     user = dataclasses.replace(problem, meta={**problem.meta, "checkpoint": "mine.pt"})
     assert Suggester(user, "loss").parts == ["model"]
+
+
+def test_a_card_never_trains_for_its_suggestion(artifacts_home, monkeypatch) -> None:
+    """A model whose training kept no checkpoints (an older version trained it): the
+    suggestion leaves the checkpoint sources out instead of training them."""
+    import influence_core.audit.suspects as suspects
+    from influence_core import load_problem, recipe
+    from influence_core.audit.suggest import Suggester
+
+    problem = load_problem(recipe("digits", "mlp", epochs=2))
+    for p in (artifacts_home / "models").glob("*/snapshots/*.pt"):
+        p.unlink()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained for a card")
+
+    monkeypatch.setattr(suspects, "train_model", no_training)
+    current = np.linspace(0.0, 1.0, 10)
+    current /= current.sum()
+    rule = Suggester(problem, "loss")
+    np.testing.assert_allclose(rule.probs(3, current), current)
+    assert rule.suggest(3, 9, current) == 8

@@ -94,7 +94,8 @@ class Suggester:
     other than its label under the mean of the rule's sources that the session has at hand (a
     queue ranked by `signal` has the out-of-sample probabilities its cross-validations made; a
     user's checkpoint or a subset-trained model has no run of its own, so only the model's).
-    The checkpoints' probabilities are computed per example and kept."""
+    The checkpoints' probabilities are computed per example and kept; checkpoints that are not
+    kept (a model trained by an older version) are left out, never trained for a card."""
 
     def __init__(self, problem: Problem, signal: str, rule: str = APP_RULE) -> None:
         have = probability_sources(signal)
@@ -116,13 +117,16 @@ class Suggester:
         return ("The most probable class other than the given label, averaging these "
                 "probabilities: " + ", ".join(names[p] for p in self.parts) + ".")
 
-    def _source(self, part: str, i: int) -> np.ndarray:
+    def _source(self, part: str, i: int) -> np.ndarray | None:
         key = (part, i)
         with self._lock:
             if key not in self._probs:
                 if part in ("checkpoints", "dynamics"):
-                    models = self._models.get(part) or run_checkpoints(self.problem, part)
-                    self._models[part] = models
+                    if part not in self._models:
+                        self._models[part] = run_checkpoints(self.problem, part, train=False)
+                    models = self._models[part]
+                    if not models:
+                        return None
                     one = subset(self.problem.train, torch.tensor([i]))
                     p = sum(predict_logits(m, one).softmax(1).double() for m in models)
                     self._probs[key] = (p / len(models))[0].numpy()
@@ -137,7 +141,7 @@ class Suggester:
         """(K,) the rule's probabilities for example i; `current`: the current model's."""
         got = [np.asarray(current, dtype=np.float64) if p == "model" else self._source(p, i)
                for p in self.parts]
-        return np.mean(got, axis=0)
+        return np.mean([g for g in got if g is not None], axis=0)
 
     def suggest(self, i: int, given: int, current: np.ndarray) -> int:
         return int(best_other(self.probs(i, current)[None], np.array([given]))[0])

@@ -86,8 +86,8 @@ def training_set(problem: Problem) -> tuple[ImageDataset, torch.Tensor, torch.Te
 
 
 def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch.Tensor | None,
-                  snapshots: int = 1, progress: Progress = silent, even: bool = False
-                  ) -> list[nn.Module]:
+                  snapshots: int = 1, progress: Progress = silent, even: bool = False,
+                  train: bool = True) -> list[nn.Module]:
     """Train problem.config's recipe on data[indices] from the same init, keeping `snapshots`
     checkpoints at geometrically spaced steps T/2^(S-1), ..., T/2, T (early ones see the data
     before memorisation; the last is the final model), or with `even` at T/S, 2T/S, ..., T
@@ -109,6 +109,8 @@ def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch
     paths = [folder / f"snapshot{k}.pt" for k in range(snapshots)]
     if all(p.is_file() for p in paths):
         return [load_checkpoint(fresh(), p).eval() for p in paths]
+    if not train:  # only what is kept: nothing
+        return []
     model, states = fresh(), {}
 
     def keep(step: int, net: nn.Module) -> None:
@@ -144,15 +146,16 @@ def trajectory(problem: Problem, snapshots: int = 5, progress: Progress = silent
     return _cached_train(problem, f"trajg{snapshots}", data, None, snapshots, progress)
 
 
-def run_checkpoints(problem: Problem, which: str, progress: Progress = silent
-                    ) -> list[nn.Module]:
+def run_checkpoints(problem: Problem, which: str, progress: Progress = silent,
+                    train: bool = True) -> list[nn.Module]:
     """The checkpoints of problem's own training run that a probability source averages:
-    "checkpoints" = the trajectory's (geometric), "dynamics" = the training dynamics' (even)."""
-    if which == "checkpoints":
-        return trajectory(problem, progress=progress)
+    "checkpoints" = the trajectory's (geometric), "dynamics" = the training dynamics' (even).
+    Without `train`, only checkpoints already kept (else an empty list)."""
     data, _, _ = training_set(problem)
+    if which == "checkpoints":
+        return _cached_train(problem, "trajg5", data, None, 5, progress, train=train)
     return _cached_train(problem, f"even{DYNAMICS_POINTS}", data, None, DYNAMICS_POINTS,
-                         progress, even=True)
+                         progress, even=True, train=train)
 
 
 _DYNAMICS: dict[tuple[str, int], Dynamics] = {}  # per process: (config hash, points)
