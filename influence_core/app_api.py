@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .attribution.index import AttributionIndex, index_scores, load_index
+from .attribution.index import AttributionIndex, index_curvature, index_scores, load_index
 from .attribution.precompute import precompute
 from .audit.session import AuditSession, AuditState, non_finite_message, open_session
 from .audit.store import Decision, DecisionLog, DecisionLogError, active_decisions
@@ -79,7 +79,8 @@ def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
     self_inf = torch.from_numpy(np.asarray(index.arrays["self_influence"], dtype=np.float64))
     order = self_inf if prior is None else prior
     queue = torch.topk(order, min(queue_size, len(order))).indices
-    return open_session(problem, method, None, progress, damping,
+    fitted = index_curvature(index) if method == "ekfac" else None  # the index's fit, reused
+    return open_session(problem, method, None, progress, damping, fitted,
                         suspects=queue, prior=prior, ranking=ranking)
 
 

@@ -297,3 +297,21 @@ def test_unlearn_damping_reaches_the_sessions_curvature(artifacts_home, tmp_path
     with pytest.raises(SystemExit):
         main([*common, "--damping", "0"])
     assert "must be > 0" in capsys.readouterr().err
+
+
+def test_the_session_reuses_the_index_fit_under_its_own_damping(artifacts_home) -> None:
+    """open_audit hands the attribution index's EK-FAC to the Newton step with the step's own
+    damping: the same inverse as fitting EK-FAC again for the session."""
+    from influence_core import load_problem, open_index, open_session, recipe
+    from influence_core.attribution.index import index_curvature
+
+    problem = load_problem(recipe("digits", "mlp", epochs=3))
+    index = open_index(problem)
+    own = open_session(problem, "ekfac", artifacts_home / "a.db")
+    reused = open_session(problem, "ekfac", artifacts_home / "b.db", fitted=index_curvature(index))
+    assert {f.damping for f in reused.curvature.factors} == {own.curvature.factors[0].damping}
+    torch.manual_seed(0)
+    vectors = [torch.randn(3, *f.eigenvalues.shape) for f in own.curvature.factors]
+    a, b = own.curvature.ihvp_layers(vectors), reused.curvature.ihvp_layers(vectors)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)

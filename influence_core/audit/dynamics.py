@@ -15,6 +15,7 @@ input: early checkpoints have not memorised a flipped label yet).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,11 +34,15 @@ class Dynamics:
     mean_probs: torch.Tensor  # (n, K) class probabilities averaged over the checkpoints
 
     @classmethod
-    def of(cls, models: list[nn.Module], data: ImageDataset) -> Dynamics:
+    def of(cls, models: list[nn.Module], data: ImageDataset,
+           logits_of: Callable[[nn.Module, ImageDataset], torch.Tensor] = predict_logits
+           ) -> Dynamics:
+        """The dynamics of `models` (checkpoints in training order) on `data`; `logits_of`
+        computes a checkpoint's logits (suspects.snapshot_logits reuses them)."""
         margins, losses, correct = [], [], []
         probs = torch.zeros(len(data), data.num_classes, dtype=torch.float64)
         for m in models:
-            logits = predict_logits(m, data).double()
+            logits = logits_of(m, data).double()
             margins.append(margin(logits, data.labels))
             losses.append(nn.functional.cross_entropy(logits, data.labels, reduction="none"))
             correct.append(logits.argmax(1) == data.labels)

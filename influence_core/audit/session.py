@@ -268,9 +268,12 @@ def decision_log_path(problem: object) -> Path:
 
 def open_session(
     problem: object, method: str = "ekfac", log_path: str | Path | None = None,
-    progress: Progress = silent, damping: float | None = None, **kwargs: object,
+    progress: Progress = silent, damping: float | None = None, fitted: Curvature | None = None,
+    **kwargs: object,
 ) -> AuditSession:
     """Fit `method`'s curvature on the base model and open (or create) its decision log.
+    `fitted`: a fit of the same method and config on the same model (the attribution index's
+    EK-FAC) to reuse with this damping instead of fitting again.
 
     damping: absolute lambda of H = G + lambda I, resolved by unlearning.newton_damping (None:
     1000 x the recipe's weight decay, 1e-3 when it has none, for every dataset and model: the
@@ -280,8 +283,11 @@ def open_session(
     task = ClassificationTask()
     damping = newton_damping(getattr(problem, "config", None), damping)
     cfg = CURVATURE_CONFIGS[method](damping=damping) if method != "identity" else None
-    curv = fit_curvature(method, TrackedModel(problem.model), task, problem.train, cfg,
-                         progress=progress)
+    if fitted is not None and fitted.name == method:  # the same fit, this damping
+        curv = fitted.rebased(TrackedModel(problem.model), damping)
+    else:
+        curv = fit_curvature(method, TrackedModel(problem.model), task, problem.train, cfg,
+                             progress=progress)
     log = DecisionLog(log_path or decision_log_path(problem), problem.train.labels,
                       problem.train.num_classes)
     return AuditSession(problem, curv, log, task, damping=damping, **kwargs)

@@ -104,11 +104,11 @@ def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch
 
     own = [snapshot_path(cfg, s) for s in steps]
     if indices is None and all(p.is_file() for p in own):
-        return [load_checkpoint(fresh(), p).eval() for p in own]
+        return [_loaded(fresh(), p) for p in own]
     folder = artifacts_root() / "suspects" / f"{config_hash(cfg)}-{tag}"
     paths = [folder / f"snapshot{k}.pt" for k in range(snapshots)]
     if all(p.is_file() for p in paths):
-        return [load_checkpoint(fresh(), p).eval() for p in paths]
+        return [_loaded(fresh(), p) for p in paths]
     if not train:  # only what is kept: nothing
         return []
     model, states = fresh(), {}
@@ -125,7 +125,29 @@ def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch
     for p, s in zip(paths, steps):
         torch.save(states[s], p.with_suffix(".tmp"))
         p.with_suffix(".tmp").replace(p)
-    return [load_checkpoint(fresh(), p).eval() for p in paths]
+    return [_loaded(fresh(), p) for p in paths]
+
+
+_LOGITS: dict[tuple[str, int], torch.Tensor] = {}  # per process: (checkpoint file, n) -> logits
+
+
+def _loaded(model: nn.Module, path) -> nn.Module:
+    model = load_checkpoint(model, path).eval()
+    model.checkpoint_file = str(path)  # snapshot_logits' key: the file, shared by the signals
+    return model
+
+
+def snapshot_logits(model: nn.Module, data: ImageDataset) -> torch.Tensor:
+    """predict_logits of a kept checkpoint on the training set, computed once per process:
+    the trajectory and dynamics signals share 4 of their checkpoints (T/8, T/4, T/2, T)."""
+    key = getattr(model, "checkpoint_file", None)
+    if key is None:
+        return predict_logits(model, data, batch_size=512)
+    if (key, len(data)) not in _LOGITS:
+        if len(_LOGITS) >= 32:
+            _LOGITS.clear()
+        _LOGITS[key, len(data)] = predict_logits(model, data, batch_size=512)
+    return _LOGITS[key, len(data)]
 
 
 def _describe(tag: str) -> str:
@@ -171,7 +193,7 @@ def training_dynamics(problem: Problem, points: int = 8, progress: Progress = si
                   else _cached_train(problem, f"even{points}", data, None, points, progress,
                                      even=True))
         _DYNAMICS.clear()  # one problem's at a time: (P, n) tensors
-        _DYNAMICS[key] = Dynamics.of(models, data)
+        _DYNAMICS[key] = Dynamics.of(models, data, snapshot_logits)
     return _DYNAMICS[key]
 
 
@@ -218,7 +240,8 @@ def cross_validated_self_influence(problem: Problem, folds: int = 5, progress: P
 
 
 def _loss(model: nn.Module, data: ImageDataset) -> torch.Tensor:
-    return nn.functional.cross_entropy(predict_logits(model, data), data.labels, reduction="none")
+    return nn.functional.cross_entropy(snapshot_logits(model, data), data.labels,
+                                       reduction="none")
 
 
 def _self_influence(model: nn.Module, data: ImageDataset, method: str = "ekfac") -> torch.Tensor:

@@ -7,6 +7,8 @@ IHVP of a layer-shaped V: Q_S [(Q_S^T V Q_A) / (Lambda + lambda)] Q_A^T.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..config import KFACConfig
@@ -27,6 +29,13 @@ class KFAC(Curvature):
         """`compute`: the dtype of self-influence's rotations (None: the factors' own)."""
         self.tracked, self.factors, self.compute = tracked, factors, compute
         self._bases: list[tuple[Rotation, torch.Tensor, torch.Tensor]] | None = None
+
+    def rebased(self, tracked: TrackedModel, damping: float) -> KFAC:
+        """The same factors on `tracked` (a model with the same layers and weights) with an
+        absolute `damping` for every layer: reuses a fit (e.g. the attribution index's) under
+        another damping rule."""
+        factors = [dataclasses.replace(f, damping=float(damping)) for f in self.factors]
+        return type(self)(tracked, factors, self.compute)
 
     @classmethod
     def fit(
