@@ -152,10 +152,10 @@ def mislabel(r: Reports) -> str:
                      f"`{best}` {num(rk[best]['curve']['0.10'], 3)}", mislabel_command(x)])
     head = (f"Fraction of the flipped labels (a tenth of the training set) found when "
             f"inspecting the top 10% / 20% of each ranking. Memorising = long training without "
-            f"weight decay (the network fits its flips). *default*: `{dev}`, the default when these "
-            "runs were made (ranks of the 5-fold out-of-sample loss and of the loss summed over "
-            "training checkpoints, averaged); today's default is chosen on the development split "
-            "of the next section.")
+            f"weight decay (the network fits its flips). *default*: `{dev}`, the default when "
+            "these runs were made (ranks of the 5-fold out-of-sample loss and of the loss summed "
+            "over training checkpoints, averaged); today's default is chosen on the development "
+            "split of the next section.")
     prose = ("These settings were used to choose the default ranking, so the table gives "
              "development numbers, not held-out ones. Plain self-influence (ours or "
              "Kronfluence's) loses badly once the network memorises its flips; in the regular "
