@@ -27,6 +27,7 @@ from .app_api import (
     train_predictions,
     train_probabilities,
 )
+from .app_rounds import Round, current_round, open_round_audit, retrain_reviewed, round_problem
 from .app_tables import (
     UploadError,
     current_label,
@@ -142,6 +143,7 @@ __all__ = [
     "Ranked",
     "Ranking",
     "ReviewCache",
+    "Round",
     "Task",
     "TooCostlyError",
     "TrackedModel",
@@ -161,6 +163,7 @@ __all__ = [
     "config_hash",
     "confine",
     "current_label",
+    "current_round",
     "decision_log_path",
     "decisions_frame",
     "default_data_root",
@@ -195,6 +198,7 @@ __all__ = [
     "next_suspect",
     "open_audit",
     "open_index",
+    "open_round_audit",
     "open_session",
     "open_suggester",
     "pairwise_influence",
@@ -214,9 +218,11 @@ __all__ = [
     "record_many",
     "record_rows",
     "refine",
+    "retrain_reviewed",
     "review_progress",
     "review_queue",
     "reviewed",
+    "round_problem",
     "run_lds",
     "run_quick",
     "self_influence",

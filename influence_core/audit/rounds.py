@@ -133,10 +133,12 @@ def round_model(problem: Problem, folder: Path) -> nn.Module:
 
 def round_problem(problem: Problem, rnd: Round | None) -> Problem:
     """The Problem of a round: its model, its training labels (all N examples, removed ones
-    included, so indices stay those of the log); the base problem for None."""
+    included, so indices stay those of the log); the base problem for None. Its meta names the
+    round's model.pt as its `checkpoint`: it is not the recipe's own run, so nothing reads that
+    run's cached trajectories or cross-validations for it."""
     if rnd is None:
         return problem
-    meta = {**problem.meta, "round": rnd.number, "round_folder": str(rnd.folder),
+    meta = {**problem.meta, "round": rnd.number, "checkpoint": str(rnd.folder / "model.pt"),
             "test_accuracy": rnd.meta["test_accuracy"]}
     return dataclasses.replace(problem, model=round_model(problem, rnd.folder),
                                train=problem.train.with_labels(rnd.labels), meta=meta)
