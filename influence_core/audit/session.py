@@ -34,7 +34,7 @@ from ..curvature.task import ClassificationTask, Task
 from ..data.datasets import ImageDataset, subset
 from ..memo import FutureCache
 from ..progress import Progress, silent
-from .store import REMOVED, Decision, DecisionLog
+from .store import REMOVED, Decision, DecisionLog, edits
 from .unlearning import newton_damping, newton_step, rebind, refine, updated_model
 
 CACHE_SIZE = 8
@@ -136,11 +136,12 @@ class AuditSession:
         return self.log.undo(decision_id, annotator, self.log.version(), self.ranking)
 
     # -- the model -------------------------------------------------------------------------
-    def edits(self) -> tuple[list[int], dict[int, int]]:
-        """(removed indices, {index: new label}) from the active decisions, relative to the
-        labels the model was trained on; examples outside its training set (`excluded`) wait
-        for the next retrain."""
-        e = self.log.edits()  # relative to the log's (base) labels
+    def edits(self, version: int | None = None) -> tuple[list[int], dict[int, int]]:
+        """(removed indices, {index: new label}) from the active decisions (with id <= version;
+        None: all), relative to the labels the model was trained on; examples outside its
+        training set (`excluded`) wait for the next retrain."""
+        rows = [d for d in self.log.decisions() if version is None or d.id <= version]
+        e = edits(rows, self.log.labels)  # relative to the log's (base) labels
         remove, relabel = [], {}
         for i in sorted((set(e) | self._retrained) - self.excluded):
             target = e.get(i, self.log.labels[i])
