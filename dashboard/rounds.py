@@ -23,8 +23,9 @@ def retrain_ui(sel: Selection, ws: Workspace) -> None:
     """The button, and the retrain job while it is requested; a finished retrain reruns the
     page, which opens the new round."""
     version = ws.session.log.version()
+    trained_on = ws.problem.meta.get("log_version", 0)  # the log version of the round's model
     st.button("Retrain on reviewed labels", on_click=state.request, args=(state.RETRAIN,),
-              disabled=bool(sel.checkpoint) or version == 0, help=HELP, key="retrain")
+              disabled=bool(sel.checkpoint) or version <= trained_on, help=HELP, key="retrain")
     if not state.requested(state.RETRAIN):
         return
     base = state.get_problem(sel.dataset, sel.model, sel.data_root, sel.checkpoint)

@@ -60,7 +60,7 @@ def test_retrain_opens_round_two_without_the_reviewed_and_keeps_the_log(review: 
     before = _rows(tmp_path / "home")
     at = at.button(key="retrain").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert "round 2" in _progress(at)
+    assert "round 2" in _progress(at) and at.button(key="retrain").disabled  # nothing new
     assert _rows(tmp_path / "home") == before  # the retrain only read the log
     assert _suspect(at) not in decided
     [folder] = (tmp_path / "home").glob("models/*/rounds/*/2")
@@ -70,3 +70,4 @@ def test_retrain_opens_round_two_without_the_reviewed_and_keeps_the_log(review: 
     assert not at.exception and "round 2" in _progress(at)
     rows = _rows(tmp_path / "home")
     assert rows[:len(before)] == before and rows[-1][1:3] == (third, "remove")
+    assert not at.button(key="retrain").disabled  # a round-2 decision: round 3 can be trained

@@ -111,6 +111,7 @@ def test_the_round_queue_leaves_out_reviewed_and_removed_examples(problem, log, 
     assert session.edits() == ([i], {again: new})
     state = session.state()
     assert not set(state.suspects.tolist()) & {i} and state.removed[i]
+    assert torch.equal(state.removed & ~rnd.removed, torch.arange(len(state.removed)) == i)
     assert round_problem(problem, rnd).meta["round"] == 2
 
 

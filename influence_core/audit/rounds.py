@@ -20,8 +20,10 @@ absolute): a retrain only reads it (the round's log_version is the newest id it 
 is lost or rewritten, and the edited training set of any round is a replay of the log up to that
 round's log_version. A round's session (audit.session, `round_of`) applies as its Newton step only
 the edits made since: an example relabelled again moves from the round's label to the new one;
-an example removed in an earlier round is outside the round's model, and a later decision on it
-(an undo of the removal) takes effect at the next retrain.
+an example removed in an earlier round is outside the round's model (its state marks it
+removed), and a later decision on it (an undo of the removal) takes effect at the next retrain.
+Approximation: the round session fits its curvature, and the Newton step counts n, over all N
+examples, those removed in earlier rounds included (they are at most the reviewed budget).
 
 The round queue is the round model's own EK-FAC self-influence (the index computes it; the
 default ranking's extra trainings are keyed by the recipe, not by the labels), over the examples
@@ -139,7 +141,7 @@ def round_problem(problem: Problem, rnd: Round | None) -> Problem:
     if rnd is None:
         return problem
     meta = {**problem.meta, "round": rnd.number, "checkpoint": str(rnd.folder / "model.pt"),
-            "test_accuracy": rnd.meta["test_accuracy"]}
+            "log_version": rnd.log_version, "test_accuracy": rnd.meta["test_accuracy"]}
     return dataclasses.replace(problem, model=round_model(problem, rnd.folder),
                                train=problem.train.with_labels(rnd.labels), meta=meta)
 

@@ -53,7 +53,7 @@ class AuditState:
     model: nn.Module  # base + Newton step, eval mode
     delta: torch.Tensor  # (p,) theta - theta_base on the tracked layers
     labels: torch.Tensor  # (N,) current training labels (removed points keep theirs)
-    removed: torch.Tensor  # (N,) bool
+    removed: torch.Tensor  # (N,) bool: out of the model's training set (earlier rounds too)
     test: ImageDataset  # the test split (test_logits is computed on first use)
     suspects: torch.Tensor  # (k,) remaining suspects, most suspect first (prior, else self-infl.)
     suspect_scores: torch.Tensor  # (k,) their self-influence under the updated model
@@ -183,7 +183,7 @@ class AuditSession:
         for i, y in relabel.items():
             labels[i] = y
         removed = torch.zeros(len(labels), dtype=torch.bool)
-        removed[torch.tensor(remove, dtype=torch.long)] = True
+        removed[torch.tensor(remove + sorted(self.excluded), dtype=torch.long)] = True
         curv, notes = rebind(self.curvature, model), APPROXIMATIONS
         if full_refresh:
             start = time.perf_counter()
