@@ -71,3 +71,11 @@ def test_retrain_opens_round_two_without_the_reviewed_and_keeps_the_log(review: 
     rows = _rows(tmp_path / "home")
     assert rows[:len(before)] == before and rows[-1][1:3] == (third, "remove")
     assert not at.button(key="retrain").disabled  # a round-2 decision: round 3 can be trained
+    st.cache_resource.clear()  # a restart: nothing in memory, the round is read from disk
+    st.cache_data.clear()
+    again = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT_S)
+    again.query_params.update({"ranking": "loss", "annotator": "ann"})
+    again.switch_page("views/review.py")
+    again = again.run()
+    assert not again.exception and "round 2" in _progress(again)
+    assert _suspect(again) not in [*decided, third]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
 
 from influence_core.cli.main import main
 from influence_core.evaluation.cleaning_rounds import QUEUES
 
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 BUDGET, ROUNDS = 0.01, 2  # 14 decisions per round on digits' 1437 training images
 GAP_TOL = 1e-9
 
@@ -17,10 +21,10 @@ GAP_TOL = 1e-9
 def test_evaluate_rounds_writes_a_consistent_report(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFLUENCE_AUDIT_HOME", str(tmp_path / "home"))
-    out = tmp_path / "reports"
+    out = tmp_path / "home" / "reports"  # the default folder, which the Evaluate page reads
     argv = ["evaluate", "rounds", "--dataset", "digits", "--model", "mlp", "--noise", "0.1",
             "--noise-kind", "pair", "--budget", str(BUDGET), "--rounds", str(ROUNDS),
-            "--seeds", "0", "--out", str(out)]
+            "--seeds", "0"]
     assert main(argv) == 0
     result = json.loads((out / "rounds_digits_mlp_pair.json").read_text())
     assert (out / "rounds_digits_mlp_pair.md").is_file()
@@ -45,3 +49,15 @@ def test_evaluate_rounds_writes_a_consistent_report(tmp_path: Path,
         "flips_fixed"]  # a ranking beats chance at 1% inspected
     assert main(argv) == 0  # resumed: every training and decision is reused
     assert json.loads((out / "rounds_digits_mlp_pair.json").read_text())["seeds"] == [seed]
+    # The Evaluate page draws it (its figure and its table)
+    monkeypatch.setenv("INFLUENCE_AUDIT_ALLOWED_ROOTS", os.pathsep.join([str(Path.cwd()),
+                                                                        str(tmp_path)]))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.switch_page("views/evaluate.py")
+    at = at.run()
+    assert not at.exception
+    assert any("rounds_digits_mlp_pair" in md.value for md in at.markdown)
+    st.cache_resource.clear()
+    st.cache_data.clear()

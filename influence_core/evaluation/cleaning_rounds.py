@@ -201,6 +201,10 @@ def rounds_markdown(result: dict) -> str:
              f"differ on {_num(refs['clean_disagreement'])} of the {refs['num_test']:.0f} test "
              f"images (one image: {_num(1 / refs['num_test'])} of accuracy). Gap closed = "
              "(accuracy - noisy) / (clean - noisy), per seed, then averaged.", "",
+             "Queues: influence = EK-FAC self-influence of each round's model (the app's round "
+             "queue), cleanlab = cleanlab's ranking of 5-fold out-of-sample probabilities on the "
+             "round's labels, random = a seeded order; each leaves out what was reviewed. The "
+             "annotator relabels flipped examples to their true label and keeps the rest.", "",
              "| queue | round | flips fixed | flips left | acc. Newton step | acc. retrained | "
              "gap closed (Newton) | gap closed (retrained) |", "|---" * 8 + "|"]
     for queue, rows in result["summary"].items():
