@@ -167,3 +167,18 @@ def test_a_sigkill_before_the_rename_leaves_no_round_and_a_rerun_completes(probl
     assert list_rounds(root) == []  # ... and unused round
     rnd = retrain_round(problem, log, root)
     assert rnd.number == 2 and list(root.glob(".tmp-*")) == []  # the stale folder is gone
+
+
+def test_the_retrain_command_trains_the_next_round_of_a_log(problem, log, capsys) -> None:
+    from influence_core.audit.rounds import rounds_root
+    from influence_core.cli.main import main
+
+    argv = ["retrain", "--dataset", "digits", "--model", "mlp", "--noise", "0.1",
+            "--noise-kind", "pair", "--log", str(log.path)]
+    try:
+        assert main(argv) == 0
+        [rnd] = list_rounds(rounds_root(problem, log))
+        assert str(rnd.folder) in capsys.readouterr().out and rnd.log_version == log.version()
+        assert main([*argv[:-1], str(log.path.with_name("absent.db"))]) == 2  # no log
+    finally:
+        torch.set_flush_denormal(False)  # main's tune_runtime: process-wide, undone for others
