@@ -36,11 +36,7 @@ def current_round(problem: Problem) -> Round | None:
     base model (no round yet, or a user's own checkpoint: it has no recipe run to repeat)."""
     if problem.meta.get("checkpoint"):
         return None
-    log = _log(problem)
-    try:
-        done = list_rounds(rounds_root(problem, log))
-    finally:
-        log.close()
+    done = list_rounds(rounds_root(problem, decision_log_path(problem)))
     return done[-1] if done else None
 
 

@@ -73,9 +73,10 @@ class Round:
     meta: dict
 
 
-def rounds_root(problem: Problem, log: DecisionLog) -> Path:
-    """<checkpoint folder>/rounds/<log stem>: where `log`'s rounds of problem's model live."""
-    return checkpoint_dir(problem.config) / "rounds" / log.path.stem
+def rounds_root(problem: Problem, log_path: Path) -> Path:
+    """<checkpoint folder>/rounds/<log stem>: where the rounds of problem's model that the log
+    at `log_path` records live."""
+    return checkpoint_dir(problem.config) / "rounds" / Path(log_path).stem
 
 
 def list_rounds(root: Path) -> list[Round]:
@@ -178,7 +179,7 @@ def retrain_round(problem: Problem, log: DecisionLog, root: Path | None = None,
     is no recipe run to repeat)."""
     if problem.meta.get("checkpoint"):
         raise ValueError("retraining needs the recipe's own model, not a loaded checkpoint")
-    root = Path(root) if root is not None else rounds_root(problem, log)
+    root = Path(root) if root is not None else rounds_root(problem, log.path)
     version = log.version()  # every later read stops here: decisions made meanwhile wait
     done = list_rounds(root)
     if done and done[-1].log_version >= version:
