@@ -190,7 +190,7 @@ def retrain_round(problem: Problem, log: DecisionLog, root: Path | None = None,
     number, parent = (done[-1].number + 1, done[-1].number) if done else (2, BASE_ROUND)
     labels, removed = labels_at(log, version)
     model, test_accuracy = _train(problem, labels, removed, progress)
-    rnd = problem_of(problem, model, labels)
+    rnd = _with_model(problem, model, labels)
     index = precompute(rnd, "ekfac", EKFACConfig(), IndexConfig(), progress=progress)
     self_inf = np.load(index / "self_influence.npy", mmap_mode="r")
     queue = round_queue(torch.from_numpy(np.array(self_inf)),
@@ -203,7 +203,7 @@ def retrain_round(problem: Problem, log: DecisionLog, root: Path | None = None,
                    meta)
 
 
-def problem_of(problem: Problem, model: nn.Module, labels: torch.Tensor) -> Problem:
+def _with_model(problem: Problem, model: nn.Module, labels: torch.Tensor) -> Problem:
     return dataclasses.replace(problem, model=model, train=problem.train.with_labels(labels))
 
 
@@ -258,12 +258,13 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _remove_stale(root: Path) -> None:
-    """Delete temporary folders of retrains whose process is gone (killed mid-round)."""
+    """Delete temporary folders of retrains whose process is gone (killed mid-round); this
+    process's own are another thread's retrain in progress (its `finally` removes them)."""
     if not root.is_dir():
         return
     for tmp in root.glob(".tmp-*"):
         pid = int(tmp.name.split("-")[2])
-        if pid == os.getpid() or not _alive(pid):
+        if pid != os.getpid() and not _alive(pid):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
