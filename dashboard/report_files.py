@@ -9,7 +9,7 @@ from pathlib import Path
 from influence_core import artifacts_root, load_reports
 
 SHIPPED_REPORTS = Path(__file__).resolve().parents[1] / "docs" / "reports"
-REPORT_KINDS = ("lds_", "mislabel_", "unlearning_", "quick_")
+REPORT_KINDS = ("lds_", "mislabel_", "unlearning_", "quick_", "rounds_")
 
 
 def reports_folder() -> Path:

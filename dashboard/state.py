@@ -27,6 +27,7 @@ from influence_core import (
     Progress,
     TooCostlyError,
     check_estimator,
+    current_round,
     default_data_root,
     example_table,
     explain_image,
@@ -41,6 +42,7 @@ from influence_core import (
     record_rows,
     review_queue,
     reviewed,
+    round_problem,
     run_quick,
     self_influence_values,
     train_predictions,
@@ -78,27 +80,29 @@ def _job(key: tuple, _target: Callable[[Progress], object], _text: str) -> Job:
     return Job(_target, _text)  # key: ("what", *what it is a function of)
 
 
-def _run(key: tuple, target: Callable[[Progress], object], text: str) -> object:
-    """Start or join the job of `key`, drawing its progress until it ends; forget it on failure."""
+def run_job(key: tuple, target: Callable[[Progress], object], text: str) -> object:
+    """Start or join the job of `key` (what it is a function of), drawing its progress until it
+    ends; forget it on failure. A finished job stays cached: its key's next call returns it."""
     return wait(_job(key, target, text), lambda: _job.clear(key))
 
 
 def get_problem(dataset: str, model: str, data_root: str, checkpoint: str = "") -> Problem:
     """The trained model and both splits, shared by all sessions. Trains (st.progress) when no
     checkpoint exists. Raises one of INPUT_ERRORS (and forgets the failure)."""
-    return _run(("problem", dataset, model, data_root, checkpoint), lambda p: load_problem(
+    return run_job(("problem", dataset, model, data_root, checkpoint), lambda p: load_problem(
         recipe(dataset, model), data_root, checkpoint or None, p), f"Loading {dataset}/{model}")
 
 
 def workspace(sel: Selection, ranking: str = DEFAULT_RANKING) -> Workspace:
-    """The Setup step: the index (precomputed with st.progress when missing), then the session
-    whose queue `ranking` orders (extra trainings with st.progress); all share the index and log."""
+    """The Setup step for the newest cleaning round: the index (precomputed with st.progress when
+    missing), then the session whose queue `ranking` orders (extra trainings with st.progress)."""
     problem = get_problem(sel.dataset, sel.model, sel.data_root, sel.checkpoint)
     check_estimator(problem, sel.method)  # TooCostlyError before any fit for a too-large model
-    attr = _run(("attribution", *sel.problem_key), lambda p: open_attribution(problem, p),
-                "Setup: precomputing the attribution index")
-    return _run(("workspace", *sel.key, ranking), lambda p: open_workspace(
-        sel, problem, attr, ranking, p), f"Setup: the {ranking} suspect ranking")
+    n = rnd.number if (rnd := current_round(problem)) else 1  # the newest cleaning round
+    attr = run_job(("attribution", *sel.problem_key, n), lambda p: open_attribution(
+        round_problem(problem, rnd), p), "Setup: precomputing the attribution index")
+    return run_job(("workspace", *sel.key, ranking, n), lambda p: open_workspace(
+        sel, problem, attr, ranking, p, rnd), f"Setup: the {ranking} suspect ranking")
 
 
 def workspace_or_stop(sel: Selection, ranking: str | None = None) -> Workspace:
@@ -187,16 +191,12 @@ def relabel_key(i: int) -> str:
     return f"relabel_to_{i}"
 
 
-def chosen_label(i: int, default: int) -> int:
-    return int(st.session_state.get(relabel_key(i), default))
-
-
 def decide(ws: Workspace, action: str, i: int, version: int, annotator: str) -> None:
     """on_click: append the decision to the durable log (committed before this returns), then
     drop the review position so the next unreviewed suspect of the re-ranked queue shows."""
     label = None
-    if action == "relabel":  # the card's choice; its widget state can be missing after a
-        label = chosen_label(i, ws.cache.suggested(audit_state(ws), i))  # then the suggestion
+    if action == "relabel":  # the card's choice (missing after a fragment run: the suggestion)
+        label = int(st.session_state.get(relabel_key(i), ws.cache.suggested(audit_state(ws), i)))
     refused = record_decision(ws.session, i, action, label, annotator, version,
                               ws.session.ranking)
     if refused is None:  # else, e.g. another annotator removed it meanwhile: say so, go on
@@ -271,12 +271,13 @@ def self_influence_rank(key: tuple, _ws: Workspace) -> np.ndarray:
 
 
 # ---- Evaluate --------------------------------------------------------------------------------
-QUICK, IHVP = "quick_requested", "ihvp_requested"  # what Evaluate's buttons ask to compute
+# What Evaluate's buttons (QUICK, IHVP) and Review's "Retrain on reviewed labels" ask for
+QUICK, IHVP, RETRAIN = "quick_requested", "ihvp_requested", "retrain_requested"
 
 
-def request(flag: str) -> None:
-    """on_click: ask for an on-demand computation (QUICK, IHVP) on this and later runs."""
-    st.session_state[flag] = True
+def request(flag: str, value: bool = True) -> None:
+    """on_click: ask for an on-demand computation on this and later runs (False: done)."""
+    st.session_state[flag] = value
 
 
 def requested(flag: str) -> bool:
@@ -295,7 +296,7 @@ def run_quick_evaluation(data_root: str) -> None:
     folder = report_files.reports_folder()
     key = ("quick", str(folder), data_root)
     try:
-        _run(key, lambda p: run_quick(folder, data_root or None, p),
+        run_job(key, lambda p: run_quick(folder, data_root or None, p),
              "Quick evaluation of digits/mlp")
     finally:
         _job.clear(key)

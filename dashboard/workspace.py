@@ -13,8 +13,10 @@ from influence_core import (
     Problem,
     Progress,
     ReviewCache,
+    Round,
     open_audit,
     open_index,
+    open_round_audit,
     open_suggester,
     query_vectors,
 )
@@ -58,7 +60,7 @@ class Workspace:
     """One problem's attribution index and the audit session whose queue one suspect ranking
     orders (shared by every browser session)."""
 
-    key: tuple  # Selection.key + (ranking,)
+    key: tuple  # Selection.key + (ranking, round number: 1 for the recipe's own model)
     problem: Problem
     index: AttributionIndex
     session: AuditSession
@@ -75,12 +77,18 @@ def open_attribution(problem: Problem, progress: Progress) -> Attribution:
 
 
 def open_workspace(sel: Selection, problem: Problem, attribution: Attribution, ranking: str,
-                   progress: Progress) -> Workspace:
+                   progress: Progress, rnd: Round | None = None) -> Workspace:
     """The Setup step's second part: the audit session whose queue `ranking` (a RANKINGS key)
-    orders; its suspect scores may need extra trainings (reported through `progress`, cached)."""
+    orders; its suspect scores may need extra trainings (reported through `progress`, cached).
+    In a cleaning round `rnd` (problem: the base one; attribution: the round model's index) the
+    round's own queue orders it, and the workspace holds the round's problem."""
     index = attribution.index
-    session = open_audit(problem, index, sel.method, sel.damping, progress=progress,
-                         ranking=ranking)
-    return Workspace((*sel.key, ranking), problem, index, session, attribution.queries,
-                     ReviewCache(session, index, TOP_K,
-                                 suggester=open_suggester(problem, session.ranking)))
+    if rnd is None:
+        session = open_audit(problem, index, sel.method, sel.damping, progress=progress,
+                             ranking=ranking)
+    else:
+        session = open_round_audit(problem, rnd, index, sel.method, sel.damping, progress)
+    number = 1 if rnd is None else rnd.number
+    return Workspace((*sel.key, ranking, number), session.problem, index, session,
+                     attribution.queries, ReviewCache(session, index, TOP_K, suggester=(
+                         open_suggester(session.problem, session.ranking))))

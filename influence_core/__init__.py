@@ -28,6 +28,7 @@ from .app_api import (
     train_predictions,
     train_probabilities,
 )
+from .app_rounds import Round, current_round, open_round_audit, retrain_reviewed, round_problem
 from .app_tables import (
     current_label,
     decisions_frame,
@@ -144,6 +145,7 @@ __all__ = [
     "Ranked",
     "Ranking",
     "ReviewCache",
+    "Round",
     "Task",
     "TooCostlyError",
     "TrackedModel",
@@ -163,6 +165,7 @@ __all__ = [
     "config_hash",
     "confine",
     "current_label",
+    "current_round",
     "damping_refusal",
     "decision_log_path",
     "decisions_frame",
@@ -197,6 +200,7 @@ __all__ = [
     "next_suspect",
     "open_audit",
     "open_index",
+    "open_round_audit",
     "open_session",
     "open_suggester",
     "pairwise_influence",
@@ -216,9 +220,11 @@ __all__ = [
     "record_many",
     "record_rows",
     "refine",
+    "retrain_reviewed",
     "review_progress",
     "review_queue",
     "reviewed",
+    "round_problem",
     "run_lds",
     "run_quick",
     "self_influence",

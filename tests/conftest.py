@@ -11,6 +11,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+
+@pytest.fixture(autouse=True)
+def _denormals_restored() -> None:
+    """main() (and tune_runtime) flush denormal floats to zero for the whole process; undo it
+    after each test, so a later test (hypothesis's float strategies refuse to run under it)
+    sees the default."""
+    yield
+    import torch
+
+    torch.set_flush_denormal(False)
+
+
 # ---- data, artifacts, network, images ------------------------------------------------------
 
 

@@ -57,6 +57,12 @@ st.caption("KL ratio: KL(untouched ‖ retrained) / KL(model ‖ retrained) on t
            "noise floor is a second retraining with another seed: no method can be measurably "
            "closer than that.")
 
+st.subheader("Cleaning rounds")
+st.caption("A simulated annotator who knows the true labels reviews a budget per round along "
+           "each queue; test accuracy after each retrain, against the clean-label model.")
+if not widgets.report_figures(reports, ("rounds_",), "accuracy"):  # none ship: a hint only
+    st.caption(f"Run `{CLI} evaluate rounds {problem_args} --noise 0.1` to make one.")
+
 st.subheader("IHVP error against the exact solve")
 ws = state.workspace_or_stop(sel)
 if state.requested(state.IHVP):

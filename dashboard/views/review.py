@@ -5,7 +5,7 @@ version) and the queue re-ranks."""
 
 import streamlit as st
 
-from dashboard import frames, images, state, tiles, widgets
+from dashboard import frames, images, rounds, state, tiles, widgets
 from influence_core import (
     DEFAULT_RANKING,
     RANKINGS,
@@ -25,7 +25,8 @@ ranking = widgets.ranking_ui({k: r.help for k, r in RANKINGS.items()}, DEFAULT_R
 ws = state.workspace_or_stop(sel, ranking)
 if ws.session.ranking != ranking:
     st.info(f"{widgets.ranking_name(ranking)} is not computed for this training set (too large, "
-            f"or a subset): the queue is ordered by {widgets.ranking_name(ws.session.ranking)}.")
+            f"a subset, or a retrained round): the queue is ordered by "
+            f"{widgets.ranking_name(ws.session.ranking)}.")
 audit = state.audit_state(ws)
 version, names = audit.version, ws.problem.train.class_names
 frame = state.queue(ws.key, version, ws)
@@ -34,7 +35,9 @@ label, differs = widgets.queue_filter_ui(names, (state.QUEUE_LABEL, state.QUEUE_
 rows = frames.filter_queue(frame, label, differs)
 done, total = review_progress(ws.session)
 st.progress(min(done / max(total, 1), 1.0),
-            text=f"{done} reviewed / {total} in queue · model version {version}")
+            text=f"{done} reviewed / {total} in queue · round {rounds.round_number(ws)} · "
+                 f"model version {version}")
+rounds.retrain_ui(sel, ws)
 current = state.current_suspect(rows)
 if message := state.notice():
     st.warning(message)

@@ -35,7 +35,7 @@ from ..curvature.task import ClassificationTask, Task
 from ..data.datasets import ImageDataset, subset
 from ..memo import FutureCache
 from ..progress import Progress, silent
-from .store import REMOVED, Decision, DecisionLog, Request
+from .store import REMOVED, Decision, DecisionLog, Request, edits
 from .unlearning import newton_damping, newton_step, rebind, refine, updated_model
 
 CACHE_SIZE = 8
@@ -54,7 +54,7 @@ class AuditState:
     model: nn.Module  # base + Newton step, eval mode
     delta: torch.Tensor  # (p,) theta - theta_base on the tracked layers
     labels: torch.Tensor  # (N,) current training labels (removed points keep theirs)
-    removed: torch.Tensor  # (N,) bool
+    removed: torch.Tensor  # (N,) bool: out of the model's training set (earlier rounds too)
     test: ImageDataset  # the test split (test_logits is computed on first use)
     suspects: torch.Tensor  # (k,) remaining suspects, most suspect first (prior, else self-infl.)
     suspect_scores: torch.Tensor  # (k,) their self-influence under the updated model
@@ -95,7 +95,10 @@ class AuditSession:
     unlearning.newton_step. `prior` (N,), when given, orders the queue (a stronger suspect
     ranking such as suspects.suspect_scores); otherwise the refreshed self-influence does.
     `ranking` names that order (a suspects.RANKINGS key, "" when unnamed); every decision and
-    undo made through the session records it.
+    undo made through the session records it. In a later cleaning round (audit.rounds) the
+    problem's model was retrained on `problem.train.labels` without the `excluded` (N,) bool
+    examples, while the log's labels stay the base ones: the Newton step applies only the edits
+    that differ from what the round was trained on (see `edits`).
 
     States are cached by their edit set, thread-safely: `state_for` may run in a background
     thread (app_api.ReviewCache computes the likely next states while an annotator looks at a
@@ -105,7 +108,7 @@ class AuditSession:
         self, problem: object, curvature: Curvature, log: DecisionLog, task: Task | None = None,
         suspects: torch.Tensor | None = None, refine_steps: int = 0,
         weight_decay: float | None = None, prior: torch.Tensor | None = None, ranking: str = "",
-        damping: float | None = None,
+        damping: float | None = None, excluded: torch.Tensor | None = None,
     ) -> None:
         self.problem, self.curvature, self.log = problem, curvature, log
         self.task = task or ClassificationTask()
@@ -120,6 +123,10 @@ class AuditSession:
         self.weight_decay = weight_decay if weight_decay is not None else getattr(
             config, "weight_decay", 0.0)
         self._cache = FutureCache(CACHE_SIZE)
+        self.excluded = set() if excluded is None else set(torch.nonzero(
+            torch.as_tensor(excluded))[:, 0].tolist())
+        base = torch.as_tensor(log.labels)
+        self._retrained = set(torch.nonzero(base != self.train.labels)[:, 0].tolist())
 
     # -- decisions (committed before they return) ------------------------------------------
     def record(self, index: int, action: str, label: int | None = None,
@@ -159,11 +166,20 @@ class AuditSession:
             raise ValueError(non_finite_message(self.damping))
 
     # -- the model -------------------------------------------------------------------------
-    def edits(self) -> tuple[list[int], dict[int, int]]:
-        """(removed indices, {index: new label}) from the active decisions."""
-        e = self.log.edits()
-        return sorted(i for i, y in e.items() if y is REMOVED), \
-            {i: y for i, y in sorted(e.items()) if y is not REMOVED}
+    def edits(self, version: int | None = None) -> tuple[list[int], dict[int, int]]:
+        """(removed indices, {index: new label}) from the active decisions (with id <= version;
+        None: all), relative to the labels the model was trained on; examples outside its
+        training set (`excluded`) wait for the next retrain."""
+        rows = [d for d in self.log.decisions() if version is None or d.id <= version]
+        e = edits(rows, self.log.labels)  # relative to the log's (base) labels
+        remove, relabel = [], {}
+        for i in sorted((set(e) | self._retrained) - self.excluded):
+            target = e.get(i, self.log.labels[i])
+            if target is REMOVED:
+                remove.append(i)
+            elif target != int(self.train.labels[i]):
+                relabel[i] = target
+        return remove, relabel
 
     def state(self, full_refresh: bool = False) -> AuditState:
         """The current model and its refreshed predictions / suspects (cached by edits)."""
@@ -197,7 +213,7 @@ class AuditSession:
         for i, y in relabel.items():
             labels[i] = y
         removed = torch.zeros(len(labels), dtype=torch.bool)
-        removed[torch.tensor(remove, dtype=torch.long)] = True
+        removed[torch.tensor(remove + sorted(self.excluded), dtype=torch.long)] = True
         curv, notes = rebind(self.curvature, model), APPROXIMATIONS
         if full_refresh:
             start = time.perf_counter()
@@ -269,7 +285,7 @@ def decision_log_path(problem: object) -> Path:
 def open_session(
     problem: object, method: str = "ekfac", log_path: str | Path | None = None,
     progress: Progress = silent, damping: float | None = None, fitted: Curvature | None = None,
-    **kwargs: object,
+    log_labels: torch.Tensor | None = None, **kwargs: object,
 ) -> AuditSession:
     """Fit `method`'s curvature on the base model and open (or create) its decision log.
     `fitted`: a fit of the same method and config on the same model (the attribution index's
@@ -279,7 +295,9 @@ def open_session(
     1000 x the recipe's weight decay, 1e-3 when it has none, for every dataset and model: the
     multiple verify-unlearning's calibration chose on held-out removal sets of digits/mlp
     only). lambda = weight decay alone (the objective's own curvature) makes the step 14x worse
-    than doing nothing there (unlearning.py). The identity method has no damping."""
+    than doing nothing there (unlearning.py). The identity method has no damping.
+    `log_labels`: the labels the log was created for, when the problem's differ (a later
+    cleaning round: the base labels)."""
     task = ClassificationTask()
     damping = newton_damping(getattr(problem, "config", None), damping)
     cfg = CURVATURE_CONFIGS[method](damping=damping) if method != "identity" else None
@@ -288,6 +306,7 @@ def open_session(
     else:
         curv = fit_curvature(method, TrackedModel(problem.model), task, problem.train, cfg,
                              progress=progress)
-    log = DecisionLog(log_path or decision_log_path(problem), problem.train.labels,
+    log = DecisionLog(log_path or decision_log_path(problem),
+                      problem.train.labels if log_labels is None else log_labels,
                       problem.train.num_classes)
     return AuditSession(problem, curv, log, task, damping=damping, **kwargs)

@@ -28,6 +28,8 @@ def add_problem_args(p: argparse.ArgumentParser) -> None:
     """The data arguments plus the recipe's overrides and a user's checkpoint."""
     add_data_args(p)
     p.add_argument("--noise", type=float, default=None, help="fraction of labels to flip")
+    p.add_argument("--noise-kind", default=None, choices=("uniform", "pair", "instance"),
+                   help="which labels --noise flips and to what (default uniform)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
@@ -39,7 +41,7 @@ def problem_from_args(args: argparse.Namespace):
     from ..data.registry import load_problem
 
     cfg = recipe(args.dataset, args.model, noise=args.noise, seed=args.seed, epochs=args.epochs,
-                 weight_decay=args.weight_decay)
+                 weight_decay=args.weight_decay, noise_kind=getattr(args, "noise_kind", None))
     return load_problem(cfg, args.data_root, args.checkpoint, tqdm_progress())
 
 

@@ -18,7 +18,8 @@ from .args import add_data_args
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", choices=["mislabel", "suspects", "lds", "unlearning", "quick"])
+    p.add_argument("experiment",
+                   choices=["mislabel", "suspects", "lds", "unlearning", "quick", "rounds"])
     add_data_args(p, described=False)
     p.add_argument("--out", default=None,
                    help="report folder (default $INFLUENCE_AUDIT_HOME/reports)")
@@ -42,6 +43,10 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                    help="training epochs (mislabel; lds: of the full model and every subset model)")
     g.add_argument("--snapshots", type=int, default=5, help="checkpoints for summed signals")
     g.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    g = p.add_argument_group("rounds (a simulated annotator over cleaning rounds)")
+    g.add_argument("--budget", type=float, default=0.1, help="decisions per round / N")
+    g.add_argument("--rounds", type=int, default=2, help="review-and-retrain rounds")
+    g.add_argument("--seeds", default="0,1", help="noise draws and training seeds")
     g = p.add_argument_group("lds")
     g.add_argument("--subsets", type=int, default=100)
     g.add_argument("--alpha", type=float, default=0.5)
@@ -110,6 +115,23 @@ def _lds(args: argparse.Namespace, out: Path, progress, kron: bool) -> int:
     return 0
 
 
+def _rounds(args: argparse.Namespace, out: Path, progress) -> int:
+    import sys
+
+    from ..evaluation.cleaning_rounds import rounds_markdown, run_rounds_report
+
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    if not 0 < args.budget < 1 or args.rounds < 1 or not seeds:
+        raise ValueError("rounds needs 0 < --budget < 1, --rounds >= 1 and at least one seed")
+    command = "python -m influence_core " + " ".join(sys.argv[1:])
+    path, result = run_rounds_report(args.dataset, args.model, args.noise, args.noise_kind,
+                                     args.budget, args.rounds, seeds, out, args.data_root,
+                                     progress, command)
+    print(rounds_markdown(result))
+    print(f"report: {path}")
+    return 0
+
+
 def _cmd(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else artifacts_root() / "reports"
     progress, kron = tqdm_progress(), not args.no_kronfluence
@@ -125,10 +147,13 @@ def _cmd(args: argparse.Namespace) -> int:
         return 0
     if args.experiment == "mislabel":
         return _mislabel(args, out, progress, kron)
+    if args.experiment == "rounds":
+        return _rounds(args, out, progress)
     if args.experiment == "suspects":
         return _suspects(args, out, progress, kron)
     return _lds(args, out, progress, kron)
 
 
 COMMANDS = {"evaluate": (_cmd, _add_args,
-                         "evaluate: LDS and mislabel-detection reports (JSON, Markdown, plotly)")}
+                         "evaluate: LDS, mislabel-detection and cleaning-round reports "
+                         "(JSON, Markdown, plotly)")}

@@ -9,13 +9,14 @@ import sys
 
 from ..optional import MissingExtra
 from ..runtime import tune_runtime
-from . import bench, evaluate, problem, report, unlearn
+from . import bench, evaluate, problem, report, rounds, unlearn
 
 COMMANDS = {  # in the order `-h` lists them
     **problem.COMMANDS,  # train, precompute, query
     **bench.COMMANDS,
     **evaluate.COMMANDS,
     **unlearn.COMMANDS,  # unlearn, backup, verify-unlearning
+    **rounds.COMMANDS,  # retrain
     **report.COMMANDS,
 }
 

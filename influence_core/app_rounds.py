@@ -1,0 +1,61 @@
+"""Cleaning rounds for the app and the CLI (audit.rounds), over the model's own decision log.
+
+The app reviews the newest complete round of the selected recipe: its model, labels, index and
+queue (`current_round`, `round_problem`, `open_round_audit`); "Retrain on reviewed labels"
+runs `retrain_reviewed` as a background job and the next page run opens the new round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .attribution.index import AttributionIndex
+from .audit.rounds import (
+    Round,
+    list_rounds,
+    open_round_session,
+    retrain_round,
+    round_problem,
+    rounds_root,
+)
+from .audit.session import AuditSession, decision_log_path
+from .audit.store import DecisionLog
+from .data.registry import Problem
+from .progress import Progress, silent
+
+__all__ = ["Round", "current_round", "open_round_audit", "retrain_reviewed", "round_problem"]
+
+
+def _log(problem: Problem) -> DecisionLog:
+    return DecisionLog(decision_log_path(problem), problem.train.labels,
+                       problem.train.num_classes)
+
+
+def current_round(problem: Problem) -> Round | None:
+    """The newest complete round of the recipe's model under its decision log; None for the
+    base model (no round yet, or a user's own checkpoint: it has no recipe run to repeat)."""
+    if problem.meta.get("checkpoint"):
+        return None
+    done = list_rounds(rounds_root(problem, decision_log_path(problem)))
+    return done[-1] if done else None
+
+
+def retrain_reviewed(problem: Problem, progress: Progress = silent) -> Round:
+    """audit.rounds.retrain_round on the model's decision log: the next round (or the newest
+    one, when it already holds every decision). The log is only read."""
+    log = _log(problem)
+    try:
+        return retrain_round(problem, log, progress=progress)
+    finally:
+        log.close()
+
+
+def open_round_audit(problem: Problem, rnd: Round, index: AttributionIndex, method: str = "ekfac",
+                     damping: float | None = None, progress: Progress = silent
+                     ) -> AuditSession:
+    """The audit session of round `rnd` of the recipe `problem` (the base one): its queue (the
+    round's self-influence, reviewed examples left out), the model's decision log. `index` is
+    the round model's (rounds build it; passed to say which model the session explains)."""
+    if Path(rnd.meta["index"]).resolve() != Path(index.folder).resolve():
+        raise ValueError(f"the index at {index.folder} is not round {rnd.number}'s")
+    return open_round_session(problem, decision_log_path(problem), rnd, method, progress,
+                              damping)

@@ -1,0 +1,278 @@
+"""Cleaning rounds: retrain on the reviewed labels, then review the retrained model.
+
+Round 1 is the recipe's own model (data.training.checkpoint_dir). `retrain_round` snapshots the
+decision log, applies its active edits to the base training labels (relabels) and leaves out the
+removed examples, trains the same recipe (same seed, same schedule) on that set, and builds the
+new model's artifacts: its EK-FAC attribution index (attribution.precompute, keyed by the model's
+hash) and its suspect queue. That model is round n + 1.
+
+Storage: <root>/<n>/ with model.pt, labels.npy (N,) the labels it was trained on, removed.npy
+(N,) bool, queue.npy (the suspect queue, most suspect first) and meta.json {round, log_version,
+parent, log, config, test_accuracy, num_train, index, reviewed, queue_ranking}. The default root
+is <the model's checkpoint folder>/rounds/<log file stem>: one lineage of rounds per decision log.
+A round folder is built under <root>/.tmp-<n>-<pid>-<random>, every file fsynced, then renamed to
+<root>/<n> (one atomic rename, the parent directory fsynced): a round is either complete or
+absent. A run killed mid-way leaves only a temporary folder, which no reader lists and the next
+retrain deletes; the rerun redoes the round (training is deterministic, precompute resumes).
+
+ONE decision log holds every round's decisions (indices are always base training indices, labels
+absolute): a retrain only reads it (the round's log_version is the newest id it read), so nothing
+is lost or rewritten, and the edited training set of any round is a replay of the log up to that
+round's log_version. A round's session (audit.session, `round_of`) applies as its Newton step only
+the edits made since: an example relabelled again moves from the round's label to the new one;
+an example removed in an earlier round is outside the round's model (its state marks it
+removed), and a later decision on it (an undo of the removal) takes effect at the next retrain.
+Approximation: the round session fits its curvature, and the Newton step counts n, over all N
+examples, those removed in earlier rounds included (they are at most the reviewed budget).
+
+The round queue is the round model's own EK-FAC self-influence (the index computes it; the
+default ranking's extra trainings are keyed by the recipe, not by the labels), over the examples
+neither reviewed (any active decision, keep included) nor removed, most suspect first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..attribution.precompute import precompute
+from ..config import EKFACConfig, IndexConfig
+from ..data.datasets import ImageDataset, subset_mask
+from ..data.models import build_model, load_checkpoint
+from ..data.registry import Problem
+from ..data.training import accuracy, checkpoint_dir, train_model
+from ..progress import Progress, silent
+from .session import AuditSession, open_session
+from .store import REMOVED, DecisionLog, active_decisions, edits
+
+QUEUE_SIZE = 500  # suspects in a round's queue (app_api.QUEUE_SIZE for round 1)
+QUEUE_RANKING = "self_influence"  # the suspects.RANKINGS key that orders a round's queue
+BASE_ROUND = 1  # the recipe's own model
+
+
+@dataclass(frozen=True)
+class Round:
+    """One complete round: its folder and what it was built from."""
+
+    number: int  # 2, 3, ... (1 is the base model, which has no folder)
+    folder: Path
+    log_version: int  # the newest decision id the retrain read
+    parent: int  # the round whose reviewed labels it continued (1: the base model)
+    labels: torch.Tensor  # (N,) labels it was trained on (relabels applied)
+    removed: torch.Tensor  # (N,) bool: left out of its training
+    queue: torch.Tensor  # (k,) its suspect queue, most suspect first
+    meta: dict
+
+
+def rounds_root(problem: Problem, log_path: Path) -> Path:
+    """<checkpoint folder>/rounds/<log stem>: where the rounds of problem's model that the log
+    at `log_path` records live."""
+    return checkpoint_dir(problem.config) / "rounds" / Path(log_path).stem
+
+
+def list_rounds(root: Path) -> list[Round]:
+    """The complete rounds under `root`, in order (temporary folders are never listed)."""
+    if not root.is_dir():
+        return []
+    numbers = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    return [load_round(root / str(n)) for n in numbers]
+
+
+def load_round(folder: Path) -> Round:
+    meta = json.loads((folder / "meta.json").read_text())
+    arrays = {k: torch.from_numpy(np.load(folder / f"{k}.npy")) for k in
+              ("labels", "removed", "queue")}
+    return Round(int(meta["round"]), folder, int(meta["log_version"]), int(meta["parent"]),
+                 arrays["labels"].long(), arrays["removed"].bool(), arrays["queue"].long(), meta)
+
+
+def labels_at(log: DecisionLog, version: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N,) labels, (N,) removed mask) of the edited training set: the log's active decisions
+    with id <= version (None: all) replayed on the base labels."""
+    rows = [d for d in log.decisions() if version is None or d.id <= version]
+    labels = torch.tensor(log.labels, dtype=torch.long)
+    removed = torch.zeros(len(labels), dtype=torch.bool)
+    for i, y in edits(rows, log.labels).items():
+        if y is REMOVED:
+            removed[i] = True
+        else:
+            labels[i] = y
+    return labels, removed
+
+
+def reviewed_at(log: DecisionLog, version: int | None = None) -> torch.Tensor:
+    """(N,) bool: examples with an active decision (relabel, remove, keep) with id <= version."""
+    rows = [d for d in log.decisions() if version is None or d.id <= version]
+    done = torch.zeros(len(log.labels), dtype=torch.bool)
+    done[[d.index for d in active_decisions(rows)]] = True
+    return done
+
+
+def round_training_set(problem: Problem, labels: torch.Tensor, removed: torch.Tensor
+                       ) -> tuple[ImageDataset, torch.Tensor]:
+    """(the training split with `labels`, the indices a retrain trains on): every example not
+    removed (within the recipe's seeded subset, when it trains on one)."""
+    keep = ~removed
+    cfg = problem.config
+    if cfg.subset_seed >= 0:
+        keep &= subset_mask(len(labels), cfg.subset_fraction, cfg.subset_seed)
+    return problem.train.with_labels(labels), torch.nonzero(keep)[:, 0]
+
+
+def round_model(problem: Problem, folder: Path) -> nn.Module:
+    torch.manual_seed(problem.config.seed)
+    model = build_model(problem.config.model, problem.train.shape, problem.train.num_classes)
+    return load_checkpoint(model, folder / "model.pt").eval()
+
+
+def round_problem(problem: Problem, rnd: Round | None) -> Problem:
+    """The Problem of a round: its model, its training labels (all N examples, removed ones
+    included, so indices stay those of the log); the base problem for None. Its meta names the
+    round's model.pt as its `checkpoint`: it is not the recipe's own run, so nothing reads that
+    run's cached trajectories or cross-validations for it."""
+    if rnd is None:
+        return problem
+    meta = {**problem.meta, "round": rnd.number, "checkpoint": str(rnd.folder / "model.pt"),
+            "log_version": rnd.log_version, "test_accuracy": rnd.meta["test_accuracy"]}
+    return dataclasses.replace(problem, model=round_model(problem, rnd.folder),
+                               train=problem.train.with_labels(rnd.labels), meta=meta)
+
+
+def round_queue(self_influence: torch.Tensor, excluded: torch.Tensor,
+                size: int = QUEUE_SIZE) -> torch.Tensor:
+    """(k,) the `size` examples with the largest self-influence (N,) among those not
+    `excluded` (N,) bool, most suspect first."""
+    candidates = torch.nonzero(~excluded)[:, 0]
+    scores = torch.as_tensor(self_influence, dtype=torch.float64)[candidates]
+    order = torch.argsort(scores, descending=True, stable=True)[:size]
+    return candidates[order]
+
+
+def open_round_session(problem: Problem, log_path: Path, rnd: Round | None,
+                       method: str = "ekfac", progress: Progress = silent,
+                       damping: float | None = None) -> AuditSession:
+    """The audit session of a round (None: the base model, whole training set as its queue):
+    its model, its labels, the log at `log_path` (opened with the base labels), its queue, the
+    examples it never trained on excluded from the Newton step."""
+    if rnd is None:
+        return open_session(problem, method, log_path, progress, damping)
+    return open_session(round_problem(problem, rnd), method, log_path, progress, damping,
+                        log_labels=problem.train.labels, suspects=rnd.queue,
+                        excluded=rnd.removed, ranking=QUEUE_RANKING)
+
+
+def retrain_round(problem: Problem, log: DecisionLog, root: Path | None = None,
+                  progress: Progress = silent, queue_size: int = QUEUE_SIZE) -> Round:
+    """Train problem's recipe on the log's edited training set and store it, with its index
+    and queue, as the next round under `root` (default rounds_root). Returns the round that
+    already holds the log's current version when there is one (nothing new to learn).
+    Raises ValueError when the log has no decision yet, or for a user's own checkpoint (there
+    is no recipe run to repeat)."""
+    if problem.meta.get("checkpoint"):
+        raise ValueError("retraining needs the recipe's own model, not a loaded checkpoint")
+    root = Path(root) if root is not None else rounds_root(problem, log.path)
+    version = log.version()  # every later read stops here: decisions made meanwhile wait
+    done = list_rounds(root)
+    if done and done[-1].log_version >= version:
+        return done[-1]
+    if version == 0:
+        raise ValueError("nothing reviewed yet: the log has no decision to retrain on")
+    _remove_stale(root)
+    number, parent = (done[-1].number + 1, done[-1].number) if done else (2, BASE_ROUND)
+    labels, removed = labels_at(log, version)
+    model, test_accuracy = _train(problem, labels, removed, progress)
+    rnd = _with_model(problem, model, labels)
+    index = precompute(rnd, "ekfac", EKFACConfig(), IndexConfig(), progress=progress)
+    self_inf = np.load(index / "self_influence.npy", mmap_mode="r")
+    queue = round_queue(torch.from_numpy(np.array(self_inf)),
+                        removed | reviewed_at(log, version), queue_size)
+    meta = {"round": number, "log_version": version, "parent": parent, "log": str(log.path),
+            "config": dataclasses.asdict(problem.config), "test_accuracy": test_accuracy,
+            "num_train": int((~removed).sum()), "index": str(index),
+            "reviewed": int(reviewed_at(log, version).sum()), "queue_ranking": QUEUE_RANKING}
+    return _commit(root, number, model, {"labels": labels, "removed": removed, "queue": queue},
+                   meta)
+
+
+def _with_model(problem: Problem, model: nn.Module, labels: torch.Tensor) -> Problem:
+    return dataclasses.replace(problem, model=model, train=problem.train.with_labels(labels))
+
+
+def _train(problem: Problem, labels: torch.Tensor, removed: torch.Tensor,
+           progress: Progress) -> tuple[nn.Module, float]:
+    cfg = problem.config
+    data, indices = round_training_set(problem, labels, removed)
+    torch.manual_seed(cfg.seed)  # the recipe's initialisation
+    model = build_model(cfg.model, data.shape, data.num_classes)
+    train_model(model, data, cfg, indices, progress)
+    return model.eval(), accuracy(model, problem.test)
+
+
+def _commit(root: Path, number: int, model: nn.Module, arrays: dict[str, torch.Tensor],
+            meta: dict) -> Round:
+    """Write the round into a temporary folder (each file fsynced), rename it to root/<number>
+    and fsync root; a concurrent retrain that finished first wins (its round is returned)."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{number}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write(tmp / "model.pt", lambda f: torch.save(model.state_dict(), f))
+        for name, value in arrays.items():
+            _write(tmp / f"{name}.npy", lambda f, v=value: np.save(f, v.numpy()))
+        _write(tmp / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
+        _fsync_dir(tmp)
+        final = root / str(number)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "meta.json").is_file():
+                raise
+        _fsync_dir(root)
+        return load_round(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write(path: Path, dump: object) -> None:
+    with open(path, "wb") as f:
+        dump(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale(root: Path) -> None:
+    """Delete temporary folders of retrains whose process is gone (killed mid-round); this
+    process's own are another thread's retrain in progress (its `finally` removes them)."""
+    if not root.is_dir():
+        return
+    for tmp in root.glob(".tmp-*"):
+        pid = int(tmp.name.split("-")[2])
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

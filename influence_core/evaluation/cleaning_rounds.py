@@ -1,0 +1,249 @@
+"""Cleaning rounds with a simulated annotator: how much of the clean-label accuracy comes back.
+
+Setting: the recipe trained on labels with injected noise (the flip mask is the truth). An
+annotator who knows the true labels follows a queue for B = round(budget x N) decisions per round:
+a flipped example is relabelled to its true label, any other is kept. After each round the Newton
+step over all decisions so far (the round's audit session) and a retrain on the corrected labels
+(audit.rounds.retrain_round: the next round) are evaluated on the test split, for R rounds.
+Queues, all in the same run and from the same noisy model:
+  influence  the round's own queue: EK-FAC self-influence of the round's model (audit.rounds)
+  cleanlab   cleanlab's ranking (evaluation.baselines.cleanlab_scores) of 5-fold out-of-sample
+             probabilities, trained with the recipe on the round's current labels
+  random     a seeded random order
+Every queue leaves out what was already reviewed. Gap closed = (acc - acc_noisy) / (acc_clean -
+acc_noisy), acc_clean a training of the same recipe and seed on the clean labels; the noise floor
+is |acc_clean(seed) - acc_clean(seed + FLOOR_SEED)|, two clean trainings differing in seed only.
+
+Resumable: each (seed, queue) has its own decision log and rounds under
+artifacts/evaluation/rounds/<config hash>-<queue>-b<budget>; trainings are cached (recipe models
+by config hash, rounds on disk, cross-validated probabilities as .npy), decisions are replayed
+from the log and only the missing ones are made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..attribution.precompute import precompute
+from ..audit.rounds import (
+    Round,
+    labels_at,
+    list_rounds,
+    open_round_session,
+    retrain_round,
+    reviewed_at,
+    round_queue,
+)
+from ..audit.store import DecisionLog
+from ..config import EKFACConfig, IndexConfig, artifacts_root, config_hash, recipe
+from ..data.datasets import subset
+from ..data.models import build_model
+from ..data.registry import Problem, load_problem
+from ..data.training import accuracy, predict_logits, train_model
+from ..progress import Progress, silent
+from .baselines import cleanlab_scores
+
+QUEUES = ("influence", "cleanlab", "random")
+FOLDS = 5  # cleanlab's cross-validation
+FLOOR_SEED = 1000  # the second clean training of the noise floor: seed + FLOOR_SEED
+
+
+def _folder(problem: Problem, queue: str, budget: float) -> Path:
+    return (artifacts_root() / "evaluation" / "rounds"
+            / f"{config_hash(problem.config)}-{queue}-b{budget:g}")
+
+
+def _cv_probs(problem: Problem, labels: torch.Tensor, path: Path) -> torch.Tensor:
+    """(N, K) 5-fold out-of-sample probabilities under `labels` (cached at `path`)."""
+    if path.is_file():
+        return torch.from_numpy(np.load(path))
+    cfg, n = problem.config, len(labels)
+    data = problem.train.with_labels(labels)
+    fold = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)) % FOLDS
+    probs = torch.zeros(n, data.num_classes, dtype=torch.float64)
+    for k in range(FOLDS):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, data.shape, data.num_classes)
+        train_model(model, data, cfg, torch.nonzero(fold != k)[:, 0])
+        held = torch.nonzero(fold == k)[:, 0]
+        probs[held] = predict_logits(model, subset(data, held)).double().softmax(1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path.with_suffix(".tmp.npy"), probs.numpy())
+    path.with_suffix(".tmp.npy").replace(path)
+    return probs
+
+
+def _queue(queue: str, problem: Problem, rnd: Round | None, log: DecisionLog,
+           folder: Path, number: int) -> list[int]:
+    labels, removed = labels_at(log)
+    excluded = removed | reviewed_at(log)
+    if queue == "random":
+        gen = torch.Generator().manual_seed(problem.config.seed * 100 + number)
+        order = torch.randperm(len(labels), generator=gen)
+        return [i for i in order.tolist() if not excluded[i]]
+    if queue == "cleanlab":
+        probs = _cv_probs(problem, labels, folder / f"cv_round{number}.npy")
+        return round_queue(cleanlab_scores(labels, probs)[0], excluded, len(labels)).tolist()
+    index = Path(rnd.meta["index"]) if rnd is not None else precompute(
+        problem, "ekfac", EKFACConfig(), IndexConfig())
+    self_inf = torch.from_numpy(np.array(np.load(index / "self_influence.npy")))
+    return round_queue(self_inf, excluded, len(labels)).tolist()
+
+
+def _review(log: DecisionLog, queue: list[int], true: torch.Tensor, todo: int) -> None:
+    """The simulated annotator: `todo` decisions along `queue` (relabel to truth, or keep)."""
+    labels, _ = labels_at(log)
+    for i in queue[:todo]:
+        if int(labels[i]) != int(true[i]):
+            log.record(i, "relabel", int(true[i]), "simulated")
+        else:
+            log.record(i, "keep", None, "simulated")
+
+
+# long: one round's steps in order (queue, review, Newton step, retrain), each a line or two
+def run_queue(problem: Problem, queue: str, budget: float, rounds: int, true: torch.Tensor,
+              progress: Progress = silent) -> list[dict]:
+    """R rounds of `queue` on problem: one row per round (flips fixed, accuracies)."""
+    folder = _folder(problem, queue, budget)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = DecisionLog(folder / "log.db", problem.train.labels, problem.train.num_classes)
+    per_round, rows = round(budget * len(true)), []
+    try:
+        for number in range(1, rounds + 1):
+            progress(number - 1, rounds, f"{queue} queue, seed {problem.config.seed}")
+            done = {r.number: r for r in list_rounds(folder / "rounds")}
+            rnd, retrained = done.get(number), done.get(number + 1)
+            start = rnd.log_version if rnd is not None else 0
+            if retrained is None:  # this round's decisions are not all made or not retrained
+                made = sum(d.id > start for d in log.decisions())
+                order = _queue(queue, problem, rnd, log, folder, number)
+                _review(log, order, true, per_round - made)
+                retrained = retrain_round(problem, log, folder / "rounds")
+            end = retrained.log_version  # this round's decisions: start < id <= end
+            fixed_round = sum(start < d.id <= end and d.action == "relabel"
+                              for d in log.decisions())
+            labels, _ = labels_at(log, end)
+            session = open_round_session(problem, log.path, rnd)
+            newton = accuracy(session.state_for(*session.edits(end), end).model, problem.test)
+            rows.append({"round": number, "decisions": per_round, "flips_fixed": fixed_round,
+                         "flips_left": int((labels != true).sum()),
+                         "accuracy_newton": newton,
+                         "accuracy_retrained": float(retrained.meta["test_accuracy"])})
+        progress(rounds, rounds, f"{queue} queue, seed {problem.config.seed}")
+    finally:
+        log.close()
+    return rows
+
+
+def _gap(acc: float, noisy: float, clean: float) -> float | None:
+    return (acc - noisy) / (clean - noisy) if clean != noisy else None
+
+
+def run_seed(dataset: str, model: str, noise: float, kind: str, seed: int, budget: float,
+             rounds: int, data_root: str | None = None, progress: Progress = silent) -> dict:
+    """One seed (noise draw and training seed): the noisy model, both clean references and
+    every queue's rounds; gap fractions computed from the accuracies reported alongside."""
+    cfg = recipe(dataset, model, noise=noise, noise_kind=kind, noise_seed=seed, seed=seed)
+    problem = load_problem(cfg, data_root, progress=progress)
+    clean_cfg = dataclasses.replace(cfg, noise=0.0)
+    refs = [load_problem(c, data_root, progress=progress) for c in
+            (clean_cfg, dataclasses.replace(clean_cfg, seed=seed + FLOOR_SEED))]
+    clean, other = (r.meta["test_accuracy"] for r in refs)
+    preds = [predict_logits(r.model, problem.test).argmax(1) for r in refs]
+    noisy, true = problem.meta["test_accuracy"], problem.train.original_labels
+    out = {"seed": seed, "flips": int(problem.flip_mask.sum()), "num_train": len(true),
+           "num_test": len(problem.test), "accuracy_noisy": noisy, "accuracy_clean": clean,
+           "accuracy_clean_other_seed": other, "noise_floor": abs(clean - other),
+           "clean_disagreement": float((preds[0] != preds[1]).double().mean()), "queues": {}}
+    for queue in QUEUES:
+        rows = run_queue(problem, queue, budget, rounds, true, progress)
+        for row in rows:
+            row["gap_closed_newton"] = _gap(row["accuracy_newton"], noisy, clean)
+            row["gap_closed_retrained"] = _gap(row["accuracy_retrained"], noisy, clean)
+        out["queues"][queue] = rows
+    return out
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summarise(seeds: list[dict]) -> dict:
+    """queue -> one row per round: the mean over seeds of every number of run_queue's rows."""
+    keys = ("flips_fixed", "flips_left", "accuracy_newton", "accuracy_retrained",
+            "gap_closed_newton", "gap_closed_retrained")
+    out = {}
+    for queue in QUEUES:
+        per_round = zip(*[s["queues"][queue] for s in seeds])
+        out[queue] = [{"round": rows[0]["round"], **{k: _mean([r[k] for r in rows]) for k in keys}}
+                      for rows in per_round]
+    return out
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def rounds_markdown(result: dict) -> str:
+    s = result["setting"]
+    refs = {k: _mean([r[k] for r in result["seeds"]]) for k in
+            ("accuracy_noisy", "accuracy_clean", "noise_floor", "clean_disagreement", "num_test")}
+    lines = [f"# Cleaning rounds: {s['dataset']}/{s['model']}, {s['noise']:g} {s['noise_kind']} "
+             f"noise, budget {s['budget']:g} of N per round, seeds {s['seeds']}", "",
+             f"Test accuracy (mean over seeds): noisy model {_num(refs['accuracy_noisy'])}, "
+             f"clean-label model {_num(refs['accuracy_clean'])}; noise floor (two clean "
+             f"trainings, different seeds) {_num(refs['noise_floor'])}, their test predictions "
+             f"differ on {_num(refs['clean_disagreement'])} of the {refs['num_test']:.0f} test "
+             f"images (one image: {_num(1 / refs['num_test'])} of accuracy). Gap closed = "
+             "(accuracy - noisy) / (clean - noisy), per seed, then averaged.", "",
+             "Queues: influence = EK-FAC self-influence of each round's model (the app's round "
+             "queue), cleanlab = cleanlab's ranking of 5-fold out-of-sample probabilities on the "
+             "round's labels, random = a seeded order; each leaves out what was reviewed. The "
+             "annotator relabels flipped examples to their true label and keeps the rest.", "",
+             "| queue | round | flips fixed | flips left | acc. Newton step | acc. retrained | "
+             "gap closed (Newton) | gap closed (retrained) |", "|---" * 8 + "|"]
+    for queue, rows in result["summary"].items():
+        lines += [f"| {queue} | {r['round']} | {_num(r['flips_fixed'], 1)} | "
+                  f"{_num(r['flips_left'], 1)} | {_num(r['accuracy_newton'])} | "
+                  f"{_num(r['accuracy_retrained'])} | {_num(r['gap_closed_newton'], 3)} | "
+                  f"{_num(r['gap_closed_retrained'], 3)} |" for r in rows]
+    return "\n".join([*lines, "", f"Command: `{result['command']}`", ""])
+
+
+def _figure(result: dict) -> object:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for queue, rows in result["summary"].items():
+        x = [0] + [r["round"] for r in rows]
+        y = [_mean([s["accuracy_noisy"] for s in result["seeds"]])] + [
+            r["accuracy_retrained"] for r in rows]
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{queue} (retrained)"))
+    clean = _mean([s["accuracy_clean"] for s in result["seeds"]])
+    fig.add_hline(y=clean, line_dash="dash", annotation_text="clean labels")
+    fig.update_layout(xaxis_title="round (0: the noisy model)", yaxis_title="test accuracy")
+    return fig
+
+
+def run_rounds_report(dataset: str, model: str, noise: float, kind: str, budget: float,
+                      rounds: int, seeds: list[int], out: Path, data_root: str | None = None,
+                      progress: Progress = silent, command: str = "") -> tuple[Path, dict]:
+    """Every seed's run_seed, their summary, written by reports.write_report into `out`
+    (rounds_<dataset>_<model>_<kind>.json / .md / .accuracy figure)."""
+    from .reports import write_report
+
+    runs = [run_seed(dataset, model, noise, kind, s, budget, rounds, data_root, progress)
+            for s in seeds]
+    result = {"setting": {"dataset": dataset, "model": model, "noise": noise,
+                          "noise_kind": kind, "budget": budget, "rounds": rounds,
+                          "seeds": seeds, "decisions_per_round": round(budget * runs[0][
+                              "num_train"])},
+              "seeds": runs, "summary": summarise(runs), "command": command}
+    name = f"rounds_{dataset}_{model}_{kind}".replace(":", "_").replace("/", "_")
+    path = write_report(out, name, result, rounds_markdown(result), {"accuracy": _figure(result)})
+    return path, result

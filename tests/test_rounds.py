@@ -1,0 +1,181 @@
+"""Cleaning rounds: what a retrain trains on, what a round records, the round queue, and that a
+round is complete or absent under a crash (an exception, and a SIGKILL mid-write)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from influence_core import DecisionLog, load_problem, recipe
+from influence_core.audit import rounds
+from influence_core.audit.rounds import (
+    list_rounds,
+    open_round_session,
+    retrain_round,
+    round_problem,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RELABELLED, REMOVED_N, KEPT = 12, 3, 5  # decisions of the first round in `reviewed_log`
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INFLUENCE_AUDIT_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="module")
+def problem(home: Path):
+    return load_problem(recipe("digits", "mlp", noise=0.1, noise_kind="pair"))
+
+
+@pytest.fixture
+def log(problem, tmp_path: Path) -> DecisionLog:
+    """A log with relabels of flipped examples to their true label, removals and keeps."""
+    handle = DecisionLog(tmp_path / "log.db", problem.train.labels, problem.train.num_classes)
+    flipped = torch.nonzero(problem.flip_mask)[:, 0].tolist()
+    clean = torch.nonzero(~problem.flip_mask)[:, 0].tolist()
+    for i in flipped[:RELABELLED]:
+        handle.record(i, "relabel", int(problem.train.original_labels[i]), "sim")
+    for i in flipped[RELABELLED:RELABELLED + REMOVED_N]:
+        handle.record(i, "remove", None, "sim")
+    for i in clean[:KEPT]:
+        handle.record(i, "keep", None, "sim")
+    yield handle
+    handle.close()
+
+
+def test_retrain_trains_on_the_edited_labels_without_the_removed(problem, log, tmp_path,
+                                                                  monkeypatch) -> None:
+    seen = {}
+    real = rounds.train_model
+
+    def spy(model, data, cfg, indices=None, progress=None, at_step=None):
+        seen["labels"], seen["indices"] = data.labels.clone(), torch.as_tensor(indices).clone()
+        return real(model, data, cfg, indices, progress)
+
+    monkeypatch.setattr(rounds, "train_model", spy)
+    rnd = retrain_round(problem, log, tmp_path / "rounds")
+    edits = log.edits()
+    removed = sorted(i for i, y in edits.items() if y is None)
+    want = problem.train.labels.clone()
+    for i, y in edits.items():
+        if y is not None:
+            want[i] = y
+    assert len(removed) == REMOVED_N and sum(y is not None for y in edits.values()) == RELABELLED
+    assert torch.equal(seen["indices"], torch.tensor(
+        [i for i in range(len(want)) if i not in set(removed)]))
+    assert torch.equal(seen["labels"], want)
+    assert torch.equal(rnd.labels, want) and rnd.removed.nonzero()[:, 0].tolist() == removed
+    fixed = problem.train.original_labels[list(edits)[:RELABELLED]]
+    assert torch.equal(seen["labels"][list(edits)[:RELABELLED]], fixed)
+
+
+def test_a_round_records_its_log_version_and_parent_and_leaves_the_log(problem, log,
+                                                                        tmp_path) -> None:
+    before = log.decisions()
+    two = retrain_round(problem, log, tmp_path / "rounds")
+    assert (two.number, two.parent, two.log_version) == (2, 1, before[-1].id)
+    assert log.decisions() == before  # nothing rewritten, nothing appended
+    assert retrain_round(problem, log, tmp_path / "rounds").folder == two.folder  # nothing new
+    log.record(int(two.queue[0]), "keep", None, "sim")
+    three = retrain_round(problem, log, tmp_path / "rounds")
+    assert (three.number, three.parent, three.log_version) == (3, 2, log.version())
+    assert [r.number for r in list_rounds(tmp_path / "rounds")] == [2, 3]
+    meta = two.meta  # round 2 is still readable as it was
+    assert meta["log_version"] == before[-1].id and meta["config"]["noise_kind"] == "pair"
+    assert 0.0 < meta["test_accuracy"] <= 1.0 and (two.folder / "model.pt").is_file()
+
+
+def test_the_round_queue_leaves_out_reviewed_and_removed_examples(problem, log, tmp_path) -> None:
+    rnd = retrain_round(problem, log, tmp_path / "rounds")
+    decided = {d.index for d in log.active_decisions()}
+    assert len(rnd.queue) > 0 and not decided & set(rnd.queue.tolist())
+    session = open_round_session(problem, log.path, rnd)
+    assert session.edits() == ([], {})  # the round already trained on every edit
+    i = int(rnd.queue[0])
+    flipped = torch.nonzero(problem.flip_mask)[:, 0].tolist()
+    again = flipped[0]  # relabelled in round 1; a new label in round 2
+    new = (int(rnd.labels[again]) + 1) % problem.train.num_classes
+    session.record(i, "remove")
+    session.record(again, "relabel", new)
+    assert session.edits() == ([i], {again: new})
+    state = session.state()
+    assert not set(state.suspects.tolist()) & {i} and state.removed[i]
+    assert torch.equal(state.removed & ~rnd.removed, torch.arange(len(state.removed)) == i)
+    assert round_problem(problem, rnd).meta["round"] == 2
+
+
+def test_an_exception_mid_retrain_leaves_no_round_and_a_rerun_completes(problem, log, tmp_path,
+                                                                        monkeypatch) -> None:
+    root = tmp_path / "rounds"
+
+    def crash(step: int, total: int, what: str) -> None:
+        if step >= total // 2:
+            raise RuntimeError("killed mid-training")
+
+    with pytest.raises(RuntimeError):
+        retrain_round(problem, log, root, progress=crash)
+    assert list_rounds(root) == []
+    real_save, calls = rounds.np.save, []
+
+    def save_then_crash(f, value):  # the model and the first array are written, then a crash
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk gone")
+        return real_save(f, value)
+
+    monkeypatch.setattr(rounds.np, "save", save_then_crash)
+    with pytest.raises(OSError):
+        retrain_round(problem, log, root)
+    monkeypatch.setattr(rounds.np, "save", real_save)
+    assert list_rounds(root) == [] and not any(root.iterdir())  # no half folder left
+    rnd = retrain_round(problem, log, root)
+    assert rnd.number == 2 and [r.number for r in list_rounds(root)] == [2]
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+from influence_core import DecisionLog, load_problem, recipe
+from influence_core.audit import rounds
+problem = load_problem(recipe("digits", "mlp", noise=0.1, noise_kind="pair"))
+log = DecisionLog(Path(sys.argv[1]), problem.train.labels, problem.train.num_classes)
+rounds._fsync_dir = lambda folder: os.kill(os.getpid(), signal.SIGKILL)  # every file written
+rounds.retrain_round(problem, log, Path(sys.argv[2]))
+"""
+
+
+def test_a_sigkill_before_the_rename_leaves_no_round_and_a_rerun_completes(problem, log,
+                                                                           tmp_path) -> None:
+    root = tmp_path / "rounds"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILL_SCRIPT), str(log.path),
+                           str(root)], cwd=REPO, env=env, capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    leftovers = list(root.glob(".tmp-*"))
+    assert len(leftovers) == 1 and (leftovers[0] / "meta.json").is_file()  # a whole, unrenamed
+    assert list_rounds(root) == []  # ... and unused round
+    rnd = retrain_round(problem, log, root)
+    assert rnd.number == 2 and list(root.glob(".tmp-*")) == []  # the stale folder is gone
+
+
+def test_the_retrain_command_trains_the_next_round_of_a_log(problem, log, capsys) -> None:
+    from influence_core.audit.rounds import rounds_root
+    from influence_core.cli.main import main
+
+    argv = ["retrain", "--dataset", "digits", "--model", "mlp", "--noise", "0.1",
+            "--noise-kind", "pair", "--log", str(log.path)]
+    assert main(argv) == 0
+    [rnd] = list_rounds(rounds_root(problem, log.path))
+    assert str(rnd.folder) in capsys.readouterr().out and rnd.log_version == log.version()
+    assert main([*argv[:-1], str(log.path.with_name("absent.db"))]) == 2  # no log, no retrain
