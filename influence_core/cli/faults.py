@@ -156,7 +156,7 @@ def run_faults(home: Path, names: list[str] | None = None, load_seconds: float =
     return {"rows": rows, "n_classes": len(rows),
             "n_clean": sum(r["clean"] for r in rows),
             "n_lost": sum(r["lost"] for r in rows), "load": load,
-            "seconds": round(time.perf_counter() - start, 1),
+            "seconds": round(time.perf_counter() - start, 1), "cpus": os.cpu_count(),
             "command": "python -m influence_core bench faults"}
 
 
