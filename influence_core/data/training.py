@@ -134,12 +134,25 @@ def snapshot_path(cfg: TrainConfig, step: int) -> Path:
     return checkpoint_dir(cfg) / "snapshots" / f"step{step}.pt"
 
 
+def save_atomic(state: dict, path: Path) -> None:
+    """torch.save to `path`.tmp, renamed over `path`: a reader never sees half a file. On an
+    error (a full disk, a read-only folder) the temporary file is removed and OSError raised."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(state, tmp)
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, RuntimeError):  # torch's zip writer reports a failed write so
+            raise OSError(f"cannot write {tmp}: {str(exc).splitlines()[0]}") from exc
+        raise
+
+
 def _save_snapshots(cfg: TrainConfig, kept: dict[int, dict]) -> None:
     for step, state in kept.items():
         path = snapshot_path(cfg, step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
+        save_atomic(state, path)
 
 
 def train_or_load(
@@ -183,9 +196,7 @@ def train_or_load(
         "torch": torch.__version__,
     }
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "model.pt.tmp"
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(folder / "model.pt")
+    save_atomic(model.state_dict(), folder / "model.pt")
     meta_tmp = folder / "meta.json.tmp"  # atomic too: a run killed here leaves no torn meta
     meta_tmp.write_text(json.dumps(meta, indent=2))
     meta_tmp.replace(folder / "meta.json")

@@ -1,0 +1,48 @@
+"""A full disk or a read-only artifacts folder is a one-line error, and nothing half-written is
+left where a later run would use it. Root writes through 0o555, so as root the full disk is
+simulated instead: torch.save writes the start of a file, then fails with ENOSPC."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from influence_core.cli import main
+
+QUICK = ["--epochs", "2"]  # a digits/mlp trained in about a second
+
+
+def _torn_save(obj: object, f: object, *args: object, **kwargs: object) -> None:
+    Path(f).write_bytes(b"PK\x03\x04 the first bytes of a zip")  # what a full disk leaves
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+
+
+def _used_files(home: Path) -> list[Path]:
+    """What train_or_load would read back: checkpoints, metadata, snapshots, temporaries."""
+    return [p for p in home.rglob("*") if p.is_file() and p.name != ".keep"]
+
+
+def test_a_full_disk_or_read_only_home_is_a_clear_error_and_leaves_nothing(
+        artifacts_home: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    real_save = torch.save
+    if os.geteuid() == 0:  # chmod does not stop root
+        monkeypatch.setattr(torch, "save", _torn_save)
+        expected = os.strerror(errno.ENOSPC)
+    else:
+        artifacts_home.mkdir(parents=True)
+        artifacts_home.chmod(0o555)
+        expected = os.strerror(errno.EACCES)
+    assert main(["train", *QUICK]) == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and line.startswith("error: cannot write") and expected in line
+    assert not [p for p in _used_files(artifacts_home) if p.suffix in (".pt", ".json", ".tmp")]
+    monkeypatch.setattr(torch, "save", real_save)
+    artifacts_home.chmod(0o755)
+    assert main(["train", *QUICK]) == 0  # the next run, with room, saves a whole checkpoint
+    assert [p.name for p in artifacts_home.rglob("meta.json")] == ["meta.json"]
+    assert not list(artifacts_home.rglob("*.tmp"))
