@@ -16,9 +16,14 @@ from influence_core.cli import main
 QUICK = ["--epochs", "2"]  # a digits/mlp trained in about a second
 
 
-def _torn_save(obj: object, f: object, *args: object, **kwargs: object) -> None:
-    Path(f).write_bytes(b"PK\x03\x04 the first bytes of a zip")  # what a full disk leaves
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+TORCH_WRITE_FAILED = "PytorchStreamWriter failed writing file data/0: file write failed"
+
+
+def _torn_save(error: Exception) -> object:
+    def save(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        Path(f).write_bytes(b"PK\x03\x04 the first bytes of a zip")  # what a full disk leaves
+        raise error
+    return save
 
 
 def _used_files(home: Path) -> list[Path]:
@@ -26,16 +31,20 @@ def _used_files(home: Path) -> list[Path]:
     return [p for p in home.rglob("*") if p.is_file() and p.name != ".keep"]
 
 
+@pytest.mark.parametrize("error, expected", [
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), os.strerror(errno.ENOSPC)),
+    (RuntimeError(TORCH_WRITE_FAILED), TORCH_WRITE_FAILED),  # how torch's writer says it
+])
 def test_a_full_disk_or_read_only_home_is_a_clear_error_and_leaves_nothing(
-        artifacts_home: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+        artifacts_home: Path, monkeypatch: pytest.MonkeyPatch, capsys, error: Exception,
+        expected: str) -> None:
     real_save = torch.save
     if os.geteuid() == 0:  # chmod does not stop root
-        monkeypatch.setattr(torch, "save", _torn_save)
-        expected = os.strerror(errno.ENOSPC)
+        monkeypatch.setattr(torch, "save", _torn_save(error))
     else:
         artifacts_home.mkdir(parents=True)
         artifacts_home.chmod(0o555)
-        expected = os.strerror(errno.EACCES)
+        expected = os.strerror(errno.EACCES)  # the same for both parameters
     assert main(["train", *QUICK]) == 2
     err = capsys.readouterr().err
     line = err.strip().splitlines()[-1]
@@ -46,3 +55,4 @@ def test_a_full_disk_or_read_only_home_is_a_clear_error_and_leaves_nothing(
     assert main(["train", *QUICK]) == 0  # the next run, with room, saves a whole checkpoint
     assert [p.name for p in artifacts_home.rglob("meta.json")] == ["meta.json"]
     assert not list(artifacts_home.rglob("*.tmp"))
+

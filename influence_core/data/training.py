@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -135,16 +137,20 @@ def snapshot_path(cfg: TrainConfig, step: int) -> Path:
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    """torch.save to `path`.tmp, renamed over `path`: a reader never sees half a file. On an
-    error (a full disk, a read-only folder) the temporary file is removed and OSError raised."""
+    """torch.save to `path`.tmp, fsynced, then renamed over `path`: a reader never sees half a
+    file. On a failure (a full disk, a read-only folder) the temporary file is removed and
+    OSError raised (torch's zip writer reports a failed write as RuntimeError)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         torch.save(state, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         tmp.replace(path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, RuntimeError):  # torch's zip writer reports a failed write so
-            raise OSError(f"cannot write {tmp}: {str(exc).splitlines()[0]}") from exc
+        if isinstance(exc, RuntimeError):
+            raise OSError(errno.EIO, f"the write failed ({str(exc).splitlines()[0]})",
+                          str(tmp)) from exc
         raise
 
 
