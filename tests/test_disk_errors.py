@@ -56,3 +56,27 @@ def test_a_full_disk_or_read_only_home_is_a_clear_error_and_leaves_nothing(
     assert [p.name for p in artifacts_home.rglob("meta.json")] == ["meta.json"]
     assert not list(artifacts_home.rglob("*.tmp"))
 
+
+
+def test_a_full_decision_log_refuses_the_click_and_keeps_every_decision(
+        artifacts_home: Path, tmp_path: Path) -> None:
+    """SQLite's own SQLITE_FULL, reached by capping the log's page count (the connection's
+    PRAGMA max_page_count: the only way in is the handle's private connection)."""
+    from influence_core import open_session, record_decision
+    from influence_core.config import recipe
+    from influence_core.data.registry import load_problem
+
+    session = open_session(load_problem(recipe("digits", "mlp", epochs=2)), "kfac",
+                           tmp_path / "log.db")
+    db = session.log._db
+    db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0]}")
+    refused, k = None, 0
+    while refused is None:  # fill the last page with decisions, then one more
+        before = session.log.decisions()
+        refused = record_decision(session, k, "keep", None, "x" * 500, session.log.version())
+        k += 1
+    assert "database or disk is full; nothing recorded" in refused
+    assert session.log.decisions() == before and len(before) == k - 1
+    db.execute("PRAGMA max_page_count=1000000")  # room again: the log works on
+    assert record_decision(session, k, "keep", None, "ann", session.log.version()) is None
+    session.log.close()
