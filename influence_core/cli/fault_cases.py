@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..evaluation import fault_inputs as inputs
+from .fault_disk import full_disk, full_log
 from .faults import QUICK, Outcome, Scratch, row, run_cli, run_core
 
 UPLOAD = "app_api explain_image (an upload)"
@@ -157,35 +158,6 @@ def _nan_loss(s: Scratch) -> dict:
                "no model.pt, meta.json or snapshots saved")
 
 
-def _full_disk(s: Scratch) -> dict:
-    """torch.save writes the start of a file, then fails as a full disk does (ENOSPC): the
-    same failure a read-only folder gives a user who is not root."""
-    import errno
-    import os
-
-    import torch
-
-    from ..config import recipe
-    from ..data.training import checkpoint_dir
-
-    real = torch.save
-
-    def torn(obj: object, f: object, *args: object, **kwargs: object) -> None:
-        Path(f).write_bytes(b"PK\x03\x04")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
-
-    torch.save = torn
-    try:
-        outcome = run_cli(["train", *QUICK, "--seed", "7"])
-    finally:
-        torch.save = real
-    folder = checkpoint_dir(recipe("digits", "mlp", epochs=2, seed=7))
-    left = [p.name for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
-    return row(s, "full disk while saving a checkpoint",
-               "torch.save writes 4 bytes, then fails with ENOSPC (simulated)", "CLI train",
-               "exit 2", outcome, bool(left), "no model.pt, meta.json, snapshot or .tmp left")
-
-
 def _other_version(name: str, argv: list[str]) -> Callable:
     """An artifact folder whose manifest says another layout version (what a folder written
     by an older release holds), run through `argv`; the folder is restored afterwards."""
@@ -284,7 +256,8 @@ CASES: list[tuple[str, Callable[[Scratch], dict]]] = [
                                         "decisions")),
     ("damping <= 0 (core)", _damping_core),
     ("NaN loss during training", _nan_loss),
-    ("full disk while saving a checkpoint", _full_disk),
+    ("full disk while saving a checkpoint", full_disk),
+    ("full decision log", full_log),
     ("artifact folder from another version", _other_version(
         "artifact folder from another version", ["query", *QUICK, "--index", "0"])),
     ("artifact folder from another version (precompute)", _other_version(
