@@ -80,3 +80,34 @@ def test_a_full_decision_log_refuses_the_click_and_keeps_every_decision(
     db.execute("PRAGMA max_page_count=1000000")  # room again: the log works on
     assert record_decision(session, k, "keep", None, "ann", session.log.version()) is None
     session.log.close()
+
+
+def test_a_failed_write_during_precompute_leaves_an_artifact_that_is_never_used(
+        artifacts_home: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """safetensors reports a full disk as SafetensorError; the artifact folder it leaves is
+    refused by load_index until a rerun completes it."""
+    from safetensors import SafetensorError
+
+    from influence_core import artifacts
+    from influence_core.artifacts import ArtifactError, read_manifest
+    from influence_core.attribution.index import load_index
+    from influence_core.config import recipe
+    from influence_core.data.registry import load_problem
+
+    def full(tensors: dict, filename: str, metadata: dict | None = None) -> None:
+        Path(filename).write_bytes(b"\x08\x00")  # a torn start
+        raise SafetensorError("Error while serializing: IoError(No space left on device)")
+
+    real = artifacts.save_file
+    monkeypatch.setattr(artifacts, "save_file", full)
+    assert main(["precompute", *QUICK]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: cannot write or read") and "No space left" in line
+    folder = next((artifacts_home / "index").iterdir())
+    assert not list(folder.rglob("*.tmp")) and not read_manifest(folder).get("complete")
+    model = load_problem(recipe("digits", "mlp", epochs=2)).model
+    with pytest.raises(ArtifactError):
+        load_index(folder, model)
+    monkeypatch.setattr(artifacts, "save_file", real)
+    assert main(["precompute", *QUICK]) == 0  # the rerun completes the same folder
+    assert load_index(folder, model).vectors.shape[0] > 0
