@@ -23,7 +23,9 @@ REQUIRED = ["corrupt image", "truncated image", "empty image", "decompression bo
             "checkpoint of another architecture", "pickle carrying code", "truncated checkpoint",
             "NaN-weight checkpoint", "label out of range", "noise fraction 1.0",
             "noise fraction -0.1", "damping <= 0 (core)", "NaN loss during training",
-            "artifact folder from another version", "corrupted decision log (CLI)"]
+            "artifact folder from another version", "corrupted decision log (CLI)",
+            "full disk while saving a checkpoint", "full disk during precompute",
+            "full decision log"]
 LOAD_SECONDS = 8.0  # how long the 8 sessions click
 
 

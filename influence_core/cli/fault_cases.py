@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..evaluation import fault_inputs as inputs
-from .fault_disk import full_disk, full_log
+from .fault_disk import full_disk, full_log, full_precompute
 from .faults import QUICK, Outcome, Scratch, row, run_cli, run_core
 
 UPLOAD = "app_api explain_image (an upload)"
@@ -165,9 +165,10 @@ def _other_version(name: str, argv: list[str]) -> Callable:
         import json
 
         from ..artifacts import MANIFEST
+        from ..attribution.precompute import artifact_folder
 
         _index(s)
-        folder = next((s.home / "index").iterdir())
+        folder = artifact_folder(s.quick_problem())  # the index open_index built
         manifest = folder / MANIFEST
         original = manifest.read_bytes()
         old = {**json.loads(original), "layout": "layout-v0"}
@@ -258,6 +259,7 @@ CASES: list[tuple[str, Callable[[Scratch], dict]]] = [
     ("NaN loss during training", _nan_loss),
     ("full disk while saving a checkpoint", full_disk),
     ("full decision log", full_log),
+    ("full disk during precompute", full_precompute),
     ("artifact folder from another version", _other_version(
         "artifact folder from another version", ["query", *QUICK, "--index", "0"])),
     ("artifact folder from another version (precompute)", _other_version(

@@ -59,3 +59,31 @@ def full_log(s: Scratch) -> dict:
     return row(s, "full decision log", f"SQLITE_FULL on the click after {k - 1} decisions",
                "app_tables record_decision (Review buttons)", "refusal returned", outcome, lost,
                "decision log rows before == after the refused click")
+
+
+def full_precompute(s: Scratch) -> dict:
+    """safetensors fails as a full disk makes it (SafetensorError, after a torn start) while
+    precompute saves the factors: the folder left behind must not be used."""
+    from safetensors import SafetensorError
+
+    from .. import artifacts
+    from ..artifacts import ArtifactError, read_manifest
+    from ..attribution.index import load_index
+
+    def torn(tensors: dict, filename: str, metadata: dict | None = None) -> None:
+        Path(filename).write_bytes(b"\x08\x00")
+        raise SafetensorError("Error while serializing: IoError(No space left on device)")
+
+    real, artifacts.save_file = artifacts.save_file, torn
+    known = set((s.home / "index").glob("*")) if (s.home / "index").exists() else set()
+    try:
+        outcome = run_cli(["precompute", *QUICK, "--seed", "8"])
+    finally:
+        artifacts.save_file = real
+    new = [f for f in (s.home / "index").glob("*") if f not in known]
+    used, _ = run_core(lambda: [load_index(f, s.quick_problem().model) for f in new])
+    lost = any(read_manifest(f).get("complete") or list(f.rglob("*.tmp")) for f in new)
+    return row(s, "full disk during precompute",
+               "safetensors fails with an I/O error after a torn start (simulated)",
+               "CLI precompute", "exit 2", outcome, lost or used.got != ArtifactError.__name__,
+               "the folder left is marked incomplete, holds no .tmp, and load_index refuses it")
