@@ -93,8 +93,8 @@ def _cli_refused(name: str, given: str, argv: list[str], subtree: str) -> Callab
     def case(s: Scratch) -> dict:
         before = _tree(s.home)
         outcome = run_cli(argv)
-        changed = {k for k in set(before) | set(_tree(s.home))
-                   if before.get(k) != _tree(s.home).get(k)}
+        after = _tree(s.home)
+        changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
         return row(s, name, given, f"CLI {argv[0]} {argv[1]}", "exit 2", outcome,
                    any(k.startswith(subtree) for k in changed),
                    f"nothing new under {subtree}/")

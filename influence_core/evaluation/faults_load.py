@@ -25,7 +25,8 @@ def _sessions(problem: object, path: Path, count: int) -> list[AuditSession]:
     """`count` sessions, each with its own handle on the log at `path`, sharing one curvature
     fit (as the app's sessions share its cached fit)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)  # a fresh log
     first = open_session(problem, "kfac", path, suspects=torch.arange(QUEUE))
     train = problem.train
     others = [AuditSession(problem, first.curvature, DecisionLog(path, train.labels,
