@@ -8,6 +8,7 @@ expects and refuses on any difference (ArtifactError names the fields); nothing 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -85,11 +87,18 @@ def _jsonable(value: object) -> object:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
-    """Atomic safetensors write; `meta` values are stored as strings in the header."""
+    """Atomic safetensors write; `meta` values are stored as strings in the header. On a failed
+    write (a full disk) the temporary file is removed and OSError raised."""
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
-    tmp.replace(path)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, SafetensorError):  # how safetensors reports an I/O error
+            raise OSError(errno.EIO, f"the write failed ({exc})", str(tmp)) from exc
+        raise
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -11,7 +11,8 @@ BUSY_TIMEOUT_S = 30.0  # how long a reader waits for a writer's lock
 
 
 class DecisionLogError(ValueError):
-    """A file that is not a decision log (not SQLite, or another program's schema)."""
+    """A file that is not a decision log (not SQLite, or another program's schema), or a log
+    SQLite cannot write (a full disk, a read-only file)."""
 
 
 LOG_COLUMNS = {"id", "idx", "action", "label", "annotator", "ts", "model_version", "undoes"}

@@ -33,6 +33,7 @@ from ..curvature import Curvature, fit_curvature
 from ..curvature.gradients import TrackedModel
 from ..curvature.task import ClassificationTask, Task
 from ..data.datasets import ImageDataset, subset
+from ..data.training import save_atomic
 from ..memo import FutureCache
 from ..progress import Progress, silent
 from .store import REMOVED, Decision, DecisionLog, Request, edits
@@ -249,9 +250,7 @@ class AuditSession:
         folder.mkdir(parents=True, exist_ok=True)
         csv_path = self.log.export_csv(folder / "labels.csv")  # original = as trained on
         ckpt = folder / "model.pt"
-        tmp = folder / "model.pt.tmp"
-        torch.save(self.state().model.state_dict(), tmp)
-        tmp.replace(ckpt)
+        save_atomic(self.state().model.state_dict(), ckpt)
         return csv_path, ckpt
 
 

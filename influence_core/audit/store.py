@@ -92,7 +92,7 @@ class DecisionLog:
         self._db.close()
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self._lock)
+        return _Transaction(self._db, self._lock, self.path)
 
     def _check_meta(self, cur: sqlite3.Cursor) -> None:
         digest = hashlib.sha256(",".join(map(str, self.labels)).encode()).hexdigest()[:16]
@@ -238,24 +238,39 @@ class DecisionLog:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) under the handle's thread lock."""
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) under the handle's thread lock. A write
+    SQLite refuses (a full disk, a read-only file, a lock held past the busy timeout) is a
+    DecisionLogError naming it, after the rollback: nothing of the transaction is kept."""
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
-        self.db, self.lock = db, lock
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock, path: Path) -> None:
+        self.db, self.lock, self.path = db, lock, path
 
     def __enter__(self) -> sqlite3.Cursor:
         self.lock.acquire()
         try:
             self.cur = self.db.cursor()
             self.cur.execute("BEGIN IMMEDIATE")
-        except BaseException:
+        except BaseException as exc:
             self.lock.release()
+            if isinstance(exc, sqlite3.Error):  # e.g. locked past the busy timeout
+                raise DecisionLogError(f"cannot write the decision log {self.path}: {exc}; "
+                                       "nothing recorded") from exc
             raise
         return self.cur
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
         try:
-            self.cur.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                try:
+                    self.cur.execute("COMMIT")
+                    return
+                except sqlite3.Error as failed:
+                    exc = failed
+            if self.db.in_transaction:  # SQLite rolls back by itself on some errors (FULL)
+                self.cur.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise DecisionLogError(f"cannot write the decision log {self.path}: {exc}; "
+                                       "nothing recorded") from exc
         finally:
             self.lock.release()
 

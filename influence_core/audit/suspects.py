@@ -37,6 +37,7 @@ from ..data.models import build_model, load_checkpoint
 from ..data.registry import Problem
 from ..data.training import (
     predict_logits,
+    save_atomic,
     snapshot_path,
     snapshot_steps,
     total_steps,
@@ -123,8 +124,7 @@ def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch
     train_model(model, data, cfg, indices, report, keep)
     folder.mkdir(parents=True, exist_ok=True)
     for p, s in zip(paths, steps):
-        torch.save(states[s], p.with_suffix(".tmp"))
-        p.with_suffix(".tmp").replace(p)
+        save_atomic(states[s], p)
     return [_loaded(fresh(), p) for p in paths]
 
 

@@ -1,6 +1,7 @@
-"""`bench query | core | first-card`: the attribution index's latency and quality, our EK-FAC
-against Kronfluence's with every estimator's IHVP error, and the time to the first Review card
-with nothing cached."""
+"""`bench query | core | first-card | faults`: the attribution index's latency and quality, our
+EK-FAC against Kronfluence's with every estimator's IHVP error, the time to the first Review card
+with nothing cached, and every class of bad input against the real entry points (plus concurrent
+reviewers on one decision log)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,21 @@ def _bench_first_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_faults(args: argparse.Namespace) -> int:
+    from .faults import faults_table, run_faults, write_report
+
+    home = Path(args.home) if args.home else artifacts_root() / "bench" / "faults-home"
+    out = Path(args.out) if args.out else artifacts_root() / "bench" / "faults.json"
+    report = run_faults(home, load_seconds=args.load_seconds, progress=tqdm_progress())
+    write_report(report, out)
+    print(faults_table(report))
+    print(f"report: {out}")
+    return 0 if report["n_clean"] == report["n_classes"] and not report["n_lost"] else 1
+
+
 # bench <mode>: add other modes here
-BENCH_MODES = {"query": _bench_query, "core": _bench_core, "first-card": _bench_first_card}
+BENCH_MODES = {"query": _bench_query, "core": _bench_core, "first-card": _bench_first_card,
+               "faults": _bench_faults}
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
@@ -80,11 +94,14 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                    help="first-card: the Review ranking to set up (a key of RANKINGS)")
     p.add_argument("--home", default=None,
                    help="first-card: the scratch artifacts folder, emptied first (default "
-                        "artifacts/bench/first-card-<dataset>-<model>)")
+                        "artifacts/bench/first-card-<dataset>-<model>; faults: "
+                        "artifacts/bench/faults-home)")
+    p.add_argument("--load-seconds", type=float, default=10.0,
+                   help="faults: how long 8 sessions review concurrently (0: skip)")
 
 
 def _cmd(args: argparse.Namespace) -> int:
     return BENCH_MODES[args.mode](args)
 
 
-COMMANDS = {"bench": (_cmd, _add_args, "benchmarks: bench query | core | first-card")}
+COMMANDS = {"bench": (_cmd, _add_args, "benchmarks: bench query | core | first-card | faults")}

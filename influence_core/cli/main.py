@@ -39,3 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, MissingExtra) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a read-only artifacts folder
+        print(f"error: cannot write or read {exc.filename or 'a file'}: "
+              f"{exc.strerror or exc}; nothing half-written is used (free space or make the "
+              "folder writable, then re-run)", file=sys.stderr)
+        return 2

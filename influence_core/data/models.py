@@ -113,6 +113,11 @@ def build_model(name: str, shape: tuple[int, int, int], num_classes: int) -> nn.
     return MODELS[name](shape, num_classes)
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a state_dict saved with torch.save into `model`, in place.
 
@@ -130,7 +135,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
             f"code to load; only weights_only checkpoints are accepted). Detail: {exc}"
         ) from exc
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated, or not written by "
+                              f"torch.save?): {_first_line(exc)}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

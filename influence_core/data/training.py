@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -134,12 +136,29 @@ def snapshot_path(cfg: TrainConfig, step: int) -> Path:
     return checkpoint_dir(cfg) / "snapshots" / f"step{step}.pt"
 
 
+def save_atomic(state: dict, path: Path) -> None:
+    """torch.save to `path`.tmp, fsynced, then renamed over `path`: a reader never sees half a
+    file. On a failure (a full disk, a read-only folder) the temporary file is removed and
+    OSError raised (torch's zip writer reports a failed write as RuntimeError)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, RuntimeError):
+            raise OSError(errno.EIO, f"the write failed ({str(exc).splitlines()[0]})",
+                          str(tmp)) from exc
+        raise
+
+
 def _save_snapshots(cfg: TrainConfig, kept: dict[int, dict]) -> None:
     for step, state in kept.items():
         path = snapshot_path(cfg, step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
+        save_atomic(state, path)
 
 
 def train_or_load(
@@ -183,9 +202,7 @@ def train_or_load(
         "torch": torch.__version__,
     }
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "model.pt.tmp"
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(folder / "model.pt")
+    save_atomic(model.state_dict(), folder / "model.pt")
     meta_tmp = folder / "meta.json.tmp"  # atomic too: a run killed here leaves no torn meta
     meta_tmp.write_text(json.dumps(meta, indent=2))
     meta_tmp.replace(folder / "meta.json")

@@ -7,6 +7,7 @@ number printed is a value of one of those files, formatted by benchmarks_doc.num
 from __future__ import annotations
 
 from .benchmarks_doc import CLI, DATA, TARGETS, Reports, Section, cmd, num, pct, table
+from .benchmarks_faults import faults
 from .benchmarks_speed import core, index
 from .benchmarks_suspects import suspects
 from .benchmarks_unlearning import browser, unlearning
@@ -173,7 +174,8 @@ SECTIONS = [Section("Core vs Kronfluence", core), Section("Attribution index", i
             Section("Mislabel detection", mislabel),
             Section("Suspect ranking: development and test splits", suspects),
             Section("Unlearning vs retraining", unlearning),
-            Section("Dashboard latency in the browser", browser)]
+            Section("Dashboard latency in the browser", browser),
+            Section("Faults and bad input", faults)]
 ANCHOR = {s.render.__name__: s.slug for s in SECTIONS}
 
 
