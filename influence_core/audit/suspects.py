@@ -142,11 +142,11 @@ def snapshot_logits(model: nn.Module, data: ImageDataset) -> torch.Tensor:
     the trajectory and dynamics signals share 4 of their checkpoints (T/8, T/4, T/2, T)."""
     key = getattr(model, "checkpoint_file", None)
     if key is None:
-        return predict_logits(model, data, batch_size=512)
+        return predict_logits(model, data)
     if (key, len(data)) not in _LOGITS:
         if len(_LOGITS) >= 32:
             _LOGITS.clear()
-        _LOGITS[key, len(data)] = predict_logits(model, data, batch_size=512)
+        _LOGITS[key, len(data)] = predict_logits(model, data)
     return _LOGITS[key, len(data)]
 
 
