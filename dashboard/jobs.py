@@ -40,7 +40,7 @@ def wait(job: Job, forget: Callable[[], None]) -> object:
     """Draw the job's progress bar until it finishes; return its result, or call `forget` (drop
     the cached job, so a retry starts anew) and re-raise its error."""
     bar = st.empty()
-    while not job.finished.wait(0.25):
+    while not job.finished.wait(0.5):  # a redraw costs the browser too
         bar.progress(job.fraction, text=job.text)
     bar.empty()
     if job.error is not None:

@@ -153,9 +153,9 @@ def explain_upload(key: tuple, data: bytes, _ws: Workspace) -> tuple:
     return explain_image(_ws.index, _ws.problem.train, data, TOP_K)
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
+@st.cache_data(show_spinner="Scoring the test queries...", max_entries=256)
 def influenced(key: tuple, i: int, _ws: Workspace) -> tuple:
-    return influenced_queries(_ws.index, _ws.queries, i, TOP_K)
+    return influenced_queries(_ws.index, _ws.queries.get(), i, TOP_K)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

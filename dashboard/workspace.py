@@ -5,6 +5,7 @@ session state and both in st.cache_resource, shared by every session."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from influence_core import (
@@ -47,12 +48,26 @@ class Selection:
         return (*self.problem_key, self.method, self.damping)
 
 
+class QueryVectors:
+    """The test queries' index vectors (influence_core.query_vectors), computed on first use
+    (Explore's training cards), not before the first Review card; thread-safe."""
+
+    def __init__(self, index: AttributionIndex, test: object) -> None:
+        self._index, self._test, self._lock, self._vectors = index, test, threading.Lock(), None
+
+    def get(self) -> object:
+        with self._lock:
+            if self._vectors is None:
+                self._vectors = query_vectors(self._index, self._test)
+            return self._vectors
+
+
 @dataclass(frozen=True)
 class Attribution:
     """One problem's attribution index and the test queries' index vectors (every ranking's)."""
 
     index: AttributionIndex
-    queries: object  # (M, dim) index vectors of the test queries (influence_core.query_vectors)
+    queries: QueryVectors
 
 
 @dataclass
@@ -64,16 +79,15 @@ class Workspace:
     problem: Problem
     index: AttributionIndex
     session: AuditSession
-    queries: object  # (M, dim) index vectors of the test queries (influence_core.query_vectors)
+    queries: QueryVectors  # the test queries' index vectors, on first use
     cache: ReviewCache  # evidence and previews, prefetched while a card is on screen
 
 
 def open_attribution(problem: Problem, progress: Progress) -> Attribution:
-    """The Setup step's first part: precompute (or load) the index and compute the test queries'
-    index vectors (Explore's training cards: (M, dim) @ x_i)."""
+    """The Setup step's first part: precompute (or load) the index; the test queries' index
+    vectors (Explore's training cards: (M, dim) @ x_i) follow on first use."""
     index = open_index(problem, progress)
-    progress(0, 1, "Setup: index vectors of the test queries")
-    return Attribution(index, query_vectors(index, problem.test))
+    return Attribution(index, QueryVectors(index, problem.test))
 
 
 def open_workspace(sel: Selection, problem: Problem, attribution: Attribution, ranking: str,
