@@ -4,7 +4,7 @@ reported), from docs/reports/suspects_dev.json and suspects_test.json when they 
 
 from __future__ import annotations
 
-from .benchmarks_doc import CLI, Reports, cmd, num, table
+from .benchmarks_doc import CLI, DATA, Reports, cmd, num, table
 
 SHOWN = ["cv_loss+checkpoint_loss", "cleanlab", "loss", "self_influence", "aum",
          "dynamics_loss", "forgetting", "checkpoint_loss", "cv_loss", "kronfluence_self_influence",
@@ -60,3 +60,24 @@ def suspects(r: Reports) -> str:
     if "suspects_test.json" not in present:
         intro += " The test split has not been run yet: no held-out number exists."
     return "\n\n".join([intro] + [_split(r, n) for n in present])
+
+
+def first_card(r: Reports) -> str:
+    core, web = r("first_card_mnist_cnn.json"), r("first_card_mnist_browser.json")
+    rows = [[k, num(v, 1)] for k, v in core["stages_s"].items()]
+    steps = [[k, num(v, 1)] for k, v in core["steps_s"].items()]
+    return "\n\n".join([
+        (f"From choosing {core['dataset']}/{core['model']} with nothing cached to the first "
+         f"Review card (default ranking `{core['signal']}`), goal 180 s on this 2-core "
+         f"machine. The app's setup, run stage by stage in a fresh artifacts folder "
+         f"({cmd(CLI + ' bench first-card --dataset mnist --model cnn ' + DATA)}, "
+         f"{r.link('first_card_mnist_cnn.json')}): **{num(core['total_s'], 0)} s**."),
+        table(["stage", "seconds"], rows),
+        "Where the time went (first to last progress report of each step):",
+        table(["step", "seconds"], steps),
+        (f"In the browser (chromium on the same 2 cores, the page polled every 0.5 s; "
+         f"{cmd('pytest -m slow tests/test_browser_mnist.py -k first_card -s')}, "
+         f"{r.link('first_card_mnist_browser.json')}): **{num(web['seconds'], 0)} s** from "
+         "opening Review to the card on screen; the progress bar's texts on the way: "
+         + "; ".join(f"`{t}`" for t in web["progress_texts"]) + "."),
+    ])
