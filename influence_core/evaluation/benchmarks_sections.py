@@ -193,6 +193,7 @@ def summary_rows(r: Reports) -> list[tuple[str, str, str, str]]:
         r("lds_mnist_cnn_2seeds.json")
     held = r("suspects_test.json")
     fc, web = r("first_card_mnist_cnn.json"), r("first_card_mnist_browser.json")
+    fgoal = t["first_card"]["goal_seconds_max"]
     rep = r("unlearning-mnist-cnn-relabel-refined40.json")
     row = rep["relabel"]["sets"]["repair_flips"]
     ratio = rep["derived"]["relabel"]["kl_ratio"]["repair_flips"]
@@ -244,9 +245,9 @@ def summary_rows(r: Reports) -> list[tuple[str, str, str, str]]:
           f"({num(rem['noise_floor'], 2)})"), ANCHOR["unlearning"]),
         ("first Review card, mnist/cnn, nothing cached",
          (f"{num(fc['total_s'], 0)} s (setup stages, `bench first-card`); "
-          f"{num(web['seconds'], 0)} s in chromium on the same 2 cores"),
-         (f"goal ≤ 180 s: {'met' if fc['total_s'] <= 180 else '**not met**'} by the setup, "
-          f"{'met' if web['seconds'] <= 180 else '**not met**'} in the browser"),
+          f"{num(web['seconds'], 0)} s in chromium on the same machine"),
+         (f"goal ≤ {num(fgoal)} s: {'met' if fc['total_s'] <= fgoal else '**not met**'} by "
+          f"the setup, {'met' if web['seconds'] <= fgoal else '**not met**'} in the browser"),
          ANCHOR["first_card"]),
         ("Review click in the browser, MNIST",
          (f"relabel {num(b15['review: relabel (L)']['median_s'], 2)} s (median) after "
