@@ -3,11 +3,14 @@ with `dataclasses.asdict` beside the artifact it produced."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,22 @@ from pathlib import Path
 def artifacts_root() -> Path:
     """Where checkpoints, factors, indices and the decision log live ($INFLUENCE_AUDIT_HOME)."""
     return Path(os.environ.get("INFLUENCE_AUDIT_HOME", "artifacts")).resolve()
+
+
+@contextlib.contextmanager
+def fresh_artifacts_root(home: Path) -> Iterator[Path]:
+    """`home`, emptied, as $INFLUENCE_AUDIT_HOME for the duration (benchmarks from scratch)."""
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    before = os.environ.get("INFLUENCE_AUDIT_HOME")
+    os.environ["INFLUENCE_AUDIT_HOME"] = str(home)
+    try:
+        yield home.resolve()
+    finally:
+        if before is None:
+            os.environ.pop("INFLUENCE_AUDIT_HOME", None)
+        else:
+            os.environ["INFLUENCE_AUDIT_HOME"] = before
 
 
 def default_data_root() -> Path:

@@ -15,13 +15,13 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import fresh_artifacts_root
 from ..progress import Progress, silent
 
 QUICK = ["--epochs", "2"]  # a digits/mlp trained in about a second: every CLI case uses it
@@ -111,17 +111,8 @@ def row(scratch: Scratch, name: str, given: str, where: str, expected: str, outc
 @contextlib.contextmanager
 def scratch_home(home: Path) -> Iterator[Scratch]:
     """$INFLUENCE_AUDIT_HOME pointed at `home` (emptied first) for the duration."""
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
-    old = os.environ.get("INFLUENCE_AUDIT_HOME")
-    os.environ["INFLUENCE_AUDIT_HOME"] = str(home)
-    try:
-        yield Scratch(home.resolve())
-    finally:
-        if old is None:
-            os.environ.pop("INFLUENCE_AUDIT_HOME", None)
-        else:
-            os.environ["INFLUENCE_AUDIT_HOME"] = old
+    with fresh_artifacts_root(home) as root:
+        yield Scratch(root)
 
 
 def run_case(scratch: Scratch, name: str, case: Callable[[Scratch], dict]) -> dict:

@@ -12,14 +12,10 @@ took the time). The browser adds its own rendering (seconds) on top."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from ..config import artifacts_root, recipe
+from ..config import artifacts_root, fresh_artifacts_root, recipe
 from ..progress import Progress, silent
 from ..runtime import cpu_has_bf16_units
 
@@ -48,7 +44,7 @@ def bench_first_card(dataset: str, model: str, data_root: str | None, ranking: s
         stages[name] = round(time.perf_counter() - t0, 2)
         return time.perf_counter()
 
-    with _fresh_home(home):
+    with fresh_artifacts_root(home):
         t = time.perf_counter()
         problem = load_problem(recipe(dataset, model), data_root, progress=report)
         t = stage("model", t)
@@ -73,22 +69,6 @@ def bench_first_card(dataset: str, model: str, data_root: str | None, ranking: s
         "first_card": {"index": i, "label": label, "suggested": suggested},
         "cpu_bf16_units": cpu_has_bf16_units(), "threads": _threads(),
     }
-
-
-@contextmanager
-def _fresh_home(home: Path) -> Iterator[None]:
-    """`home`, emptied, as $INFLUENCE_AUDIT_HOME for the duration."""
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
-    before = os.environ.get("INFLUENCE_AUDIT_HOME")
-    os.environ["INFLUENCE_AUDIT_HOME"] = str(home)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("INFLUENCE_AUDIT_HOME", None)
-        else:
-            os.environ["INFLUENCE_AUDIT_HOME"] = before
 
 
 def _threads() -> int:
