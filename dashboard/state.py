@@ -1,13 +1,13 @@
-"""Every Streamlit cache, widget key, session value and URL parameter, behind typed getters.
-This is the only dashboard file that uses st.cache_resource, st.cache_data, st.session_state or
+"""Every Streamlit cache, widget key, session value and URL parameter, behind typed getters. This
+is the only dashboard file that uses st.cache_resource, st.cache_data, st.session_state or
 st.query_params, and it holds nothing else: each cache wraps one core function (or one of
-dashboard.images, dashboard.report_files, dashboard.workspace), and the decision callbacks
-record through the core. Widget keys double as URL query parameters (bind="query-params"), so
-choices survive a reload. Models are cached per decision-log version (a Newton step never mutates a
-cached object: the next version is a new entry)."""
+dashboard.images, dashboard.report_files, dashboard.workspace), and the decision callbacks record
+through the core. Widget keys double as URL query parameters (bind="query-params"), so choices
+survive a reload. Models are cached per decision-log version (a Newton step adds, never mutates)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 import numpy as np
@@ -21,6 +21,7 @@ from influence_core import (
     DEFAULT_RANKING,
     INPUT_ERRORS,
     AuditState,
+    Claims,
     Evidence,
     Preview,
     Problem,
@@ -238,19 +239,19 @@ def examples(dataset: str, model: str, data_root: str, checkpoint: str, split: s
 
 
 # ---- the review queue ------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def claims() -> Claims:  # which session shows which suspect (dashboard.claims)
+    return Claims()
+
+
+def review_token() -> str:  # this browser session's name in claims(), made on its first run
+    return st.session_state.setdefault("review_token", uuid.uuid4().hex)
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def train_probs(key: tuple, version: int, i: int, _ws: Workspace) -> np.ndarray:
     """(K,) the current model's class probabilities on training example i."""
     return train_probabilities(_audit_state(key, version, _ws), _ws.problem.train, [i])[0]
-
-
-def current_suspect(rows: pd.DataFrame) -> int | None:
-    """The review position from the URL, else the first unreviewed row."""
-    pinned = url_int(SUSPECT)
-    if pinned is not None:
-        return pinned
-    todo = rows[rows["decision"] == ""]
-    return int(todo["index"].iloc[0]) if len(todo) else None
 
 
 # ---- Explore ---------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ from .attribution.scores import (
     top_k,
     train_gradients,
 )
+from .audit.claims import Claims
 from .audit.review_cache import ReviewCache, next_suspect
 from .audit.session import AuditSession, AuditState, decision_log_path, open_session
 from .audit.store import Decision, DecisionLog, DecisionLogError, backup_log
@@ -123,6 +124,7 @@ __all__ = [
     "AuditSession",
     "AuditState",
     "CheckpointError",
+    "Claims",
     "ClassificationTask",
     "Curvature",
     "DatasetError",

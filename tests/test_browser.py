@@ -3,6 +3,7 @@ across a reload. Needs /usr/bin/chromium (`.ci/run` installs it; never `playwrig
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -74,7 +75,14 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`streamlit run dashboard/app.py` on a free loopback port, with its own artifacts folder."""
-    home = tmp_path_factory.mktemp("influence_audit_home")
+    with streamlit_server(tmp_path_factory.mktemp("influence_audit_home")) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def streamlit_server(home: Path) -> Iterator[tuple[str, int]]:
+    """(url, process id) of the app served from `home` (its artifacts folder; the server's
+    output goes to home/streamlit.log) until the block ends."""
     log = (home / "streamlit.log").open("w")
     port = _free_port()
     proc = subprocess.Popen(
@@ -87,7 +95,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc, SERVER_START_S)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:

@@ -5,7 +5,7 @@ version) and the queue re-ranks."""
 
 import streamlit as st
 
-from dashboard import frames, images, rounds, state, tiles, widgets
+from dashboard import claims, frames, images, rounds, state, tiles, widgets
 from influence_core import (
     DEFAULT_RANKING,
     RANKINGS,
@@ -38,7 +38,7 @@ st.progress(min(done / max(total, 1), 1.0),
             text=f"{done} reviewed / {total} in queue · round {rounds.round_number(ws)} · "
                  f"model version {version}")
 rounds.retrain_ui(sel, ws)
-current = state.current_suspect(rows)
+current = claims.current_suspect(rows, ws.key)
 if message := state.notice():
     st.warning(message)
 
@@ -47,7 +47,7 @@ if message := state.notice():
 def card(version: int) -> None:
     if ws.session.log.version() != version:  # a decision was committed: re-rank the page
         st.rerun(scope="app")
-    i = state.current_suspect(rows)  # from the URL: Previous/Next rerun only this card
+    i = claims.current_suspect(rows, ws.key)  # from the URL: Previous/Next rerun only this card
     given = current_label(audit, i)
     ev = state.why_flagged(ws.key, i, given, ws)
     before, after = frames.neighbours(rows, i)
@@ -79,7 +79,8 @@ def card(version: int) -> None:
         widgets.preview_text(f"Relabel → {names[target]}",
                              state.edit_preview(ws.key, version, i, "relabel", target, ws))
     widgets.preview_text("Remove", state.edit_preview(ws.key, version, i, "remove", None, ws))
-    state.prefetch(ws, i, after)  # the next click's states, evidence and previews
+    if claims.alone(ws.key):  # the next click's states, evidence and previews
+        state.prefetch(ws, i, after)
 
 
 if current is None:
@@ -90,9 +91,10 @@ else:
         # Outside the fragment: a decision reruns the whole page once (counter, re-ranked queue);
         # the suspect is read from the URL when clicked, so Previous/Next inside the card count.
         widgets.review_buttons(
-            on_decide=lambda action: state.decide(ws, action, state.current_suspect(rows),
+            on_decide=lambda action: state.decide(ws, action, claims.current_suspect(rows, ws.key),
                                                   version, sel.annotator),
-            on_undo=lambda: state.undo_last_decision(ws, version, sel.annotator),
+            on_undo=lambda: (claims.release(),
+                             state.undo_last_decision(ws, version, sel.annotator)),
             can_undo=has_decision(ws.session.log, sel.annotator),
         )
 
