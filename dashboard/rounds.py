@@ -21,7 +21,10 @@ def round_number(ws: Workspace) -> int:
 
 def retrain_ui(sel: Selection, ws: Workspace) -> None:
     """The button, and the retrain job while it is requested; a finished retrain reruns the
-    page, which opens the new round."""
+    page, which opens the new round. Above it: how the Newton step between retrains is damped
+    (per edit kind, or skipped for a kind), as the session resolved it."""
+    if ws.session.rule is not None:
+        st.caption(f"Newton step between retrains · {ws.session.rule.describe()}")
     version = ws.session.log.version()
     trained_on = ws.problem.meta.get("log_version", 0)  # the log version of the round's model
     st.button("Retrain on reviewed labels", on_click=state.request, args=(state.RETRAIN,),

@@ -87,13 +87,13 @@ def audit_ui(
             "EK-FAC, damped per layer by 0.1 × its mean eigenvalue (Kronfluence's heuristic).",
         )
         damping = st.number_input(
-            "Newton-step damping λ (0: 1000 × weight decay)", min_value=0.0, value=0.0,
+            "Newton-step damping λ (0: this model's calibration)", min_value=0.0, value=0.0,
             format="%g", step=0.001, key=damping_key, bind="query-params",
-            help="λ in (G + λI)⁻¹ of the Newton step. 0 uses 1000 × the recipe's weight decay "
-            "(1e-3 when it has none) for every dataset and model: the multiple that "
-            "`verify-unlearning` picked on digits/mlp removal sets. It is not recalibrated for "
-            "this problem; `python -m influence_core verify-unlearning` measures how well a λ "
-            "does against retraining.",
+            help="λ in (G + λI)⁻¹ of the Newton step, for every kind of edit. 0 uses the "
+            "model's calibration when `python -m influence_core calibrate` has been run for "
+            "it: a λ per edit kind (remove, relabel) chosen by retraining on held-out edits, "
+            "or no step for a kind where no λ beat doing nothing. Without one: 1000 × the "
+            "recipe's weight decay (1e-3 when it has none). Review says which applies.",
         )
         st.subheader("Review")
         if identity:

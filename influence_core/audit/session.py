@@ -36,8 +36,9 @@ from ..data.datasets import ImageDataset, subset
 from ..data.training import save_atomic
 from ..memo import FutureCache
 from ..progress import Progress, silent
+from . import damping as dmp
 from .store import REMOVED, Decision, DecisionLog, Request, edits
-from .unlearning import newton_damping, newton_step, rebind, refine, updated_model
+from .unlearning import newton_damping, rebind, refine, updated_model
 
 CACHE_SIZE = 8
 
@@ -110,6 +111,7 @@ class AuditSession:
         suspects: torch.Tensor | None = None, refine_steps: int = 0,
         weight_decay: float | None = None, prior: torch.Tensor | None = None, ranking: str = "",
         damping: float | None = None, excluded: torch.Tensor | None = None,
+        rule: dmp.DampingRule | None = None,
     ) -> None:
         self.problem, self.curvature, self.log = problem, curvature, log
         self.task = task or ClassificationTask()
@@ -120,6 +122,8 @@ class AuditSession:
         self.prior = None if prior is None else torch.as_tensor(prior).double()
         self.ranking = ranking
         self.damping = damping  # the Newton step's lambda (named in refusals), when known
+        self.rule = rule  # per edit kind (audit.damping); None: `curvature`'s damping for all
+        self.kinds = dmp.kind_curvatures(curvature, rule) if rule and rule.calibrated else None
         config = getattr(problem, "config", None)  # the training recipe's L2 strength
         self.weight_decay = weight_decay if weight_decay is not None else getattr(
             config, "weight_decay", 0.0)
@@ -197,8 +201,9 @@ class AuditSession:
 
     def model_delta(self, remove: list[int], relabel: dict[int, int]) -> torch.Tensor:
         """(p,) the batched Newton step (plus refinement) for these edits, from the base."""
-        delta = newton_step(self.curvature, self.task, self.train, remove, relabel,
-                            weight_decay=self.weight_decay)
+        remove, relabel = dmp.applied(self.kinds, remove, relabel)
+        delta = dmp.kinds_step(self.curvature, self.kinds, self.task, self.train, remove,
+                               relabel, self.weight_decay)
         if self.refine_steps and delta.any():
             delta = refine(self.curvature, self.task, self.train, delta, remove, relabel,
                            steps=self.refine_steps, weight_decay=self.weight_decay)
@@ -290,22 +295,25 @@ def open_session(
     `fitted`: a fit of the same method and config on the same model (the attribution index's
     EK-FAC) to reuse with this damping instead of fitting again.
 
-    damping: absolute lambda of H = G + lambda I, resolved by unlearning.newton_damping (None:
-    1000 x the recipe's weight decay, 1e-3 when it has none, for every dataset and model: the
-    multiple verify-unlearning's calibration chose on held-out removal sets of digits/mlp
-    only). lambda = weight decay alone (the objective's own curvature) makes the step 14x worse
-    than doing nothing there (unlearning.py). The identity method has no damping.
+    damping: absolute lambda of H = G + lambda I for every edit kind. None: the model's
+    calibration (audit.damping: a lambda per edit kind, or no step for a kind where none beat
+    doing nothing) when `calibrate` has been run for it and this method, else
+    unlearning.newton_damping's default, 1000 x the recipe's weight decay (1e-3 without one).
+    The identity method has no damping.
     `log_labels`: the labels the log was created for, when the problem's differ (a later
     cleaning round: the base labels)."""
-    task = ClassificationTask()
-    damping = newton_damping(getattr(problem, "config", None), damping)
+    task, config = ClassificationTask(), getattr(problem, "config", None)
+    log_path = Path(log_path or decision_log_path(problem))
+    given, damping = damping, newton_damping(config, damping)
+    rule = (given is None and dmp.load_rule(dmp.calibration_path(log_path, method), config)
+            ) or dmp.default_rule(config, given)
     cfg = CURVATURE_CONFIGS[method](damping=damping) if method != "identity" else None
     if fitted is not None and fitted.name == method:  # the same fit, this damping
         curv = fitted.rebased(TrackedModel(problem.model), damping)
     else:
         curv = fit_curvature(method, TrackedModel(problem.model), task, problem.train, cfg,
                              progress=progress)
-    log = DecisionLog(log_path or decision_log_path(problem),
+    log = DecisionLog(log_path,
                       problem.train.labels if log_labels is None else log_labels,
                       problem.train.num_classes)
-    return AuditSession(problem, curv, log, task, damping=damping, **kwargs)
+    return AuditSession(problem, curv, log, task, damping=damping, rule=rule, **kwargs)

@@ -1,0 +1,100 @@
+"""The Newton step's damping per problem and edit kind (audit.damping): the calibration's choice
+follows its own measurements, sessions opened afterwards use it, a kind whose step never beat
+doing nothing is recorded without moving the model, and an explicit damping overrides it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from influence_core import load_problem, open_session, recipe
+from influence_core.audit import damping as dmp
+from influence_core.audit.session import decision_log_path
+from influence_core.audit.unlearning import newton_damping, newton_step
+from influence_core.config import CURVATURE_CONFIGS
+from influence_core.curvature import fit_curvature
+from influence_core.curvature.gradients import TrackedModel
+from influence_core.curvature.task import ClassificationTask
+
+
+@pytest.fixture
+def problem(artifacts_home: Path) -> object:
+    return load_problem(recipe("digits", "mlp", epochs=2))
+
+
+def _fit(problem: object) -> object:
+    return fit_curvature("kfac", TrackedModel(problem.model), ClassificationTask(),
+                         problem.train, CURVATURE_CONFIGS["kfac"]())
+
+
+def _step(problem: object, lam: float, remove: list, relabel: dict) -> torch.Tensor:
+    curv = _fit(problem).rebased(TrackedModel(problem.model), lam)
+    return newton_step(curv, ClassificationTask(), problem.train, remove, relabel,
+                       weight_decay=problem.config.weight_decay)
+
+
+def test_calibration_picks_the_best_measured_damping_per_kind(problem: object) -> None:
+    path = dmp.calibration_path(decision_log_path(problem), "kfac")
+    rule = dmp.calibrate(problem, _fit(problem), path)
+    result = json.loads(path.read_text())
+    k = max(1, round(dmp.SET_FRACTION * len(problem.train)))
+    for kind in dmp.KINDS:
+        r = result["kinds"][kind]
+        ratios = {float(c): v for c, v in r["ratios"].items()}
+        assert set(ratios) == set(dmp.GRID) and all(math.isfinite(v) for v in ratios.values())
+        assert r["ratio"] == max(ratios.values()) and ratios[r["multiple"]] == r["ratio"]
+        assert r["used"] == (r["ratio"] > 1.0) and r["sets"] == [k, k]
+        unit = dmp.damping_unit(problem.config)
+        assert rule.damping[kind] == (pytest.approx(r["multiple"] * unit) if r["used"] else None)
+    # a session opened on this model afterwards uses the rule
+    session = open_session(problem, "kfac")
+    assert session.rule.calibrated and session.rule.damping == rule.damping
+    session.log.close()
+
+
+def _write(path: Path, remove: dict, relabel: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kinds = {"remove": remove, "relabel": relabel}
+    path.write_text(json.dumps({"version": dmp.VERSION, "kinds": kinds}))
+
+
+def test_a_kind_without_a_helpful_step_is_logged_but_moves_nothing(problem: object,
+                                                                    tmp_path: Path) -> None:
+    log = tmp_path / "decisions" / "m.db"
+    unit = dmp.damping_unit(problem.config)
+    _write(dmp.calibration_path(log, "kfac"),
+           {"used": False, "multiple": 1000.0, "damping": 1000 * unit, "ratio": 0.97},
+           {"used": True, "multiple": 100.0, "damping": 100 * unit, "ratio": 1.4})
+    session = open_session(problem, "kfac", log)
+    assert session.rule.damping == {"remove": None, "relabel": pytest.approx(100 * unit)}
+    assert "Newton step skipped" in session.rule.why["remove"]
+    session.record(5, "remove")
+    state = session.state()
+    assert state.removed[5] and not state.delta.any()  # logged, the model left as it was
+    session.record(7, "relabel", 3)
+    expected = _step(problem, 100 * unit, [], {7: 3})  # only the relabel, at its own damping
+    torch.testing.assert_close(session.state().delta, expected, rtol=1e-4, atol=1e-7)
+    session.log.close()
+
+
+def test_an_explicit_damping_overrides_the_calibration(problem: object, tmp_path: Path) -> None:
+    log = tmp_path / "decisions" / "m.db"
+    unit = dmp.damping_unit(problem.config)
+    _write(dmp.calibration_path(log, "kfac"),
+           {"used": False, "multiple": 1.0, "damping": unit, "ratio": 0.5},
+           {"used": False, "multiple": 1.0, "damping": unit, "ratio": 0.5})
+    session = open_session(problem, "kfac", log, damping=0.5)
+    assert not session.rule.calibrated and session.rule.damping == {"remove": 0.5,
+                                                                    "relabel": 0.5}
+    session.record(5, "remove")
+    torch.testing.assert_close(session.state().delta, _step(problem, 0.5, [5], {}),
+                               rtol=1e-4, atol=1e-7)
+    session.log.close()
+    default = open_session(problem, "kfac", tmp_path / "other" / "n.db")
+    assert default.rule.damping["remove"] == newton_damping(problem.config)
+    assert "not calibrated" in default.rule.describe()
+    default.log.close()
