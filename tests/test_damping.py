@@ -37,10 +37,16 @@ def _step(problem: object, lam: float, remove: list, relabel: dict) -> torch.Ten
                        weight_decay=problem.config.weight_decay)
 
 
-def test_calibration_picks_the_best_measured_damping_per_kind(problem: object) -> None:
+def test_calibration_picks_the_best_measured_damping_per_kind(problem: object,
+                                                              tmp_path: Path) -> None:
+    from influence_core.cli import main
+
+    out = tmp_path / "damping.json"
+    assert main(["calibrate", "--epochs", "2", "--method", "kfac", "--out", str(out)]) == 0
     path = dmp.calibration_path(decision_log_path(problem), "kfac")
-    rule = dmp.calibrate(problem, _fit(problem), path)
     result = json.loads(path.read_text())
+    assert json.loads(out.read_text())["kinds"] == result["kinds"]
+    rule = dmp.load_rule(path, problem.config)
     k = max(1, round(dmp.SET_FRACTION * len(problem.train)))
     for kind in dmp.KINDS:
         r = result["kinds"][kind]

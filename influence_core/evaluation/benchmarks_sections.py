@@ -6,6 +6,7 @@ number printed is a value of one of those files, formatted by benchmarks_doc.num
 
 from __future__ import annotations
 
+from .benchmarks_damping import damping
 from .benchmarks_doc import CLI, DATA, TARGETS, Reports, Section, cmd, num, pct, table
 from .benchmarks_faults import faults
 from .benchmarks_speed import core, index
@@ -175,6 +176,7 @@ SECTIONS = [Section("Core vs Kronfluence", core), Section("Attribution index", i
             Section("Suspect ranking: development and test splits", suspects),
             Section("Time to the first Review card", first_card),
             Section("Unlearning vs retraining", unlearning),
+            Section("Newton-step damping per problem", damping),
             Section("Dashboard latency in the browser", browser),
             Section("Faults and bad input", faults)]
 ANCHOR = {s.render.__name__: s.slug for s in SECTIONS}
