@@ -20,17 +20,56 @@ def _last_error_line(capsys: pytest.CaptureFixture) -> str:
     return err
 
 
-@pytest.mark.parametrize("args, message", [
+OUT_OF_RANGE = [
     (["--index", "99999"], "--index 99999 is outside the test set (0..359)"),
     (["--index", "-1"], "--index -1 is outside the test set (0..359)"),
     (["--index", "3", "--label", "99"], "--label 99 is outside the classes (0..9)"),
     (["--index", "3", "--label", "-1"], "--label -1 is outside the classes (0..9)"),
-])
+]
+
+
+@pytest.mark.parametrize("args, message", OUT_OF_RANGE)
 def test_query_refuses_an_index_or_label_out_of_range(artifacts_home: Path, capsys, args,
                                                       message: str) -> None:
     assert main(["query", *QUICK, *args]) == 2
     assert _last_error_line(capsys) == f"error: {message}"
     assert not (artifacts_home / "index").exists()
+
+
+@pytest.fixture(scope="module")
+def indexed_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An artifacts folder with the quick digits model and its attribution index."""
+    home = tmp_path_factory.mktemp("indexed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INFLUENCE_AUDIT_HOME", str(home))
+        assert main(["precompute", *QUICK]) == 0
+    return home
+
+
+@pytest.mark.parametrize("args, message", OUT_OF_RANGE)
+def test_with_an_index_an_out_of_range_query_is_still_one_line(
+    indexed_home: Path, monkeypatch: pytest.MonkeyPatch, capsys, args, message: str,
+) -> None:
+    """Where the index exists, 99999 is not an IndexError traceback and -1 is not the last
+    test image."""
+    monkeypatch.setenv("INFLUENCE_AUDIT_HOME", str(indexed_home))
+    assert main(["query", *QUICK, *args]) == 2
+    assert _last_error_line(capsys) == f"error: {message}"
+
+
+def test_a_truncated_checkpoint_names_what_is_wrong(tmp_path: Path) -> None:
+    """Half a model.pt: a CheckpointError saying it cannot be read (truncated?), not a bare
+    '[Errno 22] Invalid argument'."""
+    import torch
+
+    from influence_core.data.models import CheckpointError, build_model, load_checkpoint
+
+    model = build_model("mlp", (1, 8, 8), 10)
+    whole, half = tmp_path / "model.pt", tmp_path / "half.pt"
+    torch.save(model.state_dict(), whole)
+    half.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*half\.pt \(truncated"):
+        load_checkpoint(build_model("mlp", (1, 8, 8), 10), half)
 
 
 @pytest.mark.parametrize("argv, message", [
