@@ -16,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
+import signal
 import sqlite3
 import statistics
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -212,3 +215,68 @@ def test_eight_browser_sessions_review_at_once(tmp_path: Path) -> None:
     assert race["loser_sees"] == (race["later_action"], race["later"]), race
     log = (tmp_path / "streamlit.log").read_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+async def _review_then_kill(url: str, pid: int, seed: int) -> list[tuple[int, str]]:
+    """Decide on 3-6 cards (random actions), start one more click and SIGKILL the server at a
+    random moment during it. Returns the (suspect, action) pairs the page saw committed."""
+    from playwright.async_api import async_playwright
+
+    rng = random.Random(seed)
+    committed = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = await _open(browser, url, "killed")
+        for _ in range(rng.randint(3, 6)):
+            i, action = await _suspect(page), rng.choice(["relabel", "remove", "keep"])
+            await _press(page, action)
+            await page.wait_for_function(MOVED_ON, arg=i, timeout=CLICK_S * 1000)
+            if not await page.get_by_text("Not recorded", exact=False).count():
+                committed.append((i, action))
+        await _press(page, rng.choice(["relabel", "remove", "keep"]))
+        await asyncio.sleep(rng.uniform(0.0, 0.5))
+        os.kill(pid, signal.SIGKILL)
+        await browser.close()
+    return committed
+
+
+def test_a_killed_server_restarts_with_every_committed_decision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kill -9 of the app in the middle of a review session: after a restart on the same
+    artifacts folder the log holds every decision the page saw committed, the page counts them,
+    and replaying the log gives the same weights as a fresh session with those decisions."""
+    from influence_core import load_problem, open_session, recipe
+    from influence_core.audit.session import decision_log_path
+
+    seed = random.SystemRandom().randrange(2**31)
+    with streamlit_server(tmp_path) as (url, pid):
+        committed = asyncio.run(_review_then_kill(url, pid, seed))
+    with streamlit_server(tmp_path) as (url, _):
+        counted = asyncio.run(_reviewed_count(url))
+    monkeypatch.setenv("INFLUENCE_AUDIT_HOME", str(tmp_path))  # the server's model and log
+    problem = load_problem(recipe("digits", "mlp"))
+    [db] = tmp_path.glob("decisions/*.db")
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT idx, action, label FROM decisions ORDER BY id").fetchall()
+    assert set(committed) <= {(i, a) for i, a, _ in rows}, (seed, committed, rows)
+    assert counted == len({i for i, _, _ in rows}) >= len(committed), (seed, counted, rows)
+    assert db == decision_log_path(problem)
+    replayed = open_session(problem, "kfac", db)
+    fresh = open_session(problem, "kfac", tmp_path / "fresh.db")
+    for idx, action, label in rows:  # the same decisions, in the same order, into a new log
+        fresh.record(idx, action, label)
+    torch.testing.assert_close(replayed.state().delta, fresh.state().delta, rtol=0, atol=1e-6)
+    replayed.log.close()
+    fresh.log.close()
+
+
+async def _reviewed_count(url: str) -> int:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = await _open(browser, url, "after-restart")
+        text = await page.inner_text("body")
+        await browser.close()
+    return int(re.search(r"(\d+) reviewed / \d+ in queue", text).group(1))
