@@ -40,4 +40,14 @@ def damping(r: Reports) -> str:
                         + [r.link(name), _command(x)])
     body = table(["problem", "edit kind", "chosen"] + [f"c = {num(c, 0)}" for c in grid]
                  + ["report", "command"], rows)
-    return head + "\n\n" + body
+    weak = [f"{x['dataset']}/{x['model']} {kind} ({num(x['kinds'][kind]['ratio'], 3)})"
+            for _, x in runs for kind in ("remove", "relabel")
+            if x["kinds"][kind]["used"] and x["kinds"][kind]["ratio"] < 1.1]
+    prose = ("What speaks against it: each choice rests on two edit sets of one seed, and the "
+             "grid's small multiples make the step far worse than doing nothing everywhere "
+             "(ratios well below 1), which is why a fixed small damping is unsafe. "
+             + (f"Where the best step is less than 10% closer to retraining than doing nothing "
+                f"({', '.join(weak)}), the step is kept by the rule but is nearly a no-op: "
+                f"for those problems the retrain between cleaning rounds, not the Newton "
+                f"step, is what moves the model." if weak else ""))
+    return "\n\n".join([head, body, prose])
