@@ -104,3 +104,21 @@ def test_an_explicit_damping_overrides_the_calibration(problem: object, tmp_path
     assert default.rule.damping["remove"] == newton_damping(problem.config)
     assert "not calibrated" in default.rule.describe()
     default.log.close()
+
+
+def test_with_one_damping_for_both_kinds_the_step_is_the_joint_newton_step(
+    problem: object, tmp_path: Path,
+) -> None:
+    """Removals and relabels stepped apart (per-kind dampings) sum to newton_step's joint step
+    when both kinds share one damping, including its 1/(N - m) for the relabels."""
+    log = tmp_path / "decisions" / "m.db"
+    unit = dmp.damping_unit(problem.config)
+    same = {"used": True, "multiple": 300.0, "damping": 300 * unit, "ratio": 1.2}
+    _write(dmp.calibration_path(log, "kfac"), same, dict(same))
+    session = open_session(problem, "kfac", log)
+    for i in (3, 4, 5):
+        session.record(i, "remove")
+    session.record(7, "relabel", 2)
+    expected = _step(problem, 300 * unit, [3, 4, 5], {7: 2})
+    torch.testing.assert_close(session.state().delta, expected, rtol=1e-4, atol=1e-7)
+    session.log.close()

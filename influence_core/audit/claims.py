@@ -41,7 +41,6 @@ class Claims:
             self._held[me] = (key, pick, now)
             return pick
 
-
     def active(self, key: Hashable, within_s: float) -> int:
         """How many sessions ran on queue `key` in the last `within_s` seconds."""
         now = time.monotonic()

@@ -191,14 +191,16 @@ def kinds_step(base: Curvature, kinds: dict[str, Curvature | None] | None, task:
                weight_decay: float) -> torch.Tensor:
     """The Newton step as the sum of one step per edit kind, each under its own damping (the
     step is linear in the edits, so with one damping this is unlearning.newton_step); a kind
-    without a curvature contributes nothing. kinds None: `base` for every edit."""
+    without a curvature contributes nothing. kinds None: `base` for every edit. The relabel
+    part is rescaled from newton_step's 1/N to the 1/(N - m) of the m removals it comes with."""
     if kinds is None:
         return newton_step(base, task, train, remove, relabel, weight_decay=weight_decay)
-    delta = newton_step(base, task, train, [], {}, weight_decay=weight_decay)  # zeros
-    for kind, r, rl in (("remove", remove, {}), ("relabel", [], relabel)):
-        if kinds.get(kind) is not None and (r or rl):
-            delta = delta + newton_step(kinds[kind], task, train, r, rl,
-                                        weight_decay=weight_decay)
+    delta = torch.zeros_like(base.tracked.flat_params(), dtype=torch.float64)
+    if kinds.get("remove") is not None and remove:
+        delta += newton_step(kinds["remove"], task, train, remove, {}, weight_decay=weight_decay)
+    if kinds.get("relabel") is not None and relabel:
+        delta += newton_step(kinds["relabel"], task, train, [], relabel,
+                             weight_decay=weight_decay) * (len(train) / (len(train) - len(remove)))
     return delta
 
 
