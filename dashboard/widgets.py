@@ -148,6 +148,7 @@ RANKING_NAMES = {  # the Review page's names for the core's suspect rankings (RA
     "default": "Default: out-of-sample + checkpoint loss",
     "self_influence": "Self-influence (EK-FAC)",
     "loss": "Training loss",
+    "checkpoint_loss": "Loss over training checkpoints",
     "cleanlab": "Cleanlab-style: out-of-sample confidence",
 }
 

@@ -45,7 +45,7 @@ def test_evaluate_rounds_writes_a_consistent_report(tmp_path: Path,
             for kind in ("newton", "retrained"):
                 want = (r[f"accuracy_{kind}"] - noisy) / (clean - noisy)
                 assert r[f"gap_closed_{kind}"] == pytest.approx(want, abs=GAP_TOL)
-    assert seed["queues"]["influence"][0]["flips_fixed"] > seed["queues"]["random"][0][
+    assert seed["queues"]["app"][0]["flips_fixed"] > seed["queues"]["random"][0][
         "flips_fixed"]  # a ranking beats chance at 1% inspected
     assert main(argv) == 0  # resumed: every training and decision is reused
     assert json.loads((out / "rounds_digits_mlp_pair.json").read_text())["seeds"] == [seed]

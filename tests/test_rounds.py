@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,7 +62,7 @@ def test_retrain_trains_on_the_edited_labels_without_the_removed(problem, log, t
 
     def spy(model, data, cfg, indices=None, progress=None, at_step=None):
         seen["labels"], seen["indices"] = data.labels.clone(), torch.as_tensor(indices).clone()
-        return real(model, data, cfg, indices, progress)
+        return real(model, data, cfg, indices, progress, at_step)
 
     monkeypatch.setattr(rounds, "train_model", spy)
     rnd = retrain_round(problem, log, tmp_path / "rounds")
@@ -113,6 +114,27 @@ def test_the_round_queue_leaves_out_reviewed_and_removed_examples(problem, log, 
     assert not set(state.suspects.tolist()) & {i} and state.removed[i]
     assert torch.equal(state.removed & ~rnd.removed, torch.arange(len(state.removed)) == i)
     assert round_problem(problem, rnd).meta["round"] == 2
+
+
+def test_the_round_queue_ranks_by_the_checkpoint_loss_of_its_own_training(problem, log,
+                                                                           tmp_path) -> None:
+    """scores.npy equals the suspect module's class-normalised checkpoint loss of an
+    independent training on the round's labels and examples (same init, same batch order)."""
+    from influence_core.audit.signals import class_normalised
+    from influence_core.audit.suspects import _cached_train, _loss
+
+    rnd = retrain_round(problem, log, tmp_path / "rounds")
+    data = problem.train.with_labels(rnd.labels)
+    kept = torch.nonzero(~rnd.removed)[:, 0]
+    checkpoints = _cached_train(round_problem(problem, rnd), "queue-check", data, kept, 5)
+    want = class_normalised(sum(_loss(m, data) for m in checkpoints), rnd.labels)
+    scores = torch.from_numpy(np.load(rnd.folder / "scores.npy"))
+    assert rnd.meta["queue_ranking"] == rounds.QUEUE_RANKING == "checkpoint_loss"
+    assert torch.allclose(scores, want, atol=1e-4)
+    excluded = rnd.removed.clone()
+    excluded[[d.index for d in log.active_decisions()]] = True
+    best = torch.argsort(torch.where(excluded, -torch.inf, scores), descending=True)
+    assert rnd.queue[:20].tolist() == best[:20].tolist()
 
 
 def test_an_exception_mid_retrain_leaves_no_round_and_a_rerun_completes(problem, log, tmp_path,

@@ -7,8 +7,9 @@ new model's artifacts: its EK-FAC attribution index (attribution.precompute, key
 hash) and its suspect queue. That model is round n + 1.
 
 Storage: <root>/<n>/ with model.pt, labels.npy (N,) the labels it was trained on, removed.npy
-(N,) bool, queue.npy (the suspect queue, most suspect first) and meta.json {round, log_version,
-parent, log, config, test_accuracy, num_train, index, reviewed, queue_ranking}. The default root
+(N,) bool, queue.npy (the suspect queue, most suspect first), scores.npy (N,) its ranking's
+scores and meta.json {round, log_version, parent, log, config, test_accuracy, num_train, index,
+reviewed, queue_ranking}. The default root
 is <the model's checkpoint folder>/rounds/<log file stem>: one lineage of rounds per decision log.
 A round folder is built under <root>/.tmp-<n>-<pid>-<random>, every file fsynced, then renamed to
 <root>/<n> (one atomic rename, the parent directory fsynced): a round is either complete or
@@ -25,13 +26,18 @@ removed), and a later decision on it (an undo of the removal) takes effect at th
 Approximation: the round session fits its curvature, and the Newton step counts n, over all N
 examples, those removed in earlier rounds included (they are at most the reviewed budget).
 
-The round queue is the round model's own EK-FAC self-influence (the index computes it; the
-default ranking's extra trainings are keyed by the recipe, not by the labels), over the examples
-neither reviewed (any active decision, keep included) nor removed, most suspect first.
+The round queue ranks by QUEUE_RANKING: the loss of each example's round label summed over 5
+checkpoints of the round's own training (steps T/16, T/8, T/4, T/2, T), z-scored within each given
+class. It needs no training beyond the retrain itself (the default ranking's cross-validation
+would double a round's cost), and it is the best such ranking on the development split of the
+suspect-ranking evaluation (docs/benchmarks.md). The queue covers the examples neither reviewed
+(any active decision, keep included) nor removed, most suspect first; scores.npy keeps every
+example's score, so a longer queue is a sort away.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -49,13 +55,23 @@ from ..config import EKFACConfig, IndexConfig
 from ..data.datasets import ImageDataset, subset_mask
 from ..data.models import build_model, load_checkpoint
 from ..data.registry import Problem
-from ..data.training import accuracy, checkpoint_dir, train_model
+from ..data.training import (
+    accuracy,
+    checkpoint_dir,
+    predict_logits,
+    snapshot_steps,
+    total_steps,
+    train_model,
+)
 from ..progress import Progress, silent
 from .session import AuditSession, open_session
+from .signals import combine
 from .store import REMOVED, DecisionLog, active_decisions, edits
+from .suspects import RANKINGS
 
 QUEUE_SIZE = 500  # suspects in a round's queue (app_api.QUEUE_SIZE for round 1)
-QUEUE_RANKING = "self_influence"  # the suspects.RANKINGS key that orders a round's queue
+QUEUE_RANKING = "checkpoint_loss"  # the suspects.RANKINGS key that orders a round's queue
+QUEUE_CHECKPOINTS = 5  # geometrically spaced checkpoints of the round's training it sums over
 BASE_ROUND = 1  # the recipe's own model
 
 
@@ -147,13 +163,13 @@ def round_problem(problem: Problem, rnd: Round | None) -> Problem:
                                train=problem.train.with_labels(rnd.labels), meta=meta)
 
 
-def round_queue(self_influence: torch.Tensor, excluded: torch.Tensor,
+def round_queue(scores: torch.Tensor, excluded: torch.Tensor,
                 size: int = QUEUE_SIZE) -> torch.Tensor:
-    """(k,) the `size` examples with the largest self-influence (N,) among those not
+    """(k,) the `size` examples with the largest suspect scores (N,) among those not
     `excluded` (N,) bool, most suspect first."""
     candidates = torch.nonzero(~excluded)[:, 0]
-    scores = torch.as_tensor(self_influence, dtype=torch.float64)[candidates]
-    order = torch.argsort(scores, descending=True, stable=True)[:size]
+    ranked = torch.as_tensor(scores, dtype=torch.float64)[candidates]
+    order = torch.argsort(ranked, descending=True, stable=True)[:size]
     return candidates[order]
 
 
@@ -189,18 +205,16 @@ def retrain_round(problem: Problem, log: DecisionLog, root: Path | None = None,
     _remove_stale(root)
     number, parent = (done[-1].number + 1, done[-1].number) if done else (2, BASE_ROUND)
     labels, removed = labels_at(log, version)
-    model, test_accuracy = _train(problem, labels, removed, progress)
+    model, test_accuracy, scores = _train(problem, labels, removed, progress)
     rnd = _with_model(problem, model, labels)
     index = precompute(rnd, "ekfac", EKFACConfig(), IndexConfig(), progress=progress)
-    self_inf = np.load(index / "self_influence.npy", mmap_mode="r")
-    queue = round_queue(torch.from_numpy(np.array(self_inf)),
-                        removed | reviewed_at(log, version), queue_size)
+    queue = round_queue(scores, removed | reviewed_at(log, version), queue_size)
     meta = {"round": number, "log_version": version, "parent": parent, "log": str(log.path),
             "config": dataclasses.asdict(problem.config), "test_accuracy": test_accuracy,
             "num_train": int((~removed).sum()), "index": str(index),
             "reviewed": int(reviewed_at(log, version).sum()), "queue_ranking": QUEUE_RANKING}
-    return _commit(root, number, model, {"labels": labels, "removed": removed, "queue": queue},
-                   meta)
+    return _commit(root, number, model, {"labels": labels, "removed": removed, "queue": queue,
+                                         "scores": scores}, meta)
 
 
 def _with_model(problem: Problem, model: nn.Module, labels: torch.Tensor) -> Problem:
@@ -208,13 +222,30 @@ def _with_model(problem: Problem, model: nn.Module, labels: torch.Tensor) -> Pro
 
 
 def _train(problem: Problem, labels: torch.Tensor, removed: torch.Tensor,
-           progress: Progress) -> tuple[nn.Module, float]:
+           progress: Progress) -> tuple[nn.Module, float, torch.Tensor]:
+    """The round's model, its test accuracy and (N,) QUEUE_RANKING scores of every example."""
     cfg = problem.config
     data, indices = round_training_set(problem, labels, removed)
-    torch.manual_seed(cfg.seed)  # the recipe's initialisation
-    model = build_model(cfg.model, data.shape, data.num_classes)
-    train_model(model, data, cfg, indices, progress)
-    return model.eval(), accuracy(model, problem.test)
+    steps = snapshot_steps(total_steps(cfg, len(indices)), QUEUE_CHECKPOINTS, even=False)
+    states: dict[int, dict] = {}
+
+    def keep(step: int, net: nn.Module) -> None:
+        if step in steps:
+            states[step] = copy.deepcopy(net.state_dict())
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(cfg.seed)  # the recipe's initialisation
+        return build_model(cfg.model, data.shape, data.num_classes)
+
+    model = train_model(fresh(), data, cfg, indices, progress, keep)
+    loss = torch.zeros(len(labels), dtype=torch.float64)
+    for step in steps:
+        net = fresh()
+        net.load_state_dict(states[step])
+        logits = predict_logits(net.eval(), data)
+        loss += nn.functional.cross_entropy(logits, data.labels, reduction="none").double()
+    scores = combine(RANKINGS[QUEUE_RANKING].signal, {"checkpoint_loss": loss}, labels)
+    return model.eval(), accuracy(model, problem.test), scores
 
 
 def _commit(root: Path, number: int, model: nn.Module, arrays: dict[str, torch.Tensor],

@@ -72,6 +72,9 @@ RANKINGS: dict[str, Ranking] = {
     "self_influence": Ranking("self_influence", "EK-FAC self-influence (the paper's): how "
                               "strongly the example's own label pulls the model"),
     "loss": Ranking("loss", "training loss of the given label under the model: the cheapest"),
+    "checkpoint_loss": Ranking("classnorm:checkpoint_loss", "loss of the given label summed "
+                               "over 5 checkpoints of training, compared within each given "
+                               "class: no extra training (a retrained round's queue)"),
     "cleanlab": Ranking("cv_loss", "cleanlab-style self-confidence: how unlikely the given label "
                         "is out of sample (5-fold cross-validation)"),
 }

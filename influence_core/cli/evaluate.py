@@ -47,6 +47,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--budget", type=float, default=0.1, help="decisions per round / N")
     g.add_argument("--rounds", type=int, default=2, help="review-and-retrain rounds")
     g.add_argument("--seeds", default="0,1", help="noise draws and training seeds")
+    g.add_argument("--queues", default="app,cleanlab,random",
+                   help="queues to follow (app: the Review page's; cleanlab; random)")
     g = p.add_argument_group("lds")
     g.add_argument("--subsets", type=int, default=100)
     g.add_argument("--alpha", type=float, default=0.5)
@@ -118,15 +120,18 @@ def _lds(args: argparse.Namespace, out: Path, progress, kron: bool) -> int:
 def _rounds(args: argparse.Namespace, out: Path, progress) -> int:
     import sys
 
-    from ..evaluation.cleaning_rounds import rounds_markdown, run_rounds_report
+    from ..evaluation.cleaning_rounds import QUEUES, rounds_markdown, run_rounds_report
 
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    queues = tuple(q for q in args.queues.split(",") if q)
+    if not queues or set(queues) - set(QUEUES):
+        raise ValueError(f"--queues takes a comma-separated list from {', '.join(QUEUES)}")
     if not 0 < args.budget < 1 or args.rounds < 1 or not seeds:
         raise ValueError("rounds needs 0 < --budget < 1, --rounds >= 1 and at least one seed")
     command = "python -m influence_core " + " ".join(sys.argv[1:])
     path, result = run_rounds_report(args.dataset, args.model, args.noise, args.noise_kind,
                                      args.budget, args.rounds, seeds, out, args.data_root,
-                                     progress, command)
+                                     progress, command, queues)
     print(rounds_markdown(result))
     print(f"report: {path}")
     return 0

@@ -6,13 +6,16 @@ a flipped example is relabelled to its true label, any other is kept. After each
 step over all decisions so far (the round's audit session) and a retrain on the corrected labels
 (audit.rounds.retrain_round: the next round) are evaluated on the test split, for R rounds.
 Queues, all in the same run and from the same noisy model:
-  influence  the round's own queue: EK-FAC self-influence of the round's model (audit.rounds)
+  app        what the Review page shows: round 1 the default ranking (audit.suspects
+             DEFAULT_SIGNAL) of the noisy model, later rounds the retrained round's own queue
+             (audit.rounds.QUEUE_RANKING, its scores.npy over every example)
   cleanlab   cleanlab's ranking (evaluation.baselines.cleanlab_scores) of 5-fold out-of-sample
              probabilities, trained with the recipe on the round's current labels
   random     a seeded random order
 Every queue leaves out what was already reviewed. Gap closed = (acc - acc_noisy) / (acc_clean -
 acc_noisy), acc_clean a training of the same recipe and seed on the clean labels; the noise floor
 is |acc_clean(seed) - acc_clean(seed + FLOOR_SEED)|, two clean trainings differing in seed only.
+The clean trainings do not depend on the noise kind, so every kind of a seed shares them.
 
 Resumable: each (seed, queue) has its own decision log and rounds under
 artifacts/evaluation/rounds/<config hash>-<queue>-b<budget>; trainings are cached (recipe models
@@ -28,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..attribution.precompute import precompute
 from ..audit.rounds import (
     Round,
     labels_at,
@@ -39,7 +41,8 @@ from ..audit.rounds import (
     round_queue,
 )
 from ..audit.store import DecisionLog
-from ..config import EKFACConfig, IndexConfig, artifacts_root, config_hash, recipe
+from ..audit.suspects import DEFAULT_SIGNAL, suspect_scores
+from ..config import artifacts_root, config_hash, recipe
 from ..data.datasets import subset
 from ..data.models import build_model
 from ..data.registry import Problem, load_problem
@@ -47,7 +50,7 @@ from ..data.training import accuracy, predict_logits, train_model
 from ..progress import Progress, silent
 from .baselines import cleanlab_scores
 
-QUEUES = ("influence", "cleanlab", "random")
+QUEUES = ("app", "cleanlab", "random")
 FOLDS = 5  # cleanlab's cross-validation
 FLOOR_SEED = 1000  # the second clean training of the noise floor: seed + FLOOR_SEED
 
@@ -88,10 +91,11 @@ def _queue(queue: str, problem: Problem, rnd: Round | None, log: DecisionLog,
     if queue == "cleanlab":
         probs = _cv_probs(problem, labels, folder / f"cv_round{number}.npy")
         return round_queue(cleanlab_scores(labels, probs)[0], excluded, len(labels)).tolist()
-    index = Path(rnd.meta["index"]) if rnd is not None else precompute(
-        problem, "ekfac", EKFACConfig(), IndexConfig())
-    self_inf = torch.from_numpy(np.array(np.load(index / "self_influence.npy")))
-    return round_queue(self_inf, excluded, len(labels)).tolist()
+    if rnd is None:  # round 1: the default ranking of the noisy model, as the app orders it
+        scores = suspect_scores(problem, DEFAULT_SIGNAL)
+    else:
+        scores = torch.from_numpy(np.load(rnd.folder / "scores.npy"))
+    return round_queue(scores, excluded, len(labels)).tolist()
 
 
 def _review(log: DecisionLog, queue: list[int], true: torch.Tensor, todo: int) -> None:
@@ -144,12 +148,14 @@ def _gap(acc: float, noisy: float, clean: float) -> float | None:
 
 
 def run_seed(dataset: str, model: str, noise: float, kind: str, seed: int, budget: float,
-             rounds: int, data_root: str | None = None, progress: Progress = silent) -> dict:
+             rounds: int, data_root: str | None = None, progress: Progress = silent,
+             queues: tuple[str, ...] = QUEUES) -> dict:
     """One seed (noise draw and training seed): the noisy model, both clean references and
-    every queue's rounds; gap fractions computed from the accuracies reported alongside."""
+    the rounds of each of `queues`; gap fractions computed from the accuracies reported
+    alongside."""
     cfg = recipe(dataset, model, noise=noise, noise_kind=kind, noise_seed=seed, seed=seed)
     problem = load_problem(cfg, data_root, progress=progress)
-    clean_cfg = dataclasses.replace(cfg, noise=0.0)
+    clean_cfg = dataclasses.replace(cfg, noise=0.0, noise_kind="uniform")  # shared by kinds
     refs = [load_problem(c, data_root, progress=progress) for c in
             (clean_cfg, dataclasses.replace(clean_cfg, seed=seed + FLOOR_SEED))]
     clean, other = (r.meta["test_accuracy"] for r in refs)
@@ -159,7 +165,7 @@ def run_seed(dataset: str, model: str, noise: float, kind: str, seed: int, budge
            "num_test": len(problem.test), "accuracy_noisy": noisy, "accuracy_clean": clean,
            "accuracy_clean_other_seed": other, "noise_floor": abs(clean - other),
            "clean_disagreement": float((preds[0] != preds[1]).double().mean()), "queues": {}}
-    for queue in QUEUES:
+    for queue in queues:
         rows = run_queue(problem, queue, budget, rounds, true, progress)
         for row in rows:
             row["gap_closed_newton"] = _gap(row["accuracy_newton"], noisy, clean)
@@ -178,7 +184,7 @@ def summarise(seeds: list[dict]) -> dict:
     keys = ("flips_fixed", "flips_left", "accuracy_newton", "accuracy_retrained",
             "gap_closed_newton", "gap_closed_retrained")
     out = {}
-    for queue in QUEUES:
+    for queue in seeds[0]["queues"]:
         per_round = zip(*[s["queues"][queue] for s in seeds])
         out[queue] = [{"round": rows[0]["round"], **{k: _mean([r[k] for r in rows]) for k in keys}}
                       for rows in per_round]
@@ -201,10 +207,12 @@ def rounds_markdown(result: dict) -> str:
              f"differ on {_num(refs['clean_disagreement'])} of the {refs['num_test']:.0f} test "
              f"images (one image: {_num(1 / refs['num_test'])} of accuracy). Gap closed = "
              "(accuracy - noisy) / (clean - noisy), per seed, then averaged.", "",
-             "Queues: influence = EK-FAC self-influence of each round's model (the app's round "
-             "queue), cleanlab = cleanlab's ranking of 5-fold out-of-sample probabilities on the "
-             "round's labels, random = a seeded order; each leaves out what was reviewed. The "
-             "annotator relabels flipped examples to their true label and keeps the rest.", "",
+             "Queues: app = the Review page's queue (round 1: the default ranking of the "
+             "noisy model; later rounds: the retrained model's loss over its training "
+             "checkpoints, within each class), cleanlab = cleanlab's ranking of 5-fold "
+             "out-of-sample probabilities on the round's labels, random = a seeded order; each "
+             "leaves out what was reviewed. The annotator relabels flipped examples to their "
+             "true label and keeps the rest.", "",
              "| queue | round | flips fixed | flips left | acc. Newton step | acc. retrained | "
              "gap closed (Newton) | gap closed (retrained) |", "|---" * 8 + "|"]
     for queue, rows in result["summary"].items():
@@ -232,13 +240,14 @@ def _figure(result: dict) -> object:
 
 def run_rounds_report(dataset: str, model: str, noise: float, kind: str, budget: float,
                       rounds: int, seeds: list[int], out: Path, data_root: str | None = None,
-                      progress: Progress = silent, command: str = "") -> tuple[Path, dict]:
+                      progress: Progress = silent, command: str = "",
+                      queues: tuple[str, ...] = QUEUES) -> tuple[Path, dict]:
     """Every seed's run_seed, their summary, written by reports.write_report into `out`
     (rounds_<dataset>_<model>_<kind>.json / .md / .accuracy figure)."""
     from .reports import write_report
 
-    runs = [run_seed(dataset, model, noise, kind, s, budget, rounds, data_root, progress)
-            for s in seeds]
+    runs = [run_seed(dataset, model, noise, kind, s, budget, rounds, data_root, progress,
+                     queues) for s in seeds]
     result = {"setting": {"dataset": dataset, "model": model, "noise": noise,
                           "noise_kind": kind, "budget": budget, "rounds": rounds,
                           "seeds": seeds, "decisions_per_round": round(budget * runs[0][
