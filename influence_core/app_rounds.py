@@ -53,8 +53,9 @@ def open_round_audit(problem: Problem, rnd: Round, index: AttributionIndex, meth
                      damping: float | None = None, progress: Progress = silent
                      ) -> AuditSession:
     """The audit session of round `rnd` of the recipe `problem` (the base one): its queue (the
-    round's self-influence, reviewed examples left out), the model's decision log. `index` is
-    the round model's (rounds build it; passed to say which model the session explains)."""
+    round's ranking, audit.rounds.QUEUE_RANKING, reviewed examples left out), the model's
+    decision log. `index` is the round model's (rounds build it; passed to say which model the
+    session explains)."""
     if Path(rnd.meta["index"]).resolve() != Path(index.folder).resolve():
         raise ValueError(f"the index at {index.folder} is not round {rnd.number}'s")
     return open_round_session(problem, decision_log_path(problem), rnd, method, progress,

@@ -44,7 +44,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--snapshots", type=int, default=5, help="checkpoints for summed signals")
     g.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     g = p.add_argument_group("rounds (a simulated annotator over cleaning rounds)")
-    g.add_argument("--budget", type=float, default=0.1, help="decisions per round / N")
+    g.add_argument("--budget", type=float, default=0.05, help="decisions per round / N")
     g.add_argument("--rounds", type=int, default=2, help="review-and-retrain rounds")
     g.add_argument("--seeds", default="0,1", help="noise draws and training seeds")
     g.add_argument("--queues", default="app,cleanlab,random",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .benchmarks_damping import damping
 from .benchmarks_doc import CLI, DATA, TARGETS, Reports, Section, cmd, num, pct, table
 from .benchmarks_faults import faults
+from .benchmarks_rounds import rounds, summary_row
 from .benchmarks_speed import core, index
 from .benchmarks_suspects import first_card, suspects
 from .benchmarks_unlearning import browser, unlearning
@@ -177,6 +178,7 @@ SECTIONS = [Section("Core vs Kronfluence", core), Section("Attribution index", i
             Section("Time to the first Review card", first_card),
             Section("Unlearning vs retraining", unlearning),
             Section("Newton-step damping per problem", damping),
+            Section("Cleaning rounds", rounds),
             Section("Dashboard latency in the browser", browser),
             Section("Faults and bad input", faults)]
 ANCHOR = {s.render.__name__: s.slug for s in SECTIONS}
@@ -220,13 +222,13 @@ def summary_rows(r: Reports) -> list[tuple[str, str, str, str]]:
          (f"goal ≤ {num(g['goal_precompute_epochs_max'], 1)}: **not met** there; "
           f"{num(old['derived']['precompute_epochs'], 2)} on a CPU with bf16 units"),
          ANCHOR["index"]),
-        ("LDS, digits/mlp", f"index {num(dig['index'], 3)}, EK-FAC {num(dig['ekfac'], 3)}",
-         f"Kronfluence EK-FAC {num(dig['kronfluence_ekfac'], 3)} in the same run",
-         ANCHOR["lds"]),
-        ("LDS, mnist/cnn", f"index {num(mn['index'], 3)}, EK-FAC {num(mn['ekfac'], 3)}",
-         (f"paper {num(t['lds_paper']['mnist_cnn'], 2)}: far below; training noise caps any "
-          f"method at {num(two['derived']['lds_ceiling_one_seed'], 3)} against one-seed "
-          "targets"), ANCHOR["lds"]),
+        ("LDS, digits/mlp and mnist/cnn",
+         (f"digits: index {num(dig['index'], 3)}, EK-FAC {num(dig['ekfac'], 3)} (Kronfluence "
+          f"EK-FAC {num(dig['kronfluence_ekfac'], 3)} in the same run); mnist/cnn: index "
+          f"{num(mn['index'], 3)}, EK-FAC {num(mn['ekfac'], 3)}"),
+         (f"mnist/cnn: paper {num(t['lds_paper']['mnist_cnn'], 2)}, far below; training noise "
+          f"caps any method at {num(two['derived']['lds_ceiling_one_seed'], 3)} against "
+          "one-seed targets"), ANCHOR["lds"]),
         ("mislabel detection, held-out test split (CNNs, 10% flips), top 10% inspected",
          (f"default ranking finds {num(held['overall'][held['default']], 3)} of flips "
           f"(mean of {num(held['n_runs'])} of {num(held['planned_runs'])} planned runs)"),
@@ -257,4 +259,4 @@ def summary_rows(r: Reports) -> list[tuple[str, str, str, str]]:
           f"{num(b0['review: relabel (L)']['median_s'], 2)} s clicked at once"),
          f"goal ≤ {num(t['browser']['goal_review_action_s_max'])} s: met for medians",
          ANCHOR["browser"]),
-    ]
+    ] + ([(*cleaning, ANCHOR["rounds"])] if (cleaning := summary_row(r)) else [])
