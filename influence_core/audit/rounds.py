@@ -187,10 +187,13 @@ def open_round_session(problem: Problem, log_path: Path, rnd: Round | None,
 
 
 def retrain_round(problem: Problem, log: DecisionLog, root: Path | None = None,
-                  progress: Progress = silent, queue_size: int = QUEUE_SIZE) -> Round:
+                  progress: Progress = silent, queue_size: int = QUEUE_SIZE,
+                  build_index: bool = True) -> Round:
     """Train problem's recipe on the log's edited training set and store it, with its index
     and queue, as the next round under `root` (default rounds_root). Returns the round that
     already holds the log's current version when there is one (nothing new to learn).
+    Without `build_index` the round has no attribution index (meta "index" None): enough for
+    its queue and its Newton step, not for the app's Explore page or its evidence.
     Raises ValueError when the log has no decision yet, or for a user's own checkpoint (there
     is no recipe run to repeat)."""
     if problem.meta.get("checkpoint"):
@@ -207,11 +210,13 @@ def retrain_round(problem: Problem, log: DecisionLog, root: Path | None = None,
     labels, removed = labels_at(log, version)
     model, test_accuracy, scores = _train(problem, labels, removed, progress)
     rnd = _with_model(problem, model, labels)
-    index = precompute(rnd, "ekfac", EKFACConfig(), IndexConfig(), progress=progress)
+    index = (precompute(rnd, "ekfac", EKFACConfig(), IndexConfig(), progress=progress)
+             if build_index else None)
     queue = round_queue(scores, removed | reviewed_at(log, version), queue_size)
     meta = {"round": number, "log_version": version, "parent": parent, "log": str(log.path),
             "config": dataclasses.asdict(problem.config), "test_accuracy": test_accuracy,
-            "num_train": int((~removed).sum()), "index": str(index),
+            "num_train": int((~removed).sum()),
+            "index": str(index) if index is not None else None,
             "reviewed": int(reviewed_at(log, version).sum()), "queue_ranking": QUEUE_RANKING}
     return _commit(root, number, model, {"labels": labels, "removed": removed, "queue": queue,
                                          "scores": scores}, meta)

@@ -40,6 +40,7 @@ from ..audit.rounds import (
     reviewed_at,
     round_queue,
 )
+from ..audit.session import open_session
 from ..audit.store import DecisionLog
 from ..audit.suspects import DEFAULT_SIGNAL, suspect_scores
 from ..config import artifacts_root, config_hash, recipe
@@ -108,6 +109,20 @@ def _review(log: DecisionLog, queue: list[int], true: torch.Tensor, todo: int) -
             log.record(i, "keep", None, "simulated")
 
 
+_BASE_FITS: dict[str, object] = {}  # per process: the noisy model's EK-FAC, shared by queues
+
+
+def _session(problem: Problem, log: DecisionLog, rnd: Round | None) -> object:
+    """The round's audit session; round 1's reuses the noisy model's fit across queues."""
+    if rnd is not None:
+        return open_round_session(problem, log.path, rnd)
+    key = config_hash(problem.config)
+    session = open_session(problem, "ekfac", log.path, fitted=_BASE_FITS.get(key))
+    _BASE_FITS.clear()
+    _BASE_FITS[key] = session.curvature
+    return session
+
+
 # long: one round's steps in order (queue, review, Newton step, retrain), each a line or two
 def run_queue(problem: Problem, queue: str, budget: float, rounds: int, true: torch.Tensor,
               progress: Progress = silent) -> list[dict]:
@@ -126,12 +141,13 @@ def run_queue(problem: Problem, queue: str, budget: float, rounds: int, true: to
                 made = sum(d.id > start for d in log.decisions())
                 order = _queue(queue, problem, rnd, log, folder, number)
                 _review(log, order, true, per_round - made)
-                retrained = retrain_round(problem, log, folder / "rounds")
+                retrained = retrain_round(problem, log, folder / "rounds",
+                                          build_index=False)  # nothing here explores it
             end = retrained.log_version  # this round's decisions: start < id <= end
             fixed_round = sum(start < d.id <= end and d.action == "relabel"
                               for d in log.decisions())
             labels, _ = labels_at(log, end)
-            session = open_round_session(problem, log.path, rnd)
+            session = _session(problem, log, rnd)
             newton = accuracy(session.state_for(*session.edits(end), end).model, problem.test)
             rows.append({"round": number, "decisions": per_round, "flips_fixed": fixed_round,
                          "flips_left": int((labels != true).sum()),
