@@ -27,9 +27,9 @@ def test_evaluate_rounds_writes_a_consistent_report(tmp_path: Path,
             "--noise-kind", "pair", "--budget", str(BUDGET), "--rounds", str(ROUNDS),
             "--seeds", "0"]
     assert main(argv) == 0
-    result = json.loads((out / "rounds_digits_mlp_pair.json").read_text())
-    assert (out / "rounds_digits_mlp_pair.md").is_file()
-    assert (out / "rounds_digits_mlp_pair.accuracy.plotly.json").is_file()
+    result = json.loads((out / "rounds_digits_mlp_pair_0.1.json").read_text())
+    assert (out / "rounds_digits_mlp_pair_0.1.md").is_file()
+    assert (out / "rounds_digits_mlp_pair_0.1.accuracy.plotly.json").is_file()
     [seed] = result["seeds"]
     per_round = result["setting"]["decisions_per_round"]
     assert per_round == round(BUDGET * seed["num_train"])
@@ -49,7 +49,7 @@ def test_evaluate_rounds_writes_a_consistent_report(tmp_path: Path,
     assert seed["queues"]["app"][0]["flips_fixed"] > seed["queues"]["random"][0][
         "flips_fixed"]  # a ranking beats chance at 1% inspected
     assert main(argv) == 0  # resumed: every training and decision is reused
-    assert json.loads((out / "rounds_digits_mlp_pair.json").read_text())["seeds"] == [seed]
+    assert json.loads((out / "rounds_digits_mlp_pair_0.1.json").read_text())["seeds"] == [seed]
     # The Evaluate page draws it (its figure and its table)
     monkeypatch.setenv("INFLUENCE_AUDIT_ALLOWED_ROOTS", os.pathsep.join([str(Path.cwd()),
                                                                         str(tmp_path)]))
@@ -59,7 +59,7 @@ def test_evaluate_rounds_writes_a_consistent_report(tmp_path: Path,
     at.switch_page("views/evaluate.py")
     at = at.run()
     assert not at.exception
-    assert any("rounds_digits_mlp_pair" in md.value for md in at.markdown)
+    assert any("rounds_digits_mlp_pair_0.1" in md.value for md in at.markdown)
     st.cache_resource.clear()
     st.cache_data.clear()
 

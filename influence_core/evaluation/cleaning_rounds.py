@@ -282,7 +282,7 @@ def run_rounds_report(dataset: str, model: str, noise: float, kind: str, budget:
                       progress: Progress = silent, command: str = "",
                       queues: tuple[str, ...] = QUEUES) -> tuple[Path, dict]:
     """Every seed's run_seed, their summary, written by reports.write_report into `out`
-    (rounds_<dataset>_<model>_<kind>.json / .md / .accuracy figure)."""
+    (rounds_<dataset>_<model>_<kind>_<noise>.json / .md / .accuracy figure)."""
     from .reports import write_report
 
     runs = [run_seed(dataset, model, noise, kind, s, budget, rounds, data_root, progress,
@@ -293,6 +293,6 @@ def run_rounds_report(dataset: str, model: str, noise: float, kind: str, budget:
                               "num_train"])},
               "seeds": runs, "summary": summarise(runs), "command": command}
     result["derived"] = derived_figures(result)
-    name = f"rounds_{dataset}_{model}_{kind}".replace(":", "_").replace("/", "_")
+    name = f"rounds_{dataset}_{model}_{kind}_{noise:g}".replace(":", "_").replace("/", "_")
     path = write_report(out, name, result, rounds_markdown(result), {"accuracy": _figure(result)})
     return path, result
