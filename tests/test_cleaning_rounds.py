@@ -25,11 +25,12 @@ def test_evaluate_rounds_writes_a_consistent_report(tmp_path: Path,
     out = tmp_path / "home" / "reports"  # the default folder, which the Evaluate page reads
     argv = ["evaluate", "rounds", "--dataset", "digits", "--model", "mlp", "--noise", "0.1",
             "--noise-kind", "pair", "--budget", str(BUDGET), "--rounds", str(ROUNDS),
-            "--seeds", "0"]
+            "--seeds", "0", "--out", str(out)]
     assert main(argv) == 0
     result = json.loads((out / "rounds_digits_mlp_pair_0.1.json").read_text())
     assert (out / "rounds_digits_mlp_pair_0.1.md").is_file()
     assert (out / "rounds_digits_mlp_pair_0.1.accuracy.plotly.json").is_file()
+    assert str(tmp_path) not in result["command"]  # paths as typed from the repository
     [seed] = result["seeds"]
     per_round = result["setting"]["decisions_per_round"]
     assert per_round == round(BUDGET * seed["num_train"])

@@ -118,6 +118,7 @@ def _lds(args: argparse.Namespace, out: Path, progress, kron: bool) -> int:
 
 
 def _rounds(args: argparse.Namespace, out: Path, progress) -> int:
+    import os
     import sys
 
     from ..evaluation.cleaning_rounds import QUEUES, rounds_markdown, run_rounds_report
@@ -128,7 +129,9 @@ def _rounds(args: argparse.Namespace, out: Path, progress) -> int:
         raise ValueError(f"--queues takes a comma-separated list from {', '.join(QUEUES)}")
     if not 0 < args.budget < 1 or args.rounds < 1 or not seeds:
         raise ValueError("rounds needs 0 < --budget < 1, --rounds >= 1 and at least one seed")
-    command = "python -m influence_core " + " ".join(sys.argv[1:])
+    # as a reader would type it from here: absolute paths (the data root) made relative
+    command = "python -m influence_core " + " ".join(
+        os.path.relpath(a) if os.path.isabs(a) else a for a in sys.argv[1:])
     path, result = run_rounds_report(args.dataset, args.model, args.noise, args.noise_kind,
                                      args.budget, args.rounds, seeds, out, args.data_root,
                                      progress, command, queues)

@@ -83,7 +83,7 @@ def rounds(r: Reports) -> str:
                 f"of relabels ({', '.join(worse)}): between rounds it is the retrain that "
                 "repairs the model. " if worse else "")
              + "Command per setting: "
-             + cmd(f"{CLI} evaluate rounds --dataset D --model cnn --noise 0.1 --noise-kind K "
+             + cmd(f"{CLI} evaluate rounds --dataset D --model cnn --noise R --noise-kind K "
                    "--budget 0.05 --rounds 2 --seeds S --data-root <data>") + ".")
     return "\n\n".join([head, body, prose])
 
