@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +179,64 @@ def test_a_card_never_trains_for_its_suggestion(artifacts_home, monkeypatch) -> 
     rule = Suggester(problem, "loss")
     np.testing.assert_allclose(rule.probs(3, current), current)
     assert rule.suggest(3, 9, current) == 8
+
+
+def test_checkpoint_logits_are_computed_once_and_recomputed_when_stale(artifacts_home,
+                                                                        monkeypatch) -> None:
+    """The suspect signals' checkpoint logits are kept on disk beside the checkpoint: a new
+    process reads them (no forward pass), gets the same scores, and recomputes them when the
+    checkpoint changed, when the stored file is corrupt, or when it sees other images; a folder
+    that cannot be written still answers. Each pass is reported by name."""
+    import influence_core.audit.logits_cache as cache
+    import influence_core.audit.suspects as suspects
+    from influence_core import load_problem, recipe
+    from influence_core.data.datasets import subset
+
+    problem = load_problem(recipe("digits", "mlp", noise=0.1, epochs=4))
+    seen: list[str] = []
+    first = suspects.suspect_scores(problem, "checkpoint_loss+dynamics_loss",
+                                    progress=lambda d, t, w: seen.append(w))
+    assert {"predictions of the trajectory checkpoints",
+            "predictions of the training-dynamics checkpoints"} <= set(seen)
+    stored = sorted((artifacts_home / "models").glob("*/snapshots/*.logits-*.pt"))
+    assert len(stored) == 9  # 5 geometric + 8 even checkpoints, 4 of them shared
+    passes = []
+    real = cache.predict_logits
+
+    def counted(model, data, *a, **k):
+        passes.append(len(data))
+        return real(model, data, *a, **k)
+
+    monkeypatch.setattr(cache, "predict_logits", counted)
+    cache._LOGITS.clear()
+    suspects._DYNAMICS.clear()
+    again = suspects.suspect_scores(problem, "checkpoint_loss+dynamics_loss")
+    assert passes == [] and torch.equal(first, again)
+
+    data, _, _ = suspects.training_set(problem)
+    model = suspects.trajectory(problem, 5)[0]
+    checkpoint = Path(model.checkpoint_file)
+    path = checkpoint.with_name(f"{checkpoint.stem}.logits-{len(data)}.pt")
+    assert path in stored
+    want = real(model, data)
+    path.write_bytes(b"not a tensor file")  # corrupt: recomputed and rewritten
+    cache._LOGITS.clear()
+    assert torch.equal(cache.snapshot_logits(model, data), want) and passes == [len(data)]
+    cache._LOGITS.clear()
+    assert torch.equal(cache.snapshot_logits(model, data), want) and len(passes) == 1
+    other = subset(data, torch.arange(len(data) - 1, -1, -1))  # same size, other images
+    cache._LOGITS.clear()
+    assert torch.equal(cache.snapshot_logits(model, other), want.flip(0)) and len(passes) == 2
+    checkpoint.write_bytes(checkpoint.read_bytes())
+    os.utime(checkpoint, ns=(1, 1))
+    cache._LOGITS.clear()
+    cache.snapshot_logits(model, data)
+    assert len(passes) == 3
+    monkeypatch.setattr(cache, "save_atomic", _refuse_write)  # a read-only folder
+    cache._LOGITS.clear()
+    path.unlink()
+    assert torch.equal(cache.snapshot_logits(model, data), want) and not path.exists()
+
+
+def _refuse_write(state, path) -> None:
+    raise OSError(30, "Read-only file system", str(path))

@@ -45,6 +45,7 @@ from ..data.training import (
 )
 from ..progress import Progress, silent
 from .dynamics import Dynamics
+from .logits_cache import reporting, snapshot_logits
 from .signals import base_names, combine
 
 DYNAMICS_POINTS = 8  # checkpoints of the training-dynamics run (aum, forgetting, dynamics_loss)
@@ -131,26 +132,10 @@ def _cached_train(problem: Problem, tag: str, data: ImageDataset, indices: torch
     return [_loaded(fresh(), p) for p in paths]
 
 
-_LOGITS: dict[tuple[str, int], torch.Tensor] = {}  # per process: (checkpoint file, n) -> logits
-
-
 def _loaded(model: nn.Module, path) -> nn.Module:
     model = load_checkpoint(model, path).eval()
     model.checkpoint_file = str(path)  # snapshot_logits' key: the file, shared by the signals
     return model
-
-
-def snapshot_logits(model: nn.Module, data: ImageDataset) -> torch.Tensor:
-    """predict_logits of a kept checkpoint on the training set, computed once per process:
-    the trajectory and dynamics signals share 4 of their checkpoints (T/8, T/4, T/2, T)."""
-    key = getattr(model, "checkpoint_file", None)
-    if key is None:
-        return predict_logits(model, data)
-    if (key, len(data)) not in _LOGITS:
-        if len(_LOGITS) >= 32:
-            _LOGITS.clear()
-        _LOGITS[key, len(data)] = predict_logits(model, data)
-    return _LOGITS[key, len(data)]
 
 
 def _describe(tag: str) -> str:
@@ -196,7 +181,8 @@ def training_dynamics(problem: Problem, points: int = 8, progress: Progress = si
                   else _cached_train(problem, f"even{points}", data, None, points, progress,
                                      even=True))
         _DYNAMICS.clear()  # one problem's at a time: (P, n) tensors
-        _DYNAMICS[key] = Dynamics.of(models, data, snapshot_logits)
+        _DYNAMICS[key] = Dynamics.of(models, data, reporting(
+            progress, "predictions of the training-dynamics checkpoints", len(models)))
     return _DYNAMICS[key]
 
 
@@ -223,7 +209,7 @@ def cross_validated_probs(problem: Problem, folds: int = 5, progress: Progress =
     data, _, _ = training_set(problem)
     probs = torch.zeros(len(data), data.num_classes)
     for model, _, held in _folds(problem, folds, progress):
-        probs[held] = predict_logits(model, subset(data, held)).softmax(1)
+        probs[held] = snapshot_logits(model, subset(data, held)).softmax(1)
     return probs
 
 
@@ -242,9 +228,17 @@ def cross_validated_self_influence(problem: Problem, folds: int = 5, progress: P
     return out
 
 
-def _loss(model: nn.Module, data: ImageDataset) -> torch.Tensor:
-    return nn.functional.cross_entropy(snapshot_logits(model, data), data.labels,
-                                       reduction="none")
+def _loss(model: nn.Module, data: ImageDataset,
+          logits_of: Callable[[nn.Module, ImageDataset], torch.Tensor] = snapshot_logits
+          ) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits_of(model, data), data.labels, reduction="none")
+
+
+def _checkpoint_loss(problem: Problem, snapshots: int, progress: Progress) -> torch.Tensor:
+    data, _, _ = training_set(problem)
+    models = trajectory(problem, snapshots, progress)
+    logits_of = reporting(progress, "predictions of the trajectory checkpoints", len(models))
+    return sum(_loss(m, data, logits_of) for m in models)
 
 
 def _self_influence(model: nn.Module, data: ImageDataset, method: str = "ekfac") -> torch.Tensor:
@@ -267,8 +261,7 @@ def base_signals(problem: Problem, names: list[str], snapshots: int = 5, folds: 
         "identity_self_influence": lambda: _self_influence(model, data, "identity"),
         "checkpoint_self_influence": lambda: sum(
             _self_influence(m, data) for m in trajectory(problem, snapshots, progress)),
-        "checkpoint_loss": lambda: sum(_loss(m, data) for m in trajectory(problem, snapshots,
-                                                                            progress)),
+        "checkpoint_loss": lambda: _checkpoint_loss(problem, snapshots, progress),
         "cv_self_influence": lambda: cross_validated_self_influence(problem, folds, progress),
         "cv_loss": lambda: -cross_validated_probs(problem, folds, progress)[
             torch.arange(len(data)), data.labels].clamp_min(1e-12).log(),
