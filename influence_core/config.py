@@ -24,7 +24,14 @@ def artifacts_root() -> Path:
 def fresh_artifacts_root(home: Path) -> Iterator[Path]:
     """`home`, emptied, as $INFLUENCE_AUDIT_HOME for the duration (benchmarks from scratch)."""
     shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
+    with artifacts_home(home) as root:
+        yield root
+
+
+@contextlib.contextmanager
+def artifacts_home(home: Path) -> Iterator[Path]:
+    """`home` (created if missing, kept as it is) as $INFLUENCE_AUDIT_HOME for the duration."""
+    home.mkdir(parents=True, exist_ok=True)
     before = os.environ.get("INFLUENCE_AUDIT_HOME")
     os.environ["INFLUENCE_AUDIT_HOME"] = str(home)
     try:

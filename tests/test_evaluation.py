@@ -254,7 +254,7 @@ def test_first_card_benchmark_runs_the_apps_setup_in_a_fresh_home(artifacts_home
     (home / "models").mkdir(parents=True)
     (home / "models" / "stale.txt").write_text("left from an earlier run")
     before = os.environ["INFLUENCE_AUDIT_HOME"]
-    r = bench_first_card("digits", "mlp", None, "loss", home)
+    r = bench_first_card("digits", "mlp", None, "loss", home, reopen=True)
     assert os.environ["INFLUENCE_AUDIT_HOME"] == before
     assert not (home / "models" / "stale.txt").exists()
     assert list((home / "models").glob("digits-mlp-*/model.pt"))  # trained there, not reused
@@ -263,6 +263,10 @@ def test_first_card_benchmark_runs_the_apps_setup_in_a_fresh_home(artifacts_home
     assert "train digits/mlp" in r["steps_s"] and r["ranking_used"] == "loss"
     card = r["first_card"]
     assert card["suggested"] != card["label"]
+    # opened again in a new process: the same stages, nothing trained or precomputed again
+    assert list(r["reopen_stages_s"]) == list(r["stages_s"])
+    assert not any(step.startswith(("train", "1/3")) for step in r["reopen_steps_s"])
+    assert r["reopen_total_s"] >= sum(r["reopen_stages_s"].values()) - 0.1
     with pytest.raises(ValueError, match="unknown ranking"):
         bench_first_card("digits", "mlp", None, "nope", home)
 

@@ -52,7 +52,7 @@ def _bench_first_card(args: argparse.Namespace) -> int:
     home = Path(args.home) if args.home else default_home(args.dataset, args.model)
     out = Path(args.out) if args.out else home.with_suffix(".json")
     report = bench_first_card(args.dataset, args.model, args.data_root, args.ranking, home,
-                              tqdm_progress())
+                              tqdm_progress(), reopen=not args.keep, keep=args.keep)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(first_card_markdown(report))
@@ -96,6 +96,10 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                    help="first-card: the scratch artifacts folder, emptied first (default "
                         "artifacts/bench/first-card-<dataset>-<model>; faults: "
                         "artifacts/bench/faults-home)")
+    p.add_argument("--keep", action="store_true",
+                   help="first-card: time the setup over --home as it is (opening the app again) "
+                        "instead of emptying it first; without it, a second run in a new process "
+                        "measures that after the first")
     p.add_argument("--load-seconds", type=float, default=10.0,
                    help="faults: how long 8 sessions review concurrently (0: skip)")
 

@@ -8,28 +8,53 @@ Stages, in the order the app runs them (dashboard/state.py: get_problem, then wo
                     audit session (the Newton step's curvature)
   first card        the queue's first row, its influence evidence and the suggested label
 Each progress message's first and last report are kept too (`steps`: which training or pass
-took the time). The browser adds its own rendering (seconds) on top."""
+took the time). The browser adds its own rendering (seconds) on top.
+With `reopen`, the same setup then runs again in a new process over the folder the first run
+filled (`reopen_stages_s`, `reopen_total_s`): what opening the app again costs."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from ..config import artifacts_root, fresh_artifacts_root, recipe
+from ..config import artifacts_home, artifacts_root, fresh_artifacts_root, recipe
 from ..progress import Progress, silent
 from ..runtime import cpu_has_bf16_units
 
 
 def bench_first_card(dataset: str, model: str, data_root: str | None, ranking: str,
-                     home: Path, progress: Progress = silent) -> dict:
-    """Run the setup in `home` (emptied first; it becomes $INFLUENCE_AUDIT_HOME for the run)
-    and return seconds per stage, per progress message, and in total."""
+                     home: Path, progress: Progress = silent, reopen: bool = False,
+                     keep: bool = False) -> dict:
+    """Run the setup in `home` (emptied first unless `keep`; it becomes $INFLUENCE_AUDIT_HOME
+    for the run) and return seconds per stage, per progress message, and in total; with
+    `reopen`, also those of a second run in a new process over the filled folder."""
+    from ..audit.suspects import RANKINGS
+
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}; choose from {', '.join(RANKINGS)}")
+    if keep:
+        with artifacts_home(home):
+            report = _setup(dataset, model, data_root, ranking, progress)
+    else:
+        with fresh_artifacts_root(home):
+            report = _setup(dataset, model, data_root, ranking, progress)
+    if reopen:
+        again = _reopened(dataset, model, data_root, ranking, home)
+        report.update({f"reopen_{k}": again[k] for k in ("stages_s", "steps_s", "total_s")})
+    return report
+
+
+# long: the app's setup stage by stage, timed, with the step reports kept
+def _setup(dataset: str, model: str, data_root: str | None, ranking: str,
+           progress: Progress) -> dict:
     from .. import app_api
     from ..audit.suspects import RANKINGS
     from ..data.registry import load_problem
 
-    if ranking not in RANKINGS:
-        raise ValueError(f"unknown ranking {ranking!r}; choose from {', '.join(RANKINGS)}")
     seen: dict[str, list[float]] = {}
     start = time.perf_counter()
 
@@ -44,21 +69,20 @@ def bench_first_card(dataset: str, model: str, data_root: str | None, ranking: s
         stages[name] = round(time.perf_counter() - t0, 2)
         return time.perf_counter()
 
-    with fresh_artifacts_root(home):
-        t = time.perf_counter()
-        problem = load_problem(recipe(dataset, model), data_root, progress=report)
-        t = stage("model", t)
-        index = app_api.open_index(problem, report)  # Explore's query vectors come later
-        t = stage("attribution index", t)
-        session = app_api.open_audit(problem, index, progress=report, ranking=ranking)
-        state = session.state()
-        t = stage("suspect ranking", t)
-        row = app_api.review_queue(session, state).iloc[0]
-        i, label = int(row["index"]), int(row["label"])
-        probs = app_api.train_probabilities(state, problem.train, [i])[0]
-        app_api.evidence(index, problem.train, i, label)
-        suggested = app_api.open_suggester(problem, session.ranking).suggest(i, label, probs)
-        stage("first card", t)
+    t = time.perf_counter()
+    problem = load_problem(recipe(dataset, model), data_root, progress=report)
+    t = stage("model", t)
+    index = app_api.open_index(problem, report)  # Explore's query vectors come later
+    t = stage("attribution index", t)
+    session = app_api.open_audit(problem, index, progress=report, ranking=ranking)
+    state = session.state()
+    t = stage("suspect ranking", t)
+    row = app_api.review_queue(session, state).iloc[0]
+    i, label = int(row["index"]), int(row["label"])
+    probs = app_api.train_probabilities(state, problem.train, [i])[0]
+    app_api.evidence(index, problem.train, i, label)
+    suggested = app_api.open_suggester(problem, session.ranking).suggest(i, label, probs)
+    stage("first card", t)
     total = time.perf_counter() - start
     return {
         "kind": "bench_first_card", "dataset": dataset, "model": model, "ranking": ranking,
@@ -69,6 +93,17 @@ def bench_first_card(dataset: str, model: str, data_root: str | None, ranking: s
         "first_card": {"index": i, "label": label, "suggested": suggested},
         "cpu_bf16_units": cpu_has_bf16_units(), "threads": _threads(),
     }
+
+
+def _reopened(dataset: str, model: str, data_root: str | None, ranking: str, home: Path
+              ) -> dict:
+    """The setup again in a new Python process over `home` as the first run left it."""
+    out = home / "reopen.json"
+    command = [sys.executable, "-m", "influence_core", "bench", "first-card", "--dataset",
+               dataset, "--model", model, "--ranking", ranking, "--home", str(home), "--keep",
+               "--out", str(out)] + (["--data-root", data_root] if data_root else [])
+    subprocess.run(command, check=True, capture_output=True, env=dict(os.environ))
+    return json.loads(out.read_text())
 
 
 def _threads() -> int:
@@ -88,4 +123,7 @@ def first_card_markdown(r: dict) -> str:
              f"`{r['ranking_used']}` ({r['signal']}), nothing cached: {r['total_s']:.0f} s.", "",
              "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in r["stages_s"].items()]
+    if "reopen_total_s" in r:
+        lines += ["", f"Opened again in a new process over the same folder: "
+                      f"{r['reopen_total_s']:.0f} s."]
     return "\n".join(lines) + "\n"

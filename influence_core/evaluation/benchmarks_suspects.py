@@ -76,6 +76,10 @@ def first_card(r: Reports) -> str:
         table(["stage", "seconds"], rows),
         "Where the time went (first to last progress report of each step):",
         table(["step", "seconds"], steps),
+        *([(f"Opening the app again (the same setup in a new process over the folder the first "
+            f"run filled, same report): **{num(core['reopen_total_s'], 0)} s** ("
+            + ", ".join(f"{k} {num(v, 1)} s" for k, v in core["reopen_stages_s"].items())
+            + ").")] if "reopen_total_s" in core else []),
         (f"In the browser (chromium on the same machine, its page polled by the test; "
          f"{cmd('pytest -m slow tests/test_browser_mnist.py -k first_card -s')}, "
          f"{r.link('first_card_mnist_browser.json')}): **{num(web['seconds'], 0)} s** from "
