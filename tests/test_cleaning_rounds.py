@@ -108,3 +108,31 @@ def test_the_rounds_goal_is_judged_only_where_the_gap_is_real(tmp_path: Path) ->
     assert "Goal met in 1 of 2 judged settings" in text
     _, measured, note = summary_row(Reports(tmp_path))
     assert "met in 1 of 2" in note and "0.980" in measured
+
+
+def test_the_rounds_figure_draws_both_accuracies_from_the_reports_numbers(tmp_path: Path
+                                                                           ) -> None:
+    """Per queue, the retrained and the Newton-step accuracies (round 0: the noisy model);
+    reports written with an older figure are drawn again from their numbers when read."""
+    from influence_core.evaluation.cleaning_rounds import rounds_figure
+    from influence_core.evaluation.reports import load_reports, write_report
+
+    result = _report(0.80, 0.85, {"app": 0.849, "cleanlab": 0.84, "random": 0.81})
+    result["summary"]["app"][0]["accuracy_newton"] = 0.79  # a step that hurts
+    fig = rounds_figure(result)
+    traces = {t.name: t for t in fig.data}
+    assert set(traces) == {f"{q}: {w}" for q in ("app", "cleanlab", "random")
+                           for w in ("retrained", "Newton step only")}
+    assert list(traces["app: retrained"].y) == [0.80, 0.80, 0.849]
+    assert list(traces["app: Newton step only"].y) == [0.80, 0.79, 0.80]
+    assert traces["app: retrained"].line.color == traces["app: Newton step only"].line.color
+    assert traces["app: retrained"].line.color != traces["cleanlab: retrained"].line.color
+    import plotly.graph_objects as go
+
+    old = go.Figure(go.Scatter(x=[0, 1], y=[0.8, 0.84], name="app (retrained)"))
+    write_report(tmp_path, "rounds_x", result, "", {"accuracy": old})
+    shown = load_reports(tmp_path)["rounds_x"]["figures"]["accuracy"]
+    assert {t.name for t in shown.data} == set(traces)
+    write_report(tmp_path, "lds_x", {"lds": 0.1}, "", {"accuracy": old})  # other kinds: as stored
+    assert [t.name for t in load_reports(tmp_path)["lds_x"]["figures"]["accuracy"].data] == [
+        "app (retrained)"]

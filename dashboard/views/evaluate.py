@@ -59,7 +59,8 @@ st.caption("KL ratio: KL(untouched ‖ retrained) / KL(model ‖ retrained) on t
 
 st.subheader("Cleaning rounds")
 st.caption("A simulated annotator who knows the true labels reviews a budget per round along "
-           "each queue; test accuracy after each retrain, against the clean-label model.")
+           "each queue; test accuracy after each retrain (solid) and with the Newton step "
+           "alone (dotted), against the clean-label model.")
 if not widgets.report_figures(reports, ("rounds_",), "accuracy"):  # none for this problem
     st.caption(f"Run `{CLI} evaluate rounds {problem_args} --noise 0.1` to make one.")
 

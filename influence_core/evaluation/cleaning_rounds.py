@@ -262,18 +262,27 @@ def rounds_markdown(result: dict) -> str:
     return "\n".join([*lines, "", f"Command: `{result['command']}`", ""])
 
 
-def _figure(result: dict) -> object:
+def rounds_figure(result: dict) -> object:
+    """Test accuracy per round (mean over seeds), per queue: after the retrain (solid) and after
+    the Newton step alone (dotted, same colour); round 0 is the noisy model, the dashed line
+    the clean-label model."""
     import plotly.graph_objects as go
+    from plotly.colors import qualitative
 
     fig = go.Figure()
-    for queue, rows in result["summary"].items():
+    noisy = _mean([s["accuracy_noisy"] for s in result["seeds"]])
+    for k, (queue, rows) in enumerate(result["summary"].items()):
+        colour = qualitative.Plotly[k % len(qualitative.Plotly)]
         x = [0] + [r["round"] for r in rows]
-        y = [_mean([s["accuracy_noisy"] for s in result["seeds"]])] + [
-            r["accuracy_retrained"] for r in rows]
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{queue} (retrained)"))
+        for key, dash, what in (("accuracy_retrained", "solid", "retrained"),
+                                ("accuracy_newton", "dot", "Newton step only")):
+            fig.add_trace(go.Scatter(x=x, y=[noisy] + [r[key] for r in rows],
+                                     mode="lines+markers", name=f"{queue}: {what}",
+                                     line={"color": colour, "dash": dash}))
     clean = _mean([s["accuracy_clean"] for s in result["seeds"]])
     fig.add_hline(y=clean, line_dash="dash", annotation_text="clean labels")
-    fig.update_layout(xaxis_title="round (0: the noisy model)", yaxis_title="test accuracy")
+    fig.update_layout(xaxis_title="round (0: the noisy model)", yaxis_title="test accuracy",
+                      xaxis={"dtick": 1})
     return fig
 
 
@@ -294,5 +303,6 @@ def run_rounds_report(dataset: str, model: str, noise: float, kind: str, budget:
               "seeds": runs, "summary": summarise(runs), "command": command}
     result["derived"] = derived_figures(result)
     name = f"rounds_{dataset}_{model}_{kind}_{noise:g}".replace(":", "_").replace("/", "_")
-    path = write_report(out, name, result, rounds_markdown(result), {"accuracy": _figure(result)})
+    path = write_report(out, name, result, rounds_markdown(result),
+                        {"accuracy": rounds_figure(result)})
     return path, result
