@@ -181,6 +181,7 @@ def test_a_card_never_trains_for_its_suggestion(artifacts_home, monkeypatch) -> 
     assert rule.suggest(3, 9, current) == 8
 
 
+# long: one stored file followed through every way it can go stale
 def test_checkpoint_logits_are_computed_once_and_recomputed_when_stale(artifacts_home,
                                                                         monkeypatch) -> None:
     """The suspect signals' checkpoint logits are kept on disk beside the checkpoint: a new
