@@ -74,10 +74,11 @@ def _report(noisy: float, clean: float, final: dict[str, float]) -> dict:
                  "accuracy_retrained": acc, "gap_closed_newton": 0.0,
                  "gap_closed_retrained": (acc - noisy) / (clean - noisy)}]
             for q, acc in final.items()}
-    seed = {"seed": 2, "accuracy_noisy": noisy, "accuracy_clean": clean, "noise_floor": 0.001,
-            "queues": rows}
+    seed = {"seed": 2, "flips": 3, "accuracy_noisy": noisy, "accuracy_clean": clean,
+            "noise_floor": 0.001, "queues": rows}
     result = {"setting": {"dataset": "d", "model": "m", "noise": 0.1, "noise_kind": "pair",
-                          "budget": 0.05, "rounds": 2, "seeds": [2]}, "seeds": [seed]}
+                          "budget": 0.05, "rounds": 2, "seeds": [2], "decisions_per_round": 1},
+              "seeds": [seed]}
     result["summary"] = summarise(result["seeds"])
     result["derived"] = derived_figures(result)
     return result
@@ -106,6 +107,7 @@ def test_the_rounds_goal_is_judged_only_where_the_gap_is_real(tmp_path: Path) ->
     assert "**not met**" in lines["rounds_b.json"]
     assert "not judged" in lines["rounds_c.json"]
     assert "Goal met in 1 of 2 judged settings" in text
+    assert "| 3 | 1 | 0 / 0 / 0 |" in lines["rounds_a.json"]  # 3 flips, 2 x 1 decisions: 1 left
     _, measured, note = summary_row(Reports(tmp_path))
     assert "met in 1 of 2" in note and "0.980" in measured
 
