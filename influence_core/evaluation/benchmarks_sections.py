@@ -249,7 +249,9 @@ def summary_rows(r: Reports) -> list[tuple[str, str, str, str]]:
           f"({num(rem['noise_floor'], 2)})"), ANCHOR["unlearning"]),
         ("first Review card, mnist/cnn, nothing cached",
          (f"{num(fc['total_s'], 0)} s (setup stages, `bench first-card`); "
-          f"{num(web['seconds'], 0)} s in chromium on the same machine"),
+          f"{num(web['seconds'], 0)} s in chromium on the same machine"
+          + (f"; opened again: {num(fc['reopen_total_s'], 0)} s" if "reopen_total_s" in fc
+             else "")),
          (f"goal ≤ {num(fgoal)} s: {'met' if fc['total_s'] <= fgoal else '**not met**'} by "
           f"the setup, {'met' if web['seconds'] <= fgoal else '**not met**'} in the browser"),
          ANCHOR["first_card"]),
