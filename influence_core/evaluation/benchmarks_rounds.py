@@ -72,7 +72,8 @@ def rounds(r: Reports) -> str:
                   "goal", "report"],
                  [row for row, _ in results])
     judged = [ok for _, ok in results if ok is not None]
-    worse = [f"{x['setting']['dataset']} {x['setting']['noise_kind']}" for x in map(r, names)
+    worse = [f"{x['setting']['dataset']} {num(x['setting']['noise'], 1)} "
+             f"{x['setting']['noise_kind']}" for x in map(r, names)
              if (x["derived"]["final"].get("app", {}).get("gap_closed_newton") or 0) < 0]
     prose = ((f"Goal met in {num(sum(judged))} of {num(len(judged))} judged settings. "
               if judged else "No setting run so far has a gap at the bar: the goal is not "
