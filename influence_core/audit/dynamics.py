@@ -38,7 +38,7 @@ class Dynamics:
            logits_of: Callable[[nn.Module, ImageDataset], torch.Tensor] = predict_logits
            ) -> Dynamics:
         """The dynamics of `models` (checkpoints in training order) on `data`; `logits_of`
-        computes a checkpoint's logits (suspects.snapshot_logits reuses them)."""
+        computes a checkpoint's logits (logits_cache.snapshot_logits stores them)."""
         margins, losses, correct = [], [], []
         probs = torch.zeros(len(data), data.num_classes, dtype=torch.float64)
         for m in models:

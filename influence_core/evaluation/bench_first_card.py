@@ -36,12 +36,8 @@ def bench_first_card(dataset: str, model: str, data_root: str | None, ranking: s
 
     if ranking not in RANKINGS:
         raise ValueError(f"unknown ranking {ranking!r}; choose from {', '.join(RANKINGS)}")
-    if keep:
-        with artifacts_home(home):
-            report = _setup(dataset, model, data_root, ranking, progress)
-    else:
-        with fresh_artifacts_root(home):
-            report = _setup(dataset, model, data_root, ranking, progress)
+    with (artifacts_home if keep else fresh_artifacts_root)(home):
+        report = _setup(dataset, model, data_root, ranking, progress)
     if reopen:
         again = _reopened(dataset, model, data_root, ranking, home)
         report.update({f"reopen_{k}": again[k] for k in ("stages_s", "steps_s", "total_s")})
