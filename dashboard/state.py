@@ -71,8 +71,7 @@ def selection() -> Selection:
     return st.session_state.get(_SELECTION) or Selection(data_root=str(default_data_root()))
 
 
-def reset_page(key: str) -> Callable[[], None]:
-    """An on_change callback for grid filters: a new filter starts at page 1."""
+def reset_page(key: str) -> Callable[[], None]:  # grid filters' on_change: back to page 1
     return lambda: st.session_state.__setitem__(key, 1)
 
 
@@ -102,8 +101,15 @@ def workspace(sel: Selection, ranking: str = DEFAULT_RANKING) -> Workspace:
     n = rnd.number if (rnd := current_round(problem)) else 1  # the newest cleaning round
     attr = run_job(("attribution", *sel.problem_key, n), lambda p: open_attribution(
         round_problem(problem, rnd), p), "Setup: precomputing the attribution index")
-    return run_job(("workspace", *sel.key, ranking, n), lambda p: open_workspace(
+    ws = run_job(("workspace", *sel.key, ranking, n), lambda p: open_workspace(
         sel, problem, attr, ranking, p, rnd), f"Setup: the {ranking} suspect ranking")
+    opened().add(ws.key)
+    return ws
+
+
+@st.cache_resource(show_spinner=False)
+def opened() -> set[tuple]:  # the Workspace keys whose Setup step finished in this server
+    return set()
 
 
 def workspace_or_stop(sel: Selection, ranking: str | None = None) -> Workspace:
@@ -233,8 +239,7 @@ def thumbnails(dataset: str, data_root: str, split: str, indices: tuple[int, ...
 @st.cache_data(show_spinner=False, max_entries=16)
 def examples(dataset: str, model: str, data_root: str, checkpoint: str, split: str,
              _problem: Problem) -> pd.DataFrame:
-    """One row per example of `split` (index, label, prediction, correct; class names) under the
-    selected model: the recipe's own, or the checkpoint given in the sidebar."""
+    """One row per example of `split` (index, label, prediction, correct) under the model."""
     return example_table(_problem, split)
 
 
@@ -249,14 +254,12 @@ def review_token() -> str:  # this browser session's name in claims(), made on i
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def train_probs(key: tuple, version: int, i: int, _ws: Workspace) -> np.ndarray:
-    """(K,) the current model's class probabilities on training example i."""
+def train_probs(key: tuple, version: int, i: int, _ws: Workspace) -> np.ndarray:  # (K,), current
     return train_probabilities(_audit_state(key, version, _ws), _ws.problem.train, [i])[0]
 
 
 # ---- Explore ---------------------------------------------------------------------------------
-def jump_to_query() -> None:
-    """on_change of the jump-to-index box: that test example becomes the selected query."""
+def jump_to_query() -> None:  # on_change of the jump box: that test example becomes the query
     set_url(QUERY, st.session_state.get(EX_JUMP))
 
 
@@ -266,8 +269,7 @@ def self_influence(key: tuple, _ws: Workspace) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def self_influence_rank(key: tuple, _ws: Workspace) -> np.ndarray:
-    """(N,) 0 for the most self-influential training example."""
+def self_influence_rank(key: tuple, _ws: Workspace) -> np.ndarray:  # 0: the most self-influential
     return rank_descending(self_influence(key, _ws))
 
 
@@ -276,8 +278,7 @@ def self_influence_rank(key: tuple, _ws: Workspace) -> np.ndarray:
 QUICK, IHVP, RETRAIN = "quick_requested", "ihvp_requested", "retrain_requested"
 
 
-def request(flag: str, value: bool = True) -> None:
-    """on_click: ask for an on-demand computation on this and later runs (False: done)."""
+def request(flag: str, value: bool = True) -> None:  # on_click: ask for it (False: it is done)
     st.session_state[flag] = value
 
 
@@ -286,8 +287,7 @@ def requested(flag: str) -> bool:
 
 
 @st.cache_data(show_spinner=False, ttl=30)
-def reports(dataset: str, model: str) -> dict[str, dict]:
-    """This problem's reports (report_files.problem_reports), re-read every 30 s."""
+def reports(dataset: str, model: str) -> dict[str, dict]:  # re-read every 30 s
     return report_files.problem_reports(dataset, model)
 
 
@@ -298,7 +298,7 @@ def run_quick_evaluation(data_root: str) -> None:
     key = ("quick", str(folder), data_root)
     try:
         run_job(key, lambda p: run_quick(folder, data_root or None, p),
-             "Quick evaluation of digits/mlp")
+                "Quick evaluation of digits/mlp")
     finally:
         _job.clear(key)
         reports.clear()

@@ -122,7 +122,7 @@ def tiles(
 
 
 def probability_chart(probs: list[float], class_names: list[str], marked: int | None = None,
-                      height: int = 240) -> None:
+                      height: int = 240, key: str | None = None) -> None:
     """Plotly bars of class probabilities; `marked` (the given label) drawn in another colour."""
     import plotly.graph_objects as go
 
@@ -131,7 +131,7 @@ def probability_chart(probs: list[float], class_names: list[str], marked: int | 
     fig = go.Figure(go.Bar(x=[str(n) for n in class_names], y=probs, marker_color=colours))
     fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
                       yaxis_range=[0, 1], title=title, xaxis_type="category")
-    st.plotly_chart(fig, width="stretch")
+    st.plotly_chart(fig, width="stretch", key=key)
 
 
 def queue_filter_ui(class_names: list[str], keys: tuple[str, str]) -> tuple[int | None, bool]:
@@ -173,17 +173,24 @@ def ranking_ui(helps: dict[str, str], default: str, key: str) -> str:
 
 def review_buttons(
     on_decide: Callable[[str], None], on_undo: Callable[[], None], can_undo: bool,
+    enabled: bool = True,
 ) -> None:
-    """Relabel (L), Remove (X), Keep (K), Undo (U): C and R are reserved by Streamlit."""
+    """Relabel (L), Remove (X), Keep (K), Undo (U): C and R are reserved by Streamlit. Not
+    `enabled`: drawn greyed out, without shortcuts (the card before the Setup step ends)."""
     relabel, remove, keep, undo = st.columns(4)
-    relabel.button("Relabel", shortcut="l", on_click=on_decide, args=("relabel",),
-                   type="primary", width="stretch", key="act_relabel")
-    remove.button("Remove", shortcut="x", on_click=on_decide, args=("remove",),
-                  width="stretch", key="act_remove")
-    keep.button("Keep", shortcut="k", on_click=on_decide, args=("keep",), width="stretch",
-                key="act_keep")
-    undo.button("Undo", shortcut="u", on_click=on_undo, disabled=not can_undo,
-                width="stretch", key="act_undo")
+    key = "act" if enabled else "wait"  # both rows can be drawn in one run (different keys)
+
+    def shortcut(letter: str) -> str | None:
+        return letter if enabled else None
+
+    relabel.button("Relabel", shortcut=shortcut("l"), on_click=on_decide, args=("relabel",),
+                   type="primary", width="stretch", key=f"{key}_relabel", disabled=not enabled)
+    remove.button("Remove", shortcut=shortcut("x"), on_click=on_decide, args=("remove",),
+                  width="stretch", key=f"{key}_remove", disabled=not enabled)
+    keep.button("Keep", shortcut=shortcut("k"), on_click=on_decide, args=("keep",),
+                width="stretch", key=f"{key}_keep", disabled=not enabled)
+    undo.button("Undo", shortcut=shortcut("u"), on_click=on_undo, width="stretch",
+                key=f"{key}_undo", disabled=not (can_undo and enabled))
 
 
 def preview_text(what: str, preview: object) -> None:

@@ -28,6 +28,7 @@ from .app_api import (
     train_predictions,
     train_probabilities,
 )
+from .app_early import EarlyCard, early_card
 from .app_rounds import Round, current_round, open_round_audit, retrain_reviewed, round_problem
 from .app_tables import (
     current_label,
@@ -132,6 +133,7 @@ __all__ = [
     "DecisionLog",
     "DecisionLogError",
     "EKFACConfig",
+    "EarlyCard",
     "Evidence",
     "ExactConfig",
     "IdentityConfig",
@@ -172,6 +174,7 @@ __all__ = [
     "decision_log_path",
     "decisions_frame",
     "default_data_root",
+    "early_card",
     "evidence",
     "example_table",
     "explain",

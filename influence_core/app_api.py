@@ -65,14 +65,7 @@ def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
     that orders its queue (after a fall-back "self_influence"); its decisions record it.
     Raises ValueError for a key not in RANKINGS, DatasetError for a training set of one class
     (nothing to relabel to, no suggestion to make)."""
-    if problem.train.num_classes < 2:
-        raise DatasetError(f"{problem.config.dataset} has a single class "
-                           f"({', '.join(problem.train.class_names)}): reviewing labels needs "
-                           "at least two (for an image folder: one sub-folder per class)")
-    if ranking not in RANKINGS:
-        raise ValueError(f"unknown ranking {ranking!r}; choose from {', '.join(RANKINGS)}")
-    if len(problem.train) > RANKED_LIMIT or problem.config.subset_seed >= 0:
-        ranking = INDEX_RANKING
+    ranking = queue_ranking(problem, ranking)
     prior = None
     if ranking != INDEX_RANKING:
         prior = suspect_scores(problem, RANKINGS[ranking].signal, progress=progress).double()
@@ -82,6 +75,21 @@ def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
     fitted = index_curvature(index) if method == "ekfac" else None  # the index's fit, reused
     return open_session(problem, method, None, progress, damping, fitted,
                         suspects=queue, prior=prior, ranking=ranking)
+
+
+def queue_ranking(problem: Problem, ranking: str) -> str:
+    """The RANKINGS key that orders problem's queue when `ranking` is chosen (INDEX_RANKING
+    beyond RANKED_LIMIT training examples and for a model trained on a subset). Raises
+    ValueError for a key not in RANKINGS, DatasetError for a training set of one class."""
+    if problem.train.num_classes < 2:
+        raise DatasetError(f"{problem.config.dataset} has a single class "
+                           f"({', '.join(problem.train.class_names)}): reviewing labels needs "
+                           "at least two (for an image folder: one sub-folder per class)")
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}; choose from {', '.join(RANKINGS)}")
+    if len(problem.train) > RANKED_LIMIT or problem.config.subset_seed >= 0:
+        return INDEX_RANKING
+    return ranking
 
 
 def check_estimator(problem: Problem, method: str) -> None:

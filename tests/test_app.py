@@ -221,6 +221,37 @@ def test_review_page_shows_a_suspect_card_and_the_counter(app: Callable[..., App
     assert at.get("plotly_chart"), "the class probabilities are a plotly chart"
 
 
+def _early_card_page() -> None:  # an AppTest script: Review's early card, drawn alone
+    import streamlit as st
+
+    from dashboard import early
+    from dashboard.workspace import Selection
+    from influence_core import default_data_root
+
+    early._draw(st.empty(), Selection(data_root=str(default_data_root())), "default")
+
+
+def test_the_card_before_the_index_is_the_first_card_with_its_buttons_greyed_out(
+        app: Callable[..., AppTest]) -> None:
+    """While the Setup step builds the index, Review shows the queue's first suspect with the
+    model's probabilities and the suggestion, Relabel/Remove/Keep/Undo disabled and a line
+    saying why; the full card then opens on the same suspect, and the early card is gone."""
+    early = AppTest.from_function(_early_card_page, default_timeout=RUN_TIMEOUT_S).run()
+    assert not early.exception and not early.error
+    waiting = [b for b in early.button if b.key.startswith("wait_")]
+    assert {b.label for b in waiting} == {"Relabel", "Remove", "Keep", "Undo"}
+    assert all(b.disabled for b in waiting)
+    assert "open when the attribution index is ready" in early.info[0].value
+    assert early.get("plotly_chart")
+    [card] = [md.value for md in early.markdown if "Suspect #" in md.value]
+    at = review(app)
+    assert int(re.search(r"Suspect #(\d+)", card).group(1)) == current_suspect(at)
+    [full] = [md.value for md in at.markdown if "Suspect #" in md.value]  # only the full card
+    assert full == card  # same suspect, given label and suggestion (no decision yet)
+    assert not [b for b in at.button if b.key.startswith("wait_")]
+    assert not at.button(key="act_keep").disabled
+
+
 def test_relabel_applies_the_suggestion(app: Callable[..., AppTest], home: Path) -> None:
     """The card names the most probable class other than the given label under the mean of
     the current model's probabilities and those of the checkpoints its own training kept (5 at

@@ -18,6 +18,7 @@ from influence_core import (
     checkpoint_bytes,
     current_label,
     decisions_frame,
+    early_card,
     evidence,
     example_table,
     explain,
@@ -32,6 +33,7 @@ from influence_core import (
     next_suspect,
     open_audit,
     open_index,
+    open_suggester,
     predict_logits,
     preview,
     preview_indices,
@@ -48,6 +50,7 @@ from influence_core import (
     review_queue,
     reviewed,
     train_predictions,
+    train_probabilities,
     train_rows,
     undo_last,
 )
@@ -318,3 +321,35 @@ def test_the_apps_decisions_record_the_ranking_they_were_made_under(world: tuple
     assert newest["ranking"].tolist() == ["self_influence", "loss", "cleanlab"]
     while undo_last(log, "ranked", log.version()) is not None:
         pass
+
+
+def test_the_card_before_the_index_is_the_one_the_session_opens_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """early_card needs no index (nothing of it is on disk when it answers) and shows what the
+    full card will: the queue's first unreviewed suspect, its label, the model's probabilities
+    and the suggestion; after decisions it skips the reviewed ones; a pinned index is shown."""
+    monkeypatch.setenv("INFLUENCE_AUDIT_HOME", str(tmp_path))
+    problem = load_problem(recipe("digits", "mlp"), Path.cwd() / "data")
+    card = early_card(problem, "default")
+    assert not (tmp_path / "index").exists()
+    session = open_audit(problem, open_index(problem))
+    try:
+        state = session.state()
+        frame = review_queue(session, state)
+        first = int(frame["index"][0])
+        assert (card.index, card.label, card.position) == (first, int(frame["label"][0]), 0)
+        assert card.queued == len(frame) and card.ranking == session.ranking == "default"
+        probs = train_probabilities(state, problem.train, [first])[0]
+        np.testing.assert_allclose(card.probs, probs, atol=1e-6)
+        suggester = open_suggester(problem, session.ranking)
+        assert card.suggested == suggester.suggest(first, card.label, probs) != card.label
+        session.record(first, "keep", annotator="early")
+        session.record(int(frame["index"][1]), "remove", annotator="early")
+        todo = review_queue(session, session.state()).query("decision == ''")["index"].tolist()
+        again = early_card(problem, "default")
+        assert (again.index, again.position, again.queued) == (todo[0], 0, len(todo))
+        assert early_card(problem, "default", pinned=todo[3]).position == 3
+        assert early_card(problem, "default", pinned=first).position == -1  # reviewed: still shown
+        assert early_card(problem, "self_influence") is None  # that queue is the index's
+    finally:
+        session.log.close()

@@ -1,11 +1,10 @@
 """Review: the suspect queue in the chosen ranking's order, one card at a time (relabel / remove /
-keep / undo), bulk mode and export. A decision is committed to the durable log first, with the
-ranking it was made under; then the Newton step runs on the next run (the model is cached per log
-version) and the queue re-ranks."""
+keep / undo), bulk mode and export. A decision is committed to the durable log first, with its
+ranking; the next run applies the Newton step (cached per log version) and re-ranks the queue."""
 
 import streamlit as st
 
-from dashboard import claims, frames, images, rounds, state, tiles, widgets
+from dashboard import claims, early, frames, images, rounds, state, tiles, widgets
 from influence_core import (
     DEFAULT_RANKING,
     RANKINGS,
@@ -22,7 +21,8 @@ sel = state.selection()
 st.title("Review")
 ranking = widgets.ranking_ui({k: r.help for k, r in RANKINGS.items()}, DEFAULT_RANKING,
                              state.RANKING)
-ws = state.workspace_or_stop(sel, ranking)
+with early.first_card(sel, ranking):  # on screen while the Setup step builds the index
+    ws = state.workspace_or_stop(sel, ranking)
 if ws.session.ranking != ranking:
     st.info(f"{widgets.ranking_name(ranking)} is not computed for this training set (too large, "
             f"a subset, or a retrained round): the queue is ordered by "
