@@ -143,9 +143,10 @@ def test_review_and_explore_latency_on_mnist(mnist_server: str, tmp_path: Path) 
 # long: one browser session from an empty artifacts folder, watched until the first card
 def test_time_to_the_first_card_with_nothing_cached(data_root: Path, tmp_path: Path) -> None:
     """mnist/cnn in a fresh artifacts folder: the seconds from opening Review (the app's first
-    page for a newly chosen dataset and model) until a suspect card is on screen, with the
-    progress bar's texts seen on the way (each names its stage). Reported in
-    first_card_mnist_browser.json in INFLUENCE_AUDIT_SCREENSHOTS (else a temporary folder)."""
+    page for a newly chosen dataset and model) until a suspect card is on screen, and until its
+    decision buttons open (the same suspect), with the progress bar's texts seen on the way
+    (each names its stage). Reported in first_card_mnist_browser.json in
+    INFLUENCE_AUDIT_SCREENSHOTS (else a temporary folder)."""
     home = Path(os.environ.get("INFLUENCE_AUDIT_FIRST_CARD_HOME") or tmp_path / "home")
     assert not (home / "models").exists(), "the home must start with nothing cached"
     log = (tmp_path / "streamlit.log").open("w")
@@ -166,17 +167,10 @@ def test_time_to_the_first_card_with_nothing_cached(data_root: Path, tmp_path: P
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             start = time.perf_counter()
             page.goto(f"{url}/review?dataset=mnist&model=cnn&data_root={data_root}")
-            while not page.get_by_text("Suspect #").count():
-                assert time.perf_counter() - start < SETUP_S, "no card within the limit"
-                errors = page.get_by_test_id("stAlertContentError")
-                assert not errors.count(), errors.first.inner_text()
-                bar = page.get_by_test_id("stProgress")
-                if bar.count():
-                    text = bar.first.inner_text().rsplit(":", 1)[0].strip()  # drop the count
-                    if text and (not texts or texts[-1][1] != text):
-                        texts.append((round(time.perf_counter() - start), text))
-                time.sleep(0.5)
-            seconds = time.perf_counter() - start
+            seconds = _watch(page, start, texts, lambda: page.get_by_text("Suspect #").count())
+            early = suspect(page)
+            decisions = _watch(page, start, texts, lambda: page.locator(
+                "button:has-text('Keep'):not([disabled])").count())
             settle(page, 120)
             first = suspect(page)
             browser.close()
@@ -186,10 +180,28 @@ def test_time_to_the_first_card_with_nothing_cached(data_root: Path, tmp_path: P
         log.close()
     assert "Traceback" not in (tmp_path / "streamlit.log").read_text()
     report = {"kind": "first_card_browser", "dataset": "mnist", "model": "cnn",
-              "seconds": round(seconds, 1), "first_suspect": first,
+              "seconds": round(seconds, 1), "decisions_seconds": round(decisions, 1),
+              "first_suspect": first, "early_suspect": early, "same_suspect": early == first,
               "progress_texts": [f"{t} s: {text}" for t, text in texts]}
     folder = Path(os.environ.get("INFLUENCE_AUDIT_SCREENSHOTS", tmp_path))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "first_card_mnist_browser.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
     assert any("suspect ranking" in t for _, t in texts), texts
+    assert seconds <= decisions and early == first
+
+
+def _watch(page: object, start: float, texts: list, done: object) -> float:
+    """Poll the page until `done()` is true, keeping each new progress-bar text with its second
+    (the count dropped); fail on an error message or past SETUP_S. Returns the seconds taken."""
+    while not done():
+        assert time.perf_counter() - start < SETUP_S, "not within the limit"
+        errors = page.get_by_test_id("stAlertContentError")
+        assert not errors.count(), errors.first.inner_text()
+        bar = page.get_by_test_id("stProgress")
+        if bar.count():
+            text = bar.first.inner_text().rsplit(":", 1)[0].strip()
+            if text and (not texts or texts[-1][1] != text):
+                texts.append((round(time.perf_counter() - start), text))
+        time.sleep(0.5)
+    return time.perf_counter() - start

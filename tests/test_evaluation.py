@@ -258,11 +258,15 @@ def test_first_card_benchmark_runs_the_apps_setup_in_a_fresh_home(artifacts_home
     assert os.environ["INFLUENCE_AUDIT_HOME"] == before
     assert not (home / "models" / "stale.txt").exists()
     assert list((home / "models").glob("digits-mlp-*/model.pt"))  # trained there, not reused
-    assert list(r["stages_s"]) == ["model", "attribution index", "suspect ranking", "first card"]
+    assert list(r["stages_s"]) == ["model", "suspect ranking and first card",
+                                   "attribution index", "audit session", "decisions open"]
     assert r["total_s"] >= sum(r["stages_s"].values()) - 0.1
+    # the card is on screen before the index is built, and it is the card decisions open on
+    assert sum(list(r["stages_s"].values())[:2]) - 0.1 <= r["card_s"] < r["total_s"]
     assert "train digits/mlp" in r["steps_s"] and r["ranking_used"] == "loss"
     card = r["first_card"]
     assert card["suggested"] != card["label"]
+    assert card["early_card"] == {k: card[k] for k in ("index", "label", "suggested")}
     # opened again in a new process: the same stages, nothing trained or precomputed again
     assert list(r["reopen_stages_s"]) == list(r["stages_s"])
     assert not any(step.startswith(("train", "1/3")) for step in r["reopen_steps_s"])

@@ -67,12 +67,17 @@ def first_card(r: Reports) -> str:
     goal = r(TARGETS)["first_card"]["goal_seconds_max"]
     rows = [[k, num(v, 1)] for k, v in core["stages_s"].items()]
     steps = [[f"`{k}`", num(v, 1)] for k, v in core["steps_s"].items()]
+    bench = cmd(CLI + " bench first-card --dataset mnist --model cnn " + DATA)
     return "\n\n".join([
         (f"From choosing {core['dataset']}/{core['model']} with nothing cached to the first "
          f"Review card (default ranking `{core['signal']}`), goal {num(goal)} s on this "
-         f"machine. The app's setup, run stage by stage in a fresh artifacts folder "
-         f"({cmd(CLI + ' bench first-card --dataset mnist --model cnn ' + DATA)}, "
-         f"{r.link('first_card_mnist_cnn.json')}): **{num(core['total_s'], 0)} s**."),
+         f"machine. The card is drawn as soon as the ranking is computed, with its decision "
+         f"buttons greyed out; they open when the attribution index (the card's evidence and "
+         f"the Newton step's curvature) is built. The app's setup, run stage by stage in a "
+         f"fresh artifacts folder ({bench}, {r.link('first_card_mnist_cnn.json')}): the card on "
+         f"screen after "
+         f"**{num(core['card_s'], 0)} s**, its decisions open after "
+         f"**{num(core['total_s'], 0)} s**."),
         table(["stage", "seconds"], rows),
         "Where the time went (first to last progress report of each step):",
         table(["step", "seconds"], steps),
@@ -82,7 +87,9 @@ def first_card(r: Reports) -> str:
             + ").")] if "reopen_total_s" in core else []),
         (f"In the browser (chromium on the same machine, its page polled by the test; "
          f"{cmd('pytest -m slow tests/test_browser_mnist.py -k first_card -s')}, "
-         f"{r.link('first_card_mnist_browser.json')}): **{num(web['seconds'], 0)} s** from "
-         "opening Review to the card on screen; the progress bar's texts on the way: "
-         + "; ".join(f"`{t}`" for t in web["progress_texts"]) + "."),
+         f"{r.link('first_card_mnist_browser.json')}): the card on screen after "
+         f"**{num(web['seconds'], 0)} s** from opening Review, its decisions open after "
+         f"**{num(web['decisions_seconds'], 0)} s** (suspect "
+         f"{'the same' if web['same_suspect'] else '**a different one**'}); the progress "
+         "bar's texts on the way: " + "; ".join(f"`{t}`" for t in web["progress_texts"]) + "."),
     ])
