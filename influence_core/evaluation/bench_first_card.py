@@ -14,8 +14,9 @@ state.workspace):
   decisions open    the full card: the queue's first row, its influence evidence, the suggestion
 `card_s`: seconds to the first card on screen; `total_s`: until its decisions open. A ranking
 that needs the index (self-influence) has no early card: both are the full card's time.
-Each progress message's first and last report are kept too (`steps`: which training or pass
-took the time). The browser adds its own rendering (seconds) on top.
+Each progress message's time is kept too (`steps`: which training or pass took the time; the
+first to the last report of each run of consecutive reports of that message, summed). The
+browser adds its own rendering (seconds) on top.
 With `reopen`, the same setup then runs again in a new process over the folder the first run
 filled (`reopen_stages_s`, `reopen_total_s`): what opening the app again costs."""
 
@@ -59,12 +60,16 @@ def _setup(dataset: str, model: str, data_root: str | None, ranking: str,
     from ..audit.suspects import RANKINGS
     from ..data.registry import load_problem
 
-    seen: dict[str, list[float]] = {}
+    seen: dict[str, list[list[float]]] = {}  # message -> its runs of consecutive reports
+    last = [""]
     start = time.perf_counter()
 
     def report(done: int, total: int, what: str) -> None:
         now = time.perf_counter() - start
-        seen.setdefault(what, [now, now])[1] = now
+        if what != last[0]:  # a message reported again later (a cache read) starts a new run
+            seen.setdefault(what, []).append([now, now])
+            last[0] = what
+        seen[what][-1][1] = now
         progress(done, total, what)
 
     stages: dict[str, float] = {}
@@ -97,7 +102,7 @@ def _setup(dataset: str, model: str, data_root: str | None, ranking: str,
         "ranking_used": session.ranking, "n_train": len(problem.train),
         "stages_s": stages, "total_s": round(total, 2),
         "card_s": round(card_s if card is not None else total, 2),
-        "steps_s": {w: round(b - a, 2) for w, (a, b) in seen.items()},
+        "steps_s": {w: round(sum(b - a for a, b in runs), 2) for w, runs in seen.items()},
         "first_card": {"index": i, "label": label, "suggested": suggested,
                        "early_card": None if card is None else
                        {"index": card.index, "label": card.label, "suggested": card.suggested}},

@@ -79,7 +79,7 @@ def first_card(r: Reports) -> str:
          f"**{num(core['card_s'], 0)} s**, its decisions open after "
          f"**{num(core['total_s'], 0)} s**."),
         table(["stage", "seconds"], rows),
-        "Where the time went (first to last progress report of each step):",
+        "Where the time went (each step from its first to its last progress report):",
         table(["step", "seconds"], steps),
         *([(f"Opening the app again (the same setup in a new process over the folder the first "
             f"run filled, same report): **{num(core['reopen_total_s'], 0)} s** ("
