@@ -105,6 +105,9 @@ QUICK_PINNED = {
     "lds_kfac": 0.48,
     "lds_identity": 0.212,
     "lds_trak_projected": 0.092,
+    "fit_gate@10%": 0.91,  # the gate picks the training loss: the model fits 90% of its labels
+    "fit_gate@20%": 0.986,
+    "fit_gate_auroc": 0.993,
     "cv2_loss+checkpoint_loss+dynamics_loss@10%": 0.931,
     "cv2_loss+checkpoint_loss+dynamics_loss@20%": 0.993,
     "cv2_loss+checkpoint_loss+dynamics_loss_auroc": 0.997,

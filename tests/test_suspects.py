@@ -241,3 +241,64 @@ def test_checkpoint_logits_are_computed_once_and_recomputed_when_stale(artifacts
 
 def _refuse_write(state, path) -> None:
     raise OSError(30, "Read-only file system", str(path))
+
+
+def test_the_fit_gate_ranks_by_loss_unless_the_model_memorises(artifacts_home) -> None:
+    """memorisation_gap is the accuracy on the given training labels minus the test accuracy,
+    the same number evaluation.mislabel.run_gap reads off a run; the default ranking is then
+    the training loss at most FIT_GAP (regular training of noisy digits: the model does not
+    fit its flips) and the memorising signal above it (40 epochs without weight decay)."""
+    from influence_core import load_problem
+    from influence_core.audit.signals import FIT_GAP, FIT_GATE, MEMORISING_SIGNAL
+    from influence_core.audit.suspects import (
+        memorisation_gap,
+        resolve_signal,
+        suspect_scores,
+        training_set,
+    )
+    from influence_core.data.training import predict_logits
+    from influence_core.evaluation.mislabel import mislabel_config, run_gap
+
+    for regime, expected in (("regular", "loss"), ("memorising", MEMORISING_SIGNAL)):
+        problem = load_problem(mislabel_config("digits", "mlp", 0.1, regime))
+        data, flipped, _ = training_set(problem)
+        fitted = predict_logits(problem.model, data).argmax(1) == data.labels
+        test = predict_logits(problem.model, problem.test).argmax(1) == problem.test.labels
+        run = {"n_train": len(data), "n_flipped": int(flipped.sum()),
+               "flips_fitted": float(fitted[flipped].double().mean()),
+               "clean_fitted": float(fitted[~flipped].double().mean()),
+               "test_accuracy": float(test.double().mean())}
+        gap = memorisation_gap(problem)
+        assert gap == pytest.approx(run_gap(run), abs=1e-6)
+        assert (gap <= FIT_GAP) == (regime == "regular"), (regime, gap)
+        assert resolve_signal(problem, FIT_GATE) == expected
+        assert resolve_signal(problem, "cv_loss") == "cv_loss"  # only the gate is resolved
+        if regime == "regular":  # the gate's scores are the training loss's
+            assert torch.equal(suspect_scores(problem, FIT_GATE), suspect_scores(problem, "loss"))
+
+
+def test_the_gap_is_chosen_on_runs_and_the_code_uses_the_dev_splits_choice() -> None:
+    """choose_gap picks the midpoint whose gate finds the most flips (loss below it, the
+    memorising signal above); the shipped constant is the development split's choice."""
+    import json
+    from pathlib import Path
+
+    from influence_core.audit.signals import FIT_GAP, MEMORISING_SIGNAL
+    from influence_core.evaluation.mislabel import with_fit_gate
+    from influence_core.evaluation.suspect_selection import choose_gap
+
+    def run(gap: float, loss: float, mem: float) -> dict:
+        return {"n_train": 100, "n_flipped": 0, "clean_fitted": 0.9 + gap, "flips_fitted": 0.0,
+                "test_accuracy": 0.9, "rankings": {"loss": {"curve": {"0.10": loss}},
+                                                   MEMORISING_SIGNAL: {"curve": {"0.10": mem}}}}
+
+    runs = {"a_regular_s0": run(-0.05, 0.9, 0.8), "b_regular_s0": run(0.01, 0.7, 0.6),
+            "c_memorising_s0": run(0.08, 0.3, 0.9)}
+    assert choose_gap(runs)["chosen_gap"] is None  # runs the gate was not applied to
+    got = choose_gap({k: with_fit_gate(r) for k, r in runs.items()})
+    assert runs["c_memorising_s0"]["fit_gate"]["signal"] == MEMORISING_SIGNAL
+    assert got["chosen_gap"] == pytest.approx(0.045)  # between 0.01 and 0.08
+    assert max(s for _, s in got["by_gap"]) == pytest.approx((0.9 + 0.7 + 0.9) / 3)
+    dev = json.loads((Path(__file__).parents[1] / "docs/reports/suspects_dev.json").read_text())
+    assert abs(dev["fit_gate"]["chosen_gap"] - FIT_GAP) < 5e-4
+    assert dev["chosen_default"] == "fit_gate" and dev["default"] == "fit_gate"

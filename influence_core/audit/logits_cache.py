@@ -22,7 +22,7 @@ from ..data.datasets import ImageDataset
 from ..data.training import predict_logits, save_atomic
 from ..progress import Progress
 
-_LOGITS: dict[tuple[str, int], torch.Tensor] = {}  # per process: (checkpoint file, n) -> logits
+_LOGITS: dict[tuple[str, str], torch.Tensor] = {}  # per process: (file, fingerprint) -> logits
 
 
 def _fingerprint(checkpoint: Path, data: ImageDataset) -> str:
@@ -44,18 +44,20 @@ def _stored(path: Path, fingerprint: str, n: int) -> torch.Tensor | None:
     return logits if ok else None
 
 
-def snapshot_logits(model: nn.Module, data: ImageDataset) -> torch.Tensor:
-    """predict_logits of a kept checkpoint (a model with `checkpoint_file`) on `data`, computed
-    once (in memory, and on disk beside the checkpoint); any other model is simply evaluated.
-    A checkpoint folder that cannot be written only loses the disk copy."""
-    key = getattr(model, "checkpoint_file", None)
+def snapshot_logits(model: nn.Module, data: ImageDataset, checkpoint: str | None = None
+                    ) -> torch.Tensor:
+    """predict_logits of a kept checkpoint (a model with `checkpoint_file`, or the file given
+    as `checkpoint` that holds model's weights) on `data`, computed once (in memory, and on disk
+    beside the checkpoint); any other model is simply evaluated. A checkpoint folder that
+    cannot be written only loses the disk copy."""
+    key = checkpoint or getattr(model, "checkpoint_file", None)
     if key is None:
         return predict_logits(model, data)
-    if (key, len(data)) in _LOGITS:
-        return _LOGITS[key, len(data)]
     checkpoint = Path(key)
-    path = checkpoint.with_name(f"{checkpoint.stem}.logits-{len(data)}.pt")
     fingerprint = _fingerprint(checkpoint, data)
+    if (key, fingerprint) in _LOGITS:
+        return _LOGITS[key, fingerprint]
+    path = checkpoint.with_name(f"{checkpoint.stem}.logits-{len(data)}.pt")
     logits = _stored(path, fingerprint, len(data))
     if logits is None:
         logits = predict_logits(model, data)
@@ -63,7 +65,7 @@ def snapshot_logits(model: nn.Module, data: ImageDataset) -> torch.Tensor:
             save_atomic({"logits": logits, "fingerprint": fingerprint}, path)
     if len(_LOGITS) >= 32:
         _LOGITS.clear()
-    _LOGITS[key, len(data)] = logits
+    _LOGITS[key, fingerprint] = logits
     return logits
 
 

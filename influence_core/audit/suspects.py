@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ from ..data.training import (
 from ..progress import Progress, silent
 from .dynamics import Dynamics
 from .logits_cache import reporting, snapshot_logits
-from .signals import base_names, combine
+from .signals import FIT_GATE, base_names, combine, gate_choice
 
 DYNAMICS_POINTS = 8  # checkpoints of the training-dynamics run (aum, forgetting, dynamics_loss)
 
@@ -54,7 +55,7 @@ DYNAMICS_POINTS = 8  # checkpoints of the training-dynamics run (aum, forgetting
 #: over 5 checkpoints and the loss averaged over 8 (one extra training). Chosen on the
 #: development split as the best candidate within the default's training budget
 #: (evaluation.suspect_selection; docs/reports/suspects_dev.json), reported on the test split.
-DEFAULT_SIGNAL = "cv2_loss+checkpoint_loss+dynamics_loss"
+DEFAULT_SIGNAL = FIT_GATE  # loss, or cv2_loss+checkpoint_loss+dynamics_loss (signals.FIT_GAP)
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,10 @@ class Ranking:
 
 #: The rankings a user can choose in Review (key -> Ranking); "default" is the queue's default.
 RANKINGS: dict[str, Ranking] = {
-    "default": Ranking(DEFAULT_SIGNAL, "our default: out-of-sample loss (2-fold cross-"
-                       "validation) and the loss over checkpoints of training, rank-averaged"),
+    "default": Ranking(DEFAULT_SIGNAL, "our default: the training loss when the model has not "
+                       "memorised its labels (training accuracy at most 2.7 points above test "
+                       "accuracy), else out-of-sample loss (2-fold cross-validation) and the "
+                       "loss over checkpoints of training, rank-averaged"),
     "self_influence": Ranking("self_influence", "EK-FAC self-influence (the paper's): how "
                               "strongly the example's own label pulls the model"),
     "loss": Ranking("loss", "training loss of the given label under the model: the cheapest"),
@@ -255,7 +258,8 @@ def base_signals(problem: Problem, names: list[str], snapshots: int = 5, folds: 
     data, _, _ = training_set(problem)
     model = problem.model
     makers: dict[str, Callable[[], torch.Tensor]] = {
-        "loss": lambda: _loss(model, data),
+        "loss": lambda: nn.functional.cross_entropy(model_logits(problem, data), data.labels,
+                                                    reduction="none"),
         "margin": lambda: -margin(predict_logits(model, data), data.labels),
         "self_influence": lambda: _self_influence(model, data),
         "identity_self_influence": lambda: _self_influence(model, data, "identity"),
@@ -285,6 +289,30 @@ def suspect_scores(problem: Problem, signal: str = DEFAULT_SIGNAL, snapshots: in
     expression over the base signals (see `combine`). Extra trainings (trajectory snapshots,
     cross-validation folds) are cached by config, so a second call is fast.
     With a subset-trained problem, n = the subset size (see `training_set`)."""
+    signal = resolve_signal(problem, signal)
     data, _, _ = training_set(problem)
     base = base_signals(problem, base_names(signal), snapshots, folds, progress)
     return combine(signal, base, data.labels)
+
+
+def model_logits(problem: Problem, data: ImageDataset) -> torch.Tensor:
+    """problem.model's logits on `data`, stored beside the recipe's own checkpoint (a user's
+    checkpoint or a round's model is simply evaluated: nothing is written beside it)."""
+    own = None if problem.meta.get("checkpoint") else str(problem.checkpoint)
+    return snapshot_logits(problem.model, data, own if own and Path(own).is_file() else None)
+
+
+def memorisation_gap(problem: Problem) -> float:
+    """The model's accuracy on its given training labels minus its test accuracy (NaN without
+    test images): how far it has fitted labels it could not have predicted."""
+    data, _, _ = training_set(problem)
+    train = (model_logits(problem, data).argmax(1) == data.labels).double().mean()
+    if not len(problem.test):
+        return float("nan")
+    test = predict_logits(problem.model, problem.test).argmax(1) == problem.test.labels
+    return float(train - test.double().mean())
+
+
+def resolve_signal(problem: Problem, signal: str) -> str:
+    """`signal`, or for the fit gate the signal it picks for problem's model (signals.FIT_GAP)."""
+    return gate_choice(memorisation_gap(problem)) if signal == FIT_GATE else signal

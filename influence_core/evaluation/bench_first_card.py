@@ -57,7 +57,7 @@ def bench_first_card(dataset: str, model: str, data_root: str | None, ranking: s
 def _setup(dataset: str, model: str, data_root: str | None, ranking: str,
            progress: Progress) -> dict:
     from .. import app_api, app_early
-    from ..audit.suspects import RANKINGS
+    from ..audit.suspects import RANKINGS, resolve_signal
     from ..data.registry import load_problem
 
     seen: dict[str, list[list[float]]] = {}  # message -> its runs of consecutive reports
@@ -98,7 +98,8 @@ def _setup(dataset: str, model: str, data_root: str | None, ranking: str,
     total = time.perf_counter() - start
     return {
         "kind": "bench_first_card", "dataset": dataset, "model": model, "ranking": ranking,
-        "signal": RANKINGS[session.ranking].signal if session.ranking in RANKINGS else "",
+        "signal": (resolve_signal(problem, RANKINGS[session.ranking].signal)
+                   if session.ranking in RANKINGS else ""),
         "ranking_used": session.ranking, "n_train": len(problem.train),
         "stages_s": stages, "total_s": round(total, 2),
         "card_s": round(card_s if card is not None else total, 2),

@@ -89,10 +89,25 @@ def rounds(r: Reports) -> str:
                 f"calibration), lowered test accuracy below the noisy model's after thousands "
                 f"of relabels ({', '.join(worse)}): between rounds it is the retrain that "
                 "repairs the model. " if worse else "")
+             + _app_signals(r, names)
              + "Command per setting: "
              + cmd(f"{CLI} evaluate rounds --dataset D --model cnn --noise R --noise-kind K "
                    "--budget 0.05 --rounds 2 --seeds S --data-root <data>") + ".")
     return "\n\n".join([head, body, prose])
+
+
+def _app_signals(r: Reports, names: list[str]) -> str:
+    """Which ranking ordered the app queue's round 1 in each report (the default's signal for
+    that noisy model; reports without it were written before the default was the fit gate)."""
+    from .cleaning_rounds import EARLIER_APP_SIGNAL
+
+    used = {n: r(n)["derived"].get("app_signals") or [EARLIER_APP_SIGNAL] for n in names}
+    if len({tuple(v) for v in used.values()}) == 1:
+        return (f"The app queue's round 1 was ranked by `{', '.join(next(iter(used.values())))}` "
+                "in every report. ")
+    return ("The app queue's round 1 was ranked by: " + "; ".join(
+        f"{r(n)['setting']['dataset']} {num(r(n)['setting']['noise'], 1)} "
+        f"{r(n)['setting']['noise_kind']} `{', '.join(v)}`" for n, v in used.items()) + ". ")
 
 
 def summary_row(r: Reports) -> tuple[str, str, str] | None:

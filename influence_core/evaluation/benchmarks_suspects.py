@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from .benchmarks_doc import CLI, DATA, TARGETS, Reports, cmd, num, table
 
-SHOWN = ["cv_loss+checkpoint_loss", "cleanlab", "loss", "self_influence", "aum",
-         "dynamics_loss", "forgetting", "checkpoint_loss", "cv_loss", "kronfluence_self_influence",
-         "cv2_loss"]
+SHOWN = ["cv2_loss+checkpoint_loss+dynamics_loss", "cv_loss+checkpoint_loss", "cleanlab", "loss",
+         "self_influence", "aum", "dynamics_loss", "forgetting", "checkpoint_loss", "cv_loss",
+         "kronfluence_self_influence", "cv2_loss"]
 
 
 def _margins(g: dict, what: str, baselines: str) -> list[str]:
@@ -39,6 +39,8 @@ def _split(r: Reports, name: str) -> str:
                      f"{x['max_default_trainings']:g} extra training (the default's "
                      f"budget): `{x['chosen_default']}`; best suggestion rule that ranking "
                      f"has at hand: `{x['chosen_rule']}`.")
+    if "fit_gate" in x:
+        parts.append(_gate(x))
     if "goal" in x:
         parts += _margins(x["goal"], "Default", "cleanlab, training loss and Kronfluence "
                           "self-influence")
@@ -48,6 +50,29 @@ def _split(r: Reports, name: str) -> str:
     parts += ["Suggested label right on the flipped examples, per rule (mean over runs):",
               table(["rule", "right"], rules)]
     return "\n\n".join(parts)
+
+
+def _gate(x: dict) -> str:
+    """One paragraph: what the fit gate picked on this split's runs (and, on dev, its gap)."""
+    gate, runs = x["fit_gate"], x["fit_gate"]["runs"].values()
+    picks = {}
+    for run in runs:
+        picks.setdefault(run["signal"], []).append(run["gap"])
+    said = "; ".join(f"`{s}` in {num(gate['picked'][s])} (gaps {g_min:+.3f} to {g_max:+.3f})"
+                     for s, g in sorted(picks.items())
+                     for g_min, g_max in [(min(g), max(g))])
+    chosen = (f" The threshold chosen on these runs: {gate['chosen_gap']:+.4f} (the midpoint "
+              f"whose gate finds the most flips here; the code uses {num(gate['code_gap'], 3)})."
+              if gate.get("chosen_gap") is not None else
+              f" Threshold {num(gate['code_gap'], 3)}, chosen on the development split.")
+    if gate.get("chosen_gap") is None and len(picks) == 1:
+        said += (": every run so far is one branch's, so this split measures the gate's other "
+                 "branch in none of them")
+    return ("The default ranking `fit_gate` is the training loss when the model's accuracy on "
+            "its given training labels exceeds its test accuracy by at most a threshold (it "
+            "has not memorised its label errors), else `cv2_loss+checkpoint_loss+"
+            "dynamics_loss`." + chosen + f" Over this split's {num(len(runs))} runs it "
+            f"picked {said}.")
 
 
 def suspects(r: Reports) -> str:

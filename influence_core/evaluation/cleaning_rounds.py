@@ -7,7 +7,8 @@ step over all decisions so far (the round's audit session) and a retrain on the 
 (audit.rounds.retrain_round: the next round) are evaluated on the test split, for R rounds.
 Queues, all in the same run and from the same noisy model:
   app        what the Review page shows: round 1 the default ranking (audit.suspects
-             DEFAULT_SIGNAL) of the noisy model, later rounds the retrained round's own queue
+             DEFAULT_SIGNAL, the fit gate: its signal for the noisy model is the seed's
+             "app_signal") of the noisy model, later rounds the retrained round's own queue
              (audit.rounds.QUEUE_RANKING, its scores.npy over every example)
   cleanlab   cleanlab's ranking (evaluation.baselines.cleanlab_scores) of 5-fold out-of-sample
              probabilities, trained with the recipe on the round's current labels
@@ -41,8 +42,9 @@ from ..audit.rounds import (
     round_queue,
 )
 from ..audit.session import open_session
+from ..audit.signals import MEMORISING_SIGNAL
 from ..audit.store import DecisionLog
-from ..audit.suspects import DEFAULT_SIGNAL, suspect_scores
+from ..audit.suspects import DEFAULT_SIGNAL, resolve_signal, suspect_scores
 from ..config import artifacts_root, config_hash, recipe
 from ..data.datasets import subset
 from ..data.models import build_model
@@ -56,7 +58,19 @@ FOLDS = 5  # cleanlab's cross-validation
 FLOOR_SEED = 1000  # the second clean training of the noise floor: seed + FLOOR_SEED
 
 
+#: The app queue's round-1 ranking before the default became the fit gate: reports without an
+#: "app_signal" were written with it, and its runs keep their folders' old name.
+EARLIER_APP_SIGNAL = MEMORISING_SIGNAL
+
+
+def app_signal(problem: Problem) -> str:
+    """The signal the app's round-1 queue ranks problem's noisy model by (the default's)."""
+    return resolve_signal(problem, DEFAULT_SIGNAL)
+
+
 def _folder(problem: Problem, queue: str, budget: float) -> Path:
+    if queue == "app" and (signal := app_signal(problem)) != EARLIER_APP_SIGNAL:
+        queue = f"app-{signal.replace('+', '_').replace(':', '_')}"  # another queue's log
     return (artifacts_root() / "evaluation" / "rounds"
             / f"{config_hash(problem.config)}-{queue}-b{budget:g}")
 
@@ -180,7 +194,8 @@ def run_seed(dataset: str, model: str, noise: float, kind: str, seed: int, budge
     out = {"seed": seed, "flips": int(problem.flip_mask.sum()), "num_train": len(true),
            "num_test": len(problem.test), "accuracy_noisy": noisy, "accuracy_clean": clean,
            "accuracy_clean_other_seed": other, "noise_floor": abs(clean - other),
-           "clean_disagreement": float((preds[0] != preds[1]).double().mean()), "queues": {}}
+           "clean_disagreement": float((preds[0] != preds[1]).double().mean()),
+           "app_signal": app_signal(problem), "queues": {}}
     for queue in queues:
         rows = run_queue(problem, queue, budget, rounds, true, progress)
         for row in rows:
@@ -222,7 +237,8 @@ def derived_figures(result: dict) -> dict:
                         "accuracy_retrained": rows[-1]["accuracy_retrained"],
                         "flips_left": rows[-1]["flips_left"]}
     out = {"gap": _mean([s["accuracy_clean"] - s["accuracy_noisy"] for s in seeds]),
-           "noise_floor": _mean([s["noise_floor"] for s in seeds]), "final": final}
+           "noise_floor": _mean([s["noise_floor"] for s in seeds]), "final": final,
+           "app_signals": sorted({s.get("app_signal", EARLIER_APP_SIGNAL) for s in seeds})}
     if "app" in final and "cleanlab" in final and None not in (
             final["app"]["gap_closed_retrained"], final["cleanlab"]["gap_closed_retrained"]):
         out["app_minus_cleanlab"] = (final["app"]["gap_closed_retrained"]
@@ -247,8 +263,9 @@ def rounds_markdown(result: dict) -> str:
              f"images (one image: {_num(1 / refs['num_test'])} of accuracy). Gap closed = "
              "(accuracy - noisy) / (clean - noisy), per seed, then averaged.", "",
              "Queues: app = the Review page's queue (round 1: the default ranking of the "
-             "noisy model; later rounds: the retrained model's loss over its training "
-             "checkpoints, within each class), cleanlab = cleanlab's ranking of 5-fold "
+             f"noisy model, here `{', '.join(result['derived']['app_signals'])}`; later "
+             "rounds: the retrained model's loss over its training checkpoints, within each "
+             "class), cleanlab = cleanlab's ranking of 5-fold "
              "out-of-sample probabilities on the round's labels, random = a seeded order; each "
              "leaves out what was reviewed. The annotator relabels flipped examples to their "
              "true label and keeps the rest.", "",

@@ -73,7 +73,7 @@ def run_mislabel(cfg, data_root: str | None = None, kronfluence: bool = True,
     fitted = predict_logits(problem.model, data).argmax(1) == data.labels
     base = base_signals(problem, BASE, snapshots, folds, progress)
     rankings = dict(base)
-    for expr in [*COMBINATIONS, DEFAULT_SIGNAL]:
+    for expr in COMBINATIONS:
         rankings[expr] = combine(expr, base, data.labels)
     oos = cross_validated_probs(problem, folds)
     clean, flagged = cleanlab_scores(data.labels, oos)
@@ -81,7 +81,7 @@ def run_mislabel(cfg, data_root: str | None = None, kronfluence: bool = True,
     if kronfluence:
         rankings["kronfluence_self_influence"] = kronfluence_scores(problem.model, data)
     suggestion = suggestion_accuracy(problem, data, flipped, oos, progress)
-    return {
+    return with_fit_gate({
         "kind": "mislabel", "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "n_train": len(data), "n_flipped": int(flipped.sum()),
         "flips_fitted": float(fitted[flipped].float().mean()),
@@ -91,7 +91,35 @@ def run_mislabel(cfg, data_root: str | None = None, kronfluence: bool = True,
         "rankings": {k: detection_summary(v, flipped) for k, v in rankings.items()},
         "suggestion": suggestion,
         "_curves": {k: _curve(v, flipped) for k, v in rankings.items()},
-    }
+    })
+
+
+def run_gap(res: dict) -> float:
+    """A run's memorisation gap (audit.suspects.memorisation_gap) from its own numbers: the
+    accuracy on its given training labels (flips and clean examples the model fitted, weighted
+    by their counts) minus its test accuracy."""
+    flips = res["n_flipped"] / res["n_train"]
+    train = (1 - flips) * res["clean_fitted"] + flips * res["flips_fitted"]
+    return float(train - res["test_accuracy"])
+
+
+def with_fit_gate(res: dict) -> dict:
+    """`res` with the fit gate's ranking (DEFAULT_SIGNAL): the one of its two signals that the
+    gate picks for this run's memorisation gap (audit.signals.gate_choice). Added to a kept run
+    when it is summarised too, so runs made before the gate existed count with it. A result
+    without the numbers or the two signals is returned as it is."""
+    from ..audit.signals import FIT_GATE, FITTING_SIGNAL, MEMORISING_SIGNAL, gate_choice
+
+    needs = ("n_train", "n_flipped", "clean_fitted", "flips_fitted", "test_accuracy")
+    if any(res.get(k) is None for k in needs) or not (
+            {FITTING_SIGNAL, MEMORISING_SIGNAL} <= set(res["rankings"])):
+        return res  # not a full run: nothing to gate
+    chosen = gate_choice(run_gap(res))
+    res["rankings"][FIT_GATE] = res["rankings"][chosen]
+    if "_curves" in res:
+        res["_curves"][FIT_GATE] = res["_curves"][chosen]
+    res["fit_gate"] = {"gap": run_gap(res), "signal": chosen}
+    return res
 
 
 def suggestion_accuracy(problem, data, flipped: torch.Tensor, oos: torch.Tensor,

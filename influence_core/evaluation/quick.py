@@ -29,6 +29,7 @@ def run_quick(out: Path, data_root: str | None = None, progress: Progress = sile
 
 
 def _quick(out: Path, data_root: str | None, progress: Progress) -> dict:
+    from ..audit.signals import MEMORISING_SIGNAL
     from ..audit.suspects import DEFAULT_SIGNAL
 
     mis = run_mislabel(mislabel_config("digits", "mlp", 0.1, "regular"), data_root, False,
@@ -36,7 +37,7 @@ def _quick(out: Path, data_root: str | None, progress: Progress) -> dict:
     res = run_lds_report(recipe("digits", "mlp"), QUICK["subsets"], 0.5, QUICK["queries"],
                          QUICK["methods"], 1, False, data_root, None, progress, None)
     pinned = {f"lds_{k}": v for k, v in res["lds"].items() if k != "random"}
-    for name in (DEFAULT_SIGNAL, "self_influence", "loss", "cleanlab"):
+    for name in (DEFAULT_SIGNAL, MEMORISING_SIGNAL, "self_influence", "loss", "cleanlab"):
         r = mis["rankings"][name]
         pinned.update({f"{name}@10%": r["curve"]["0.10"], f"{name}@20%": r["curve"]["0.20"],
                        f"{name}_auroc": r["auroc"]})

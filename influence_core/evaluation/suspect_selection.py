@@ -19,15 +19,21 @@ measured in the same runs.
 from __future__ import annotations
 
 import json
-from itertools import product
+from itertools import pairwise, product
 from pathlib import Path
 
 import numpy as np
 
-from ..audit.signals import extra_trainings, probability_sources
+from ..audit.signals import (
+    FIT_GAP,
+    FITTING_SIGNAL,
+    MEMORISING_SIGNAL,
+    extra_trainings,
+    probability_sources,
+)
 from ..audit.suggest import sources_of
 from ..progress import Progress, silent
-from .mislabel import BASE, COMBINATIONS, mislabel_config, run_mislabel
+from .mislabel import BASE, COMBINATIONS, mislabel_config, run_gap, run_mislabel, with_fit_gate
 from .reports import write_report
 
 SPLITS = {
@@ -103,6 +109,7 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
     test: the default's and the suggestion `rule`'s margins over their baselines."""
     found: dict[str, dict[str, list[float]]] = {}
     suggest: dict[str, dict[str, list[float]]] = {}
+    runs = {k: with_fit_gate({**r, "rankings": dict(r["rankings"])}) for k, r in runs.items()}
     for key, res in runs.items():
         for name, r in res["rankings"].items():
             found.setdefault(_setting(key), {}).setdefault(name, []).append(r["curve"][BUDGET])
@@ -139,12 +146,41 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
         rules = {r: v for r, v in everywhere.items()
                  if sources_of(r) and set(sources_of(r)) <= have}
         out["chosen_rule"] = max(rules, key=rules.get) if rules else None
+        out["fit_gate"] = {"code_gap": FIT_GAP, **choose_gap(runs)}
     else:
+        out["fit_gate"] = {"code_gap": FIT_GAP}
         out["goal"] = _margins(out["settings"], default, BASELINES)
         if rule:
             out["rule"] = rule
             out["suggestion_goal"] = _margins(out["suggestion"], rule, SUGGESTION_BASELINES)
+    gated = {k: r["fit_gate"] for k, r in sorted(runs.items()) if "fit_gate" in r}
+    out["fit_gate"]["runs"] = gated
+    out["fit_gate"]["picked"] = {s: sum(g["signal"] == s for g in gated.values())
+                                 for s in sorted({g["signal"] for g in gated.values()})}
     return out
+
+
+def choose_gap(runs: dict[str, dict]) -> dict:
+    """The fit gate's threshold (audit.signals.FIT_GAP) chosen on these runs: of the midpoints
+    between consecutive run gaps (and one below the least, one above the greatest), the one
+    whose gate finds the most flips at BUDGET, as a mean over settings of the mean over seeds;
+    the first such on a tie. Returns it and every midpoint's mean."""
+    runs = {k: r for k, r in runs.items() if "fit_gate" in r}  # runs the gate applies to
+    if not runs:
+        return {"chosen_gap": None, "by_gap": []}
+    gaps = sorted({run_gap(r) for r in runs.values()})
+    points = [gaps[0] - 0.01, *[(a + b) / 2 for a, b in pairwise(gaps)], gaps[-1] + 0.01]
+
+    def score(t: float) -> float:
+        per: dict[str, list[float]] = {}
+        for key, r in runs.items():
+            pick = FITTING_SIGNAL if run_gap(r) <= t else MEMORISING_SIGNAL
+            per.setdefault(_setting(key), []).append(r["rankings"][pick]["curve"][BUDGET])
+        return float(np.mean([np.mean(v) for v in per.values()]))
+
+    scores = [(round(t, 4), score(t)) for t in points]
+    best = max(scores, key=lambda ts: ts[1])  # max keeps the first of equal scores
+    return {"chosen_gap": best[0], "by_gap": scores}
 
 
 def _margins(table: dict, name: str, baselines: tuple[str, ...]) -> dict:
