@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -200,7 +201,7 @@ def _watch(page: object, start: float, texts: list, done: object) -> float:
         assert not errors.count(), errors.first.inner_text()
         bar = page.get_by_test_id("stProgress")
         if bar.count():
-            text = bar.first.inner_text().rsplit(":", 1)[0].strip()
+            text = re.sub(r": \d+ of \d+$", "", bar.first.inner_text().strip())  # the count
             if text and (not texts or texts[-1][1] != text):
                 texts.append((round(time.perf_counter() - start), text))
         time.sleep(0.5)

@@ -258,8 +258,8 @@ def base_signals(problem: Problem, names: list[str], snapshots: int = 5, folds: 
     data, _, _ = training_set(problem)
     model = problem.model
     makers: dict[str, Callable[[], torch.Tensor]] = {
-        "loss": lambda: nn.functional.cross_entropy(model_logits(problem, data), data.labels,
-                                                    reduction="none"),
+        "loss": lambda: nn.functional.cross_entropy(model_logits(problem, data, progress),
+                                                    data.labels, reduction="none"),
         "margin": lambda: -margin(predict_logits(model, data), data.labels),
         "self_influence": lambda: _self_influence(model, data),
         "identity_self_influence": lambda: _self_influence(model, data, "identity"),
@@ -289,30 +289,34 @@ def suspect_scores(problem: Problem, signal: str = DEFAULT_SIGNAL, snapshots: in
     expression over the base signals (see `combine`). Extra trainings (trajectory snapshots,
     cross-validation folds) are cached by config, so a second call is fast.
     With a subset-trained problem, n = the subset size (see `training_set`)."""
-    signal = resolve_signal(problem, signal)
+    signal = resolve_signal(problem, signal, progress)
     data, _, _ = training_set(problem)
     base = base_signals(problem, base_names(signal), snapshots, folds, progress)
     return combine(signal, base, data.labels)
 
 
-def model_logits(problem: Problem, data: ImageDataset) -> torch.Tensor:
+def model_logits(problem: Problem, data: ImageDataset, progress: Progress = silent
+                 ) -> torch.Tensor:
     """problem.model's logits on `data`, stored beside the recipe's own checkpoint (a user's
     checkpoint or a round's model is simply evaluated: nothing is written beside it)."""
     own = None if problem.meta.get("checkpoint") else str(problem.checkpoint)
-    return snapshot_logits(problem.model, data, own if own and Path(own).is_file() else None)
+    progress(0, 1, "predictions of the model")
+    out = snapshot_logits(problem.model, data, own if own and Path(own).is_file() else None)
+    progress(1, 1, "predictions of the model")
+    return out
 
 
-def memorisation_gap(problem: Problem) -> float:
+def memorisation_gap(problem: Problem, progress: Progress = silent) -> float:
     """The model's accuracy on its given training labels minus its test accuracy (NaN without
     test images): how far it has fitted labels it could not have predicted."""
     data, _, _ = training_set(problem)
-    train = (model_logits(problem, data).argmax(1) == data.labels).double().mean()
+    train = (model_logits(problem, data, progress).argmax(1) == data.labels).double().mean()
     if not len(problem.test):
         return float("nan")
     test = predict_logits(problem.model, problem.test).argmax(1) == problem.test.labels
     return float(train - test.double().mean())
 
 
-def resolve_signal(problem: Problem, signal: str) -> str:
+def resolve_signal(problem: Problem, signal: str, progress: Progress = silent) -> str:
     """`signal`, or for the fit gate the signal it picks for problem's model (signals.FIT_GAP)."""
-    return gate_choice(memorisation_gap(problem)) if signal == FIT_GATE else signal
+    return gate_choice(memorisation_gap(problem, progress)) if signal == FIT_GATE else signal
