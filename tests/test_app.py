@@ -253,10 +253,13 @@ def test_the_card_before_the_index_is_the_first_card_with_its_buttons_greyed_out
 
 
 def test_relabel_applies_the_suggestion(app: Callable[..., AppTest], home: Path) -> None:
-    """The card names the most probable class other than the given label under the mean of
-    the current model's probabilities and those of the checkpoints its own training kept (5 at
-    geometric, 8 at even steps); Relabel without touching the box records that class."""
+    """The card names the most probable class other than the given label under the current
+    model's probabilities, averaged, when the model memorises its labels (the fit gate), with
+    those of the checkpoints its own training kept (5 at geometric, 8 at even steps); Relabel
+    without touching the box records that class."""
     from influence_core import build_model, load_checkpoint, load_problem, predict_logits, recipe
+    from influence_core.audit.signals import FIT_GAP
+    from influence_core.audit.suspects import memorisation_gap
     from influence_core.data.datasets import subset
     from influence_core.data.training import snapshot_path, snapshot_steps, total_steps
 
@@ -275,8 +278,9 @@ def test_relabel_applies_the_suggestion(app: Callable[..., AppTest], home: Path)
                 for step in snapshot_steps(total, count, even)]
         return sum(predict_logits(n, one)[0].softmax(0) for n in nets) / count
 
-    probs = (predict_logits(problem.model, one)[0].softmax(0) + mean_probs(5, False)
-             + mean_probs(8, True)) / 3
+    probs = predict_logits(problem.model, one)[0].softmax(0)
+    if memorisation_gap(problem) > FIT_GAP:  # the fit gate: a memorising model's rule
+        probs = (probs + mean_probs(5, False) + mean_probs(8, True)) / 3
     probs[given] = -1
     assert suggested == int(probs.argmax()) != given
     at.button(key="act_relabel").click().run()

@@ -134,12 +134,20 @@ def test_the_suggester_averages_the_sources_its_session_has(artifacts_home) -> N
     """Suggester: the rule's sources that the ranking made available, averaged; a user's
     checkpoint has no run of its own; the suggestion is the best other class of the average."""
     from influence_core import load_problem, recipe
-    from influence_core.audit.suggest import Suggester
-    from influence_core.audit.suspects import cross_validated_probs, run_checkpoints
+    from influence_core.audit.suggest import FITTING_RULE, MEMORISING_RULE, Suggester, gate_rule
+    from influence_core.audit.suspects import (
+        cross_validated_probs,
+        memorisation_gap,
+        run_checkpoints,
+    )
     from influence_core.data.datasets import subset
 
     problem = load_problem(recipe("digits", "mlp", epochs=4))
-    assert Suggester(problem, "loss").parts == ["model", "checkpoints", "dynamics"]
+    app = Suggester(problem, "loss")  # the fit gate's rule for this model
+    assert app.rule == gate_rule(memorisation_gap(problem))
+    assert Suggester(problem, "loss", MEMORISING_RULE).parts == ["model", "checkpoints",
+                                                                 "dynamics"]
+    assert Suggester(problem, "loss", FITTING_RULE).parts == ["model"]
     assert Suggester(problem, "loss", "model+cv2").parts == ["model"]  # no 2-fold run at hand
     with_cv = Suggester(problem, "cv2_loss+checkpoint_loss", "model+cv2")
     assert with_cv.parts == ["model", "cv2"]

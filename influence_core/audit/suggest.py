@@ -2,11 +2,11 @@
 evidence shown beside it.
 
 A suggestion is never the given label: the most probable OTHER class under some probabilities
-(`best_other`). The app uses APP_RULE (a `Suggester`), chosen on the development split among
-the rules the default ranking's session has at hand (`evaluate suspects --split dev`,
-chosen_rule) and reported on the test split. Each rule is measured by `evaluate mislabel` on
-the flipped examples of every noise kind (report key "suggestion"; `evaluate suspects`
-averages them per split):
+(`best_other`). The app uses APP_RULE (a `Suggester`; the fit gate picks one of two rules per
+model), chosen on the development split among the rules the default ranking's session has at
+hand (`evaluate suspects --split dev`, chosen_rule) and reported on the test split. Each rule
+is measured by `evaluate mislabel` on the flipped examples of every noise kind (report key
+"suggestion"; `evaluate suspects` averages them per split):
   model        the current model's probabilities
   dynamics     probabilities averaged over the training-dynamics checkpoints (audit.dynamics)
   checkpoints  probabilities averaged over the trajectory checkpoints (audit.suspects)
@@ -31,8 +31,8 @@ from ..attribution.index import AttributionIndex, query_vector
 from ..data.datasets import ImageDataset, subset
 from ..data.registry import Problem
 from ..data.training import predict_logits
-from .signals import CV_FOLDS, probability_sources
-from .suspects import cross_validated_probs, run_checkpoints
+from .signals import CV_FOLDS, FIT_GAP, FIT_GATE, probability_sources
+from .suspects import cross_validated_probs, memorisation_gap, run_checkpoints
 
 PROBABILITY_SOURCES = ("model", "dynamics", "checkpoints", "cleanlab", "cv2")
 #: The probability rules `evaluate mislabel` measures (the evidence rules come on top).
@@ -42,9 +42,18 @@ RULES = ["model", "dynamics", "checkpoints", "cleanlab", "cv2", "model+dynamics"
          "dynamics+cv2"]
 
 
-#: The app's rule: the current model's probabilities averaged with those of the checkpoints its
-#: own training kept (early checkpoints have not memorised a wrong label yet).
-APP_RULE = "model+checkpoints+dynamics"
+#: The app's rule is gated like the default ranking (signals.FIT_GATE, FIT_GAP): a model that
+#: has not memorised its training labels suggests from its own probabilities (FITTING_RULE);
+#: one that has, from the mean of its own and those of the checkpoints its training kept
+#: (MEMORISING_RULE: early checkpoints have not memorised a wrong label yet).
+APP_RULE = FIT_GATE
+FITTING_RULE = "model"
+MEMORISING_RULE = "model+checkpoints+dynamics"
+
+
+def gate_rule(gap: float) -> str:
+    """The suggestion rule the fit gate picks for a model whose memorisation gap is `gap`."""
+    return FITTING_RULE if gap <= FIT_GAP else MEMORISING_RULE
 
 
 def sources_of(rule: str) -> list[str]:
@@ -98,6 +107,8 @@ class Suggester:
     kept (a model trained by an older version) are left out, never trained for a card."""
 
     def __init__(self, problem: Problem, signal: str, rule: str = APP_RULE) -> None:
+        if rule == FIT_GATE:
+            rule = gate_rule(memorisation_gap(problem))
         have = probability_sources(signal)
         if problem.meta.get("checkpoint") or problem.config.subset_seed >= 0:
             have = {h for h in have if h in ("model", "cleanlab", "cv2")}
@@ -114,6 +125,11 @@ class Suggester:
         names = {"model": "the current model's", "checkpoints": "5 checkpoints of its training",
                  "dynamics": "8 more checkpoints of its training",
                  "cleanlab": "5-fold out-of-sample", "cv2": "2-fold out-of-sample"}
+        if self.parts == ["model"]:
+            return ("The most probable class other than the given label under the current "
+                    "model's probabilities" + (" (it has not memorised its training labels: "
+                    "its own probabilities are the best estimate)." if self.rule ==
+                    FITTING_RULE else "."))
         return ("The most probable class other than the given label, averaging these "
                 "probabilities: " + ", ".join(names[p] for p in self.parts) + ".")
 

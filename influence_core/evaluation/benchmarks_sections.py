@@ -231,7 +231,9 @@ def summary_rows(r: Reports) -> list[tuple[str, str, str, str]]:
           "one-seed targets"), ANCHOR["lds"]),
         ("mislabel detection, held-out test split (CNNs, 10% flips), top 10% inspected",
          (f"default ranking finds {num(held['overall'][held['default']], 3)} of flips "
-          f"(mean of {num(held['n_runs'])} of {num(held['planned_runs'])} planned runs)"),
+          f"(mean of {num(held['n_runs'])} of {num(held['planned_runs'])} planned runs"
+          + "".join(f"; its fit gate ranked by `{sig}` in {num(k)} of them"
+                    for sig, k in held.get("fit_gate", {}).get("picked", {}).items()) + ")"),
          (f"cleanlab {num(held['overall']['cleanlab'], 3)}, training loss "
           f"{num(held['overall']['loss'], 3)}, Kronfluence self-influence "
           f"{num(held['overall']['kronfluence_self_influence'], 3)}; default ≥ the best of "

@@ -104,11 +104,13 @@ def run_gap(res: dict) -> float:
 
 
 def with_fit_gate(res: dict) -> dict:
-    """`res` with the fit gate's ranking (DEFAULT_SIGNAL): the one of its two signals that the
-    gate picks for this run's memorisation gap (audit.signals.gate_choice). Added to a kept run
+    """`res` with the fit gate's ranking (DEFAULT_SIGNAL) and suggestion rule (APP_RULE): the
+    one of its two signals (audit.signals.gate_choice) and rules (audit.suggest.gate_rule) that
+    the gate picks for this run's memorisation gap. Added to a kept run
     when it is summarised too, so runs made before the gate existed count with it. A result
     without the numbers or the two signals is returned as it is."""
     from ..audit.signals import FIT_GATE, FITTING_SIGNAL, MEMORISING_SIGNAL, gate_choice
+    from ..audit.suggest import gate_rule
 
     needs = ("n_train", "n_flipped", "clean_fitted", "flips_fitted", "test_accuracy")
     if any(res.get(k) is None for k in needs) or not (
@@ -119,6 +121,10 @@ def with_fit_gate(res: dict) -> dict:
     if "_curves" in res:
         res["_curves"][FIT_GATE] = res["_curves"][chosen]
     res["fit_gate"] = {"gap": run_gap(res), "signal": chosen}
+    rule = gate_rule(run_gap(res))
+    if rule in res.get("suggestion", {}):
+        res["suggestion"][FIT_GATE] = res["suggestion"][rule]
+        res["fit_gate"]["rule"] = rule
     return res
 
 

@@ -26,12 +26,13 @@ import numpy as np
 
 from ..audit.signals import (
     FIT_GAP,
+    FIT_GATE,
     FITTING_SIGNAL,
     MEMORISING_SIGNAL,
     extra_trainings,
     probability_sources,
 )
-from ..audit.suggest import sources_of
+from ..audit.suggest import FITTING_RULE, MEMORISING_RULE, sources_of
 from ..progress import Progress, silent
 from .mislabel import BASE, COMBINATIONS, mislabel_config, run_gap, run_mislabel, with_fit_gate
 from .reports import write_report
@@ -143,8 +144,8 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
         out["max_default_trainings"] = MAX_DEFAULT_TRAININGS
         have = probability_sources(out["chosen_default"] or "")
         everywhere = overall(suggest)  # rules measured in every setting
-        rules = {r: v for r, v in everywhere.items()
-                 if sources_of(r) and set(sources_of(r)) <= have}
+        reads = {r: sources_of(r) or _gate_sources(r) for r in everywhere}
+        rules = {r: v for r, v in everywhere.items() if reads[r] and set(reads[r]) <= have}
         out["chosen_rule"] = max(rules, key=rules.get) if rules else None
         out["fit_gate"] = {"code_gap": FIT_GAP, **choose_gap(runs)}
     else:
@@ -158,6 +159,11 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
     out["fit_gate"]["picked"] = {s: sum(g["signal"] == s for g in gated.values())
                                  for s in sorted({g["signal"] for g in gated.values()})}
     return out
+
+
+def _gate_sources(rule: str) -> list[str]:
+    """The probability sources the fit gate's suggestion rule reads (both its branches)."""
+    return sources_of(FITTING_RULE) + sources_of(MEMORISING_RULE) if rule == FIT_GATE else []
 
 
 def choose_gap(runs: dict[str, dict]) -> dict:
