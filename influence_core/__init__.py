@@ -9,7 +9,6 @@ from .app_api import (
     Preview,
     check_estimator,
     checkpoint_bytes,
-    damping_refusal,
     evidence,
     explain,
     ihvp_errors,
@@ -32,6 +31,7 @@ from .app_early import EarlyCard, early_card
 from .app_rounds import Round, current_round, open_round_audit, retrain_reviewed, round_problem
 from .app_tables import (
     current_label,
+    damping_refusal,
     decisions_frame,
     example_table,
     explain_image,

@@ -21,7 +21,7 @@ from .audit.session import AuditSession, AuditState, non_finite_message, open_se
 from .audit.store import Decision, DecisionLog, DecisionLogError, active_decisions
 from .audit.suggest import Suggester, best_other, class_scores, class_support
 from .audit.suspects import RANKINGS, suspect_scores
-from .audit.unlearning import newton_damping, updated_model
+from .audit.unlearning import updated_model
 from .config import EKFACConfig, IndexConfig, LissaConfig
 from .curvature.gradients import TrackedModel, backward_pairs, forward_capture
 from .data.datasets import DatasetError, ImageDataset, subset
@@ -60,13 +60,9 @@ def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
     suspects.RANKINGS[ranking]. "self_influence": the index's precomputed self-influence,
     re-ranked under the updated model after every decision; any other key: its signal's
     suspects.suspect_scores (the session's fixed `prior`; extra trainings report through
-    `progress` and are cached). Beyond RANKED_LIMIT training examples, and for a model trained
-    on a subset, every ranking falls back to self-influence. The session's `ranking` is the key
-    that orders its queue (after a fall-back "self_influence"); its decisions record it.
-    Raises ValueError for a key not in RANKINGS, DatasetError for a training set of one class
-    (nothing to relabel to, no suggestion to make)."""
-    ranking = queue_ranking(problem, ranking)
-    prior = None
+    `progress` and are cached). The session's `ranking` is queue_ranking's key (after a
+    fall-back, "self_influence"); its decisions record it. Raises as queue_ranking does."""
+    ranking, prior = queue_ranking(problem, ranking), None
     if ranking != INDEX_RANKING:
         prior = suspect_scores(problem, RANKINGS[ranking].signal, progress=progress).double()
     self_inf = torch.from_numpy(np.asarray(index.arrays["self_influence"], dtype=np.float64))
@@ -80,7 +76,8 @@ def open_audit(problem: Problem, index: AttributionIndex, method: str = "ekfac",
 def queue_ranking(problem: Problem, ranking: str) -> str:
     """The RANKINGS key that orders problem's queue when `ranking` is chosen (INDEX_RANKING
     beyond RANKED_LIMIT training examples and for a model trained on a subset). Raises
-    ValueError for a key not in RANKINGS, DatasetError for a training set of one class."""
+    ValueError for a key not in RANKINGS, DatasetError for a training set of one class
+    (nothing to relabel to, no suggestion to make)."""
     if problem.train.num_classes < 2:
         raise DatasetError(f"{problem.config.dataset} has a single class "
                            f"({', '.join(problem.train.class_names)}): reviewing labels needs "
@@ -96,23 +93,6 @@ def check_estimator(problem: Problem, method: str) -> None:
     """serving.check_cost for the Newton step's `method` on problem's model (all its tracked
     parameters, LiSSA at its default depth): TooCostlyError naming a cheaper estimator."""
     check_cost(method, TrackedModel(problem.model).num_params, LissaConfig().depth)
-
-
-def damping_refusal(text: str) -> str | None:
-    """Why a Newton-step damping given as text (the app's damping=... link parameter) cannot be
-    used, or None: 0 means the default; anything else must be a number > 0 and finite
-    (audit.unlearning.newton_damping)."""
-    try:
-        value = float(text)
-    except ValueError:
-        return f"{text!r} is not a number"
-    if value == 0:
-        return None
-    try:
-        newton_damping(None, value)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 def _probs(logits: torch.Tensor) -> np.ndarray:

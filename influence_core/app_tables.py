@@ -18,6 +18,7 @@ from .app_api import explain, query_probabilities, reviewed
 from .attribution.index import AttributionIndex
 from .audit.session import AuditSession, AuditState
 from .audit.store import Decision, DecisionLog, active_decisions
+from .audit.unlearning import newton_damping
 from .data.datasets import ImageDataset
 from .data.images import decode_image
 from .data.registry import Problem
@@ -158,3 +159,20 @@ def labels_csv(log: DecisionLog) -> bytes:
     """The cleaned label file (DecisionLog.export_csv) as bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         return log.export_csv(Path(tmp) / "labels.csv").read_bytes()
+
+
+def damping_refusal(text: str) -> str | None:
+    """Why a Newton-step damping given as text (the app's damping=... link parameter) cannot be
+    used, or None: 0 means the default; anything else must be a number > 0 and finite
+    (audit.unlearning.newton_damping)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return f"{text!r} is not a number"
+    if value == 0:
+        return None
+    try:
+        newton_damping(None, value)
+    except ValueError as exc:
+        return str(exc)
+    return None

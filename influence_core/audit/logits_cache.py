@@ -69,15 +69,15 @@ def snapshot_logits(model: nn.Module, data: ImageDataset, checkpoint: str | None
     return logits
 
 
-def reporting(progress: Progress, what: str, total: int
+def reporting(progress: Progress, what: str, total: int, checkpoint: str | None = None
               ) -> Callable[[nn.Module, ImageDataset], torch.Tensor]:
-    """snapshot_logits that reports each checkpoint done through `progress` as `what` k/total
-    (the app's bar names the pass instead of standing still)."""
+    """snapshot_logits (its `checkpoint`) that reports each checkpoint done through `progress`
+    as `what` k/total (the app's bar names the pass instead of standing still)."""
     done = [0]
 
     def logits_of(model: nn.Module, data: ImageDataset) -> torch.Tensor:
         progress(done[0], total, what)
-        out = snapshot_logits(model, data)
+        out = snapshot_logits(model, data, checkpoint)
         done[0] += 1
         progress(done[0], total, what)
         return out

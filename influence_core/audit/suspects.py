@@ -69,10 +69,9 @@ class Ranking:
 
 #: The rankings a user can choose in Review (key -> Ranking); "default" is the queue's default.
 RANKINGS: dict[str, Ranking] = {
-    "default": Ranking(DEFAULT_SIGNAL, "our default: the training loss when the model has not "
-                       "memorised its labels (training accuracy at most 2.7 points above test "
-                       "accuracy), else out-of-sample loss (2-fold cross-validation) and the "
-                       "loss over checkpoints of training, rank-averaged"),
+    "default": Ranking(DEFAULT_SIGNAL, "our default: the training loss unless the model has "
+                       "memorised its labels (training accuracy > test accuracy + 2.7 points), "
+                       "then out-of-sample (2-fold) and checkpoint losses, rank-averaged"),
     "self_influence": Ranking("self_influence", "EK-FAC self-influence (the paper's): how "
                               "strongly the example's own label pulls the model"),
     "loss": Ranking("loss", "training loss of the given label under the model: the cheapest"),
@@ -299,11 +298,10 @@ def model_logits(problem: Problem, data: ImageDataset, progress: Progress = sile
                  ) -> torch.Tensor:
     """problem.model's logits on `data`, stored beside the recipe's own checkpoint (a user's
     checkpoint or a round's model is simply evaluated: nothing is written beside it)."""
-    own = None if problem.meta.get("checkpoint") else str(problem.checkpoint)
-    progress(0, 1, "predictions of the model")
-    out = snapshot_logits(problem.model, data, own if own and Path(own).is_file() else None)
-    progress(1, 1, "predictions of the model")
-    return out
+    own = not problem.meta.get("checkpoint") and Path(problem.checkpoint).is_file()
+    logits_of = reporting(progress, "predictions of the model", 1,
+                          str(problem.checkpoint) if own else None)
+    return logits_of(problem.model, data)
 
 
 def memorisation_gap(problem: Problem, progress: Progress = silent) -> float:

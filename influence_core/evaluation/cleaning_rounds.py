@@ -63,13 +63,8 @@ FLOOR_SEED = 1000  # the second clean training of the noise floor: seed + FLOOR_
 EARLIER_APP_SIGNAL = MEMORISING_SIGNAL
 
 
-def app_signal(problem: Problem) -> str:
-    """The signal the app's round-1 queue ranks problem's noisy model by (the default's)."""
-    return resolve_signal(problem, DEFAULT_SIGNAL)
-
-
 def _folder(problem: Problem, queue: str, budget: float) -> Path:
-    if queue == "app" and (signal := app_signal(problem)) != EARLIER_APP_SIGNAL:
+    if queue == "app" and (signal := resolve_signal(problem, DEFAULT_SIGNAL)) != MEMORISING_SIGNAL:
         queue = f"app-{signal.replace('+', '_').replace(':', '_')}"  # another queue's log
     return (artifacts_root() / "evaluation" / "rounds"
             / f"{config_hash(problem.config)}-{queue}-b{budget:g}")
@@ -195,7 +190,7 @@ def run_seed(dataset: str, model: str, noise: float, kind: str, seed: int, budge
            "num_test": len(problem.test), "accuracy_noisy": noisy, "accuracy_clean": clean,
            "accuracy_clean_other_seed": other, "noise_floor": abs(clean - other),
            "clean_disagreement": float((preds[0] != preds[1]).double().mean()),
-           "app_signal": app_signal(problem), "queues": {}}
+           "app_signal": resolve_signal(problem, DEFAULT_SIGNAL), "queues": {}}
     for queue in queues:
         rows = run_queue(problem, queue, budget, rounds, true, progress)
         for row in rows:

@@ -102,6 +102,7 @@ def _setting(key: str) -> str:
     return key.rsplit("_s", 1)[0]
 
 
+# long: one pass over the runs, then each split's own part (dev: the choices; test: margins)
 def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
               rule: str = "") -> dict:
     """Per setting and ranking: mean / std / n of the fraction found at BUDGET; overall means;
