@@ -51,11 +51,11 @@ from .signals import FIT_GATE, base_names, combine, gate_choice
 
 DYNAMICS_POINTS = 8  # checkpoints of the training-dynamics run (aum, forgetting, dynamics_loss)
 
-#: The default suspect ranking: the rank mean of the 2-fold out-of-sample loss, the loss summed
-#: over 5 checkpoints and the loss averaged over 8 (one extra training). Chosen on the
-#: development split as the best candidate within the default's training budget
+#: The default suspect ranking, the fit gate (signals.FIT_GATE): the training loss, or for a
+#: model that memorised its labels cv2_loss+checkpoint_loss+dynamics_loss (one extra training).
+#: Chosen on the development split as the best candidate within the default's training budget
 #: (evaluation.suspect_selection; docs/reports/suspects_dev.json), reported on the test split.
-DEFAULT_SIGNAL = FIT_GATE  # loss, or cv2_loss+checkpoint_loss+dynamics_loss (signals.FIT_GAP)
+DEFAULT_SIGNAL = FIT_GATE
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,14 @@ def _gate(x: dict) -> str:
               f"whose gate finds the most flips here; the code uses {num(gate['code_gap'], 3)})."
               if gate.get("chosen_gap") is not None else
               f" Threshold {num(gate['code_gap'], 3)}, chosen on the development split.")
-    if gate.get("chosen_gap") is None and len(picks) == 1:
-        said += (": every run so far is one branch's, so this split measures the gate's other "
-                 "branch in none of them")
+    if gate.get("chosen_gap") is None:
+        if len(picks) == 1:
+            said += (": every run so far is one branch's, so this split measures the gate's "
+                     "other branch in none of them")
+        said += (". What speaks against it: the gate entered the candidates after these test "
+                 "runs had shown the training loss ahead of the previous default; its branches "
+                 "and threshold come from the development split alone, but only test runs made "
+                 "after it (the other rates and regimes) are an untouched check of it")
     return ("The default ranking `fit_gate` is the training loss when the model's accuracy on "
             "its given training labels exceeds its test accuracy by at most a threshold (it "
             "has not memorised its label errors), else `cv2_loss+checkpoint_loss+"
