@@ -62,7 +62,8 @@ def early_queue(problem: Problem, ranking: str, progress: Progress = silent,
         edits, reviewed = log.edits(), {d.index for d in log.active_decisions()}
     finally:
         log.close()
-    return [int(i) for i in queue[order] if int(i) not in reviewed | set(edits)], edits
+    reviewed |= set(edits)
+    return [int(i) for i in queue[order] if int(i) not in reviewed], edits
 
 
 def early_card(problem: Problem, ranking: str, pinned: int | None = None,

@@ -58,14 +58,14 @@ FOLDS = 5  # cleanlab's cross-validation
 FLOOR_SEED = 1000  # the second clean training of the noise floor: seed + FLOOR_SEED
 
 
-#: The app queue's round-1 ranking before the default became the fit gate: reports without an
-#: "app_signal" were written with it, and its runs keep their folders' old name.
+#: The app queue's round-1 ranking before the fit gate (reports without "app_signal"; old folders)
 EARLIER_APP_SIGNAL = MEMORISING_SIGNAL
 
 
 def _folder(problem: Problem, queue: str, budget: float) -> Path:
-    if queue == "app" and (signal := resolve_signal(problem, DEFAULT_SIGNAL)) != MEMORISING_SIGNAL:
-        queue = f"app-{signal.replace('+', '_').replace(':', '_')}"  # another queue's log
+    signal = resolve_signal(problem, DEFAULT_SIGNAL) if queue == "app" else ""
+    if signal and signal != EARLIER_APP_SIGNAL:  # another queue: its own log and rounds
+        queue = f"app-{signal.replace('+', '_').replace(':', '_')}"
     return (artifacts_root() / "evaluation" / "rounds"
             / f"{config_hash(problem.config)}-{queue}-b{budget:g}")
 

@@ -106,9 +106,9 @@ def run_gap(res: dict) -> float:
 def with_fit_gate(res: dict) -> dict:
     """`res` with the fit gate's ranking (DEFAULT_SIGNAL) and suggestion rule (APP_RULE): the
     one of its two signals (audit.signals.gate_choice) and rules (audit.suggest.gate_rule) that
-    the gate picks for this run's memorisation gap. Added to a kept run
-    when it is summarised too, so runs made before the gate existed count with it. A result
-    without the numbers or the two signals is returned as it is."""
+    the gate picks for this run's memorisation gap. Added to a kept run when it is summarised
+    too, so runs made before the gate existed count with it. A result without the numbers or
+    the two signals is returned as it is."""
     from ..audit.signals import FIT_GATE, FITTING_SIGNAL, MEMORISING_SIGNAL, gate_choice
     from ..audit.suggest import gate_rule
 
@@ -116,12 +116,13 @@ def with_fit_gate(res: dict) -> dict:
     if any(res.get(k) is None for k in needs) or not (
             {FITTING_SIGNAL, MEMORISING_SIGNAL} <= set(res["rankings"])):
         return res  # not a full run: nothing to gate
-    chosen = gate_choice(run_gap(res))
+    gap = run_gap(res)
+    chosen = gate_choice(gap)
     res["rankings"][FIT_GATE] = res["rankings"][chosen]
     if "_curves" in res:
         res["_curves"][FIT_GATE] = res["_curves"][chosen]
-    res["fit_gate"] = {"gap": run_gap(res), "signal": chosen}
-    rule = gate_rule(run_gap(res))
+    res["fit_gate"] = {"gap": gap, "signal": chosen}
+    rule = gate_rule(gap)
     if rule in res.get("suggestion", {}):
         res["suggestion"][FIT_GATE] = res["suggestion"][rule]
         res["fit_gate"]["rule"] = rule

@@ -111,7 +111,9 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
     test: the default's and the suggestion `rule`'s margins over their baselines."""
     found: dict[str, dict[str, list[float]]] = {}
     suggest: dict[str, dict[str, list[float]]] = {}
-    runs = {k: with_fit_gate({**r, "rankings": dict(r["rankings"])}) for k, r in runs.items()}
+    runs = {k: with_fit_gate({**r, "rankings": dict(r["rankings"]),  # the caller's stay as given
+                              "suggestion": dict(r.get("suggestion", {}))})
+            for k, r in runs.items()}
     for key, res in runs.items():
         for name, r in res["rankings"].items():
             found.setdefault(_setting(key), {}).setdefault(name, []).append(r["curve"][BUDGET])
