@@ -145,7 +145,7 @@ def queue_filter_ui(class_names: list[str], keys: tuple[str, str]) -> tuple[int 
 
 
 RANKING_NAMES = {  # the Review page's names for the core's suspect rankings (RANKINGS keys)
-    "default": "Default: training loss (out-of-sample + checkpoint loss if it memorised)",
+    "default": "Default: training loss (out-of-sample and training-run losses if it memorised)",
     "self_influence": "Self-influence (EK-FAC)",
     "loss": "Training loss",
     "checkpoint_loss": "Loss over training checkpoints",

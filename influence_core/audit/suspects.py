@@ -11,8 +11,7 @@ subset when cfg.subset_seed >= 0), HIGHER = MORE SUSPECT:
   cv2_loss              the same from 2-fold cross-validation (one training's worth of cost)
   self_confidence       1 - out-of-sample probability of the given label (cleanlab's
                         self-confidence; the same order as cv_loss)
-  aum, forgetting, dynamics_loss   training dynamics over 8 evenly spaced checkpoints
-                        (audit/dynamics.py)
+  aum, forgetting, dynamics_loss   training dynamics over 8 even checkpoints (dynamics.py)
 The checkpoint and dynamics signals read checkpoints the model's own training kept
 (data.training.TRAJECTORIES): they cost no training. The cv signals cost K trainings on
 (K-1)/K of the data each.
@@ -48,7 +47,7 @@ from ..data.training import (
 from ..progress import Progress, silent
 from .dynamics import Dynamics
 from .logits_cache import reporting, snapshot_logits
-from .signals import FIT_GATE, base_names, combine, gate_choice
+from .signals import FIT_GAP, FIT_GATE, base_names, combine, gate_choice
 
 DYNAMICS_POINTS = 8  # checkpoints of the training-dynamics run (aum, forgetting, dynamics_loss)
 
@@ -70,8 +69,9 @@ class Ranking:
 #: The rankings a user can choose in Review (key -> Ranking); "default" is the queue's default.
 RANKINGS: dict[str, Ranking] = {
     "default": Ranking(DEFAULT_SIGNAL, "our default: the training loss unless the model has "
-                       "memorised its labels (training accuracy > test accuracy + 2.7 points), "
-                       "then out-of-sample (2-fold) and checkpoint losses, rank-averaged"),
+                       "memorised its labels (training accuracy > test accuracy + "
+                       f"{100 * FIT_GAP:.1f} points), then out-of-sample (2-fold), checkpoint "
+                       "and training-run losses, rank-averaged"),
     "self_influence": Ranking("self_influence", "EK-FAC self-influence (the paper's): how "
                               "strongly the example's own label pulls the model"),
     "loss": Ranking("loss", "training loss of the given label under the model: the cheapest"),
