@@ -15,6 +15,13 @@ from .benchmarks_suspects import first_card, suspects
 from .benchmarks_unlearning import browser, unlearning
 
 
+def _picked(picked: dict[str, int]) -> str:
+    """'; its fit gate ranked by `a` in 18 and by `b` in 4' (most picked first), or ''."""
+    said = " and by ".join(f"`{sig}` in {num(k)}"
+                           for sig, k in sorted(picked.items(), key=lambda sk: -sk[1]))
+    return f"; its fit gate ranked by {said}" if said else ""
+
+
 def _data(dataset: str) -> str:
     return "" if dataset == "digits" else f" {DATA}"
 
@@ -231,9 +238,9 @@ def summary_rows(r: Reports) -> list[tuple[str, str, str, str]]:
           "one-seed targets"), ANCHOR["lds"]),
         ("mislabel detection, held-out test split (CNNs, 10% flips), top 10% inspected",
          (f"default ranking finds {num(held['overall'][held['default']], 3)} of flips "
-          f"(mean of {num(held['n_runs'])} of {num(held['planned_runs'])} planned runs"
-          + "".join(f"; its fit gate ranked by `{sig}` in {num(k)} of them"
-                    for sig, k in held.get("fit_gate", {}).get("picked", {}).items()) + ")"),
+          f"(mean over {num(len(held['settings']))} settings, {num(held['n_runs'])} of "
+          f"{num(held['planned_runs'])} planned runs"
+          + _picked(held.get("fit_gate", {}).get("picked", {})) + ")"),
          (f"cleanlab {num(held['overall']['cleanlab'], 3)}, training loss "
           f"{num(held['overall']['loss'], 3)}, Kronfluence self-influence "
           f"{num(held['overall']['kronfluence_self_influence'], 3)}; default ≥ the best of "

@@ -32,7 +32,8 @@ def _split(r: Reports, name: str) -> str:
     command = cmd(f"{CLI} evaluate suspects --split {x['split']}")
     head = (f"**{x['split']} split** ({r.link(name)}): {num(x['n_runs'])} of "
             f"{num(x['planned_runs'])} planned runs, {command}. "
-            "Fraction of flips found at 10% inspected, mean over the runs:")
+            "Fraction of flips found at 10% inspected, mean over settings of the mean over "
+            "each setting's seeds:")
     parts = [head, table(["ranking", "found", "extra trainings"], rows)]
     if x.get("chosen"):
         parts.append(f"Best candidate on this split: `{x['chosen']}`; best within "
@@ -47,7 +48,7 @@ def _split(r: Reports, name: str) -> str:
     if "suggestion_goal" in x:
         parts += _margins(x["suggestion_goal"], "Suggestion rule", "the model's best other "
                           "class and cleanlab's argmax")
-    parts += ["Suggested label right on the flipped examples, per rule (mean over runs):",
+    parts += ["Suggested label right on the flipped examples, per rule (mean over settings):",
               table(["rule", "right"], rules)]
     return "\n\n".join(parts)
 
@@ -69,10 +70,11 @@ def _gate(x: dict) -> str:
         if len(picks) == 1:
             said += (": every run so far is one branch's, so this split measures the gate's "
                      "other branch in none of them")
-        said += (". What speaks against it: the gate entered the candidates after these test "
-                 "runs had shown the training loss ahead of the previous default; its branches "
-                 "and threshold come from the development split alone, but only test runs made "
-                 "after it (the other rates and regimes) are an untouched check of it")
+        said += (". What speaks against it: the gate entered the candidates after the test "
+                 "split's regular 10% runs had shown the training loss ahead of the previous "
+                 "default; its branches and threshold come from the development split alone, "
+                 "but only the test runs made after it (memorising, and the higher noise rate) "
+                 "are an untouched check of it")
     return ("The default ranking `fit_gate` is the training loss when the model's accuracy on "
             "its given training labels exceeds its test accuracy by at most a threshold (it "
             "has not memorised its label errors), else `cv2_loss+checkpoint_loss+"

@@ -9,7 +9,7 @@ result is kept beside the report (<report folder>/suspect-runs/<run>.json, commi
 shipped reports), so an interrupted command resumes and a summary can be checked run by run.
 A kept run that lacks one of today's candidates is run again. The summary
 gives, per ranking, the fraction of flips found at 10% inspected: mean and spread over seeds
-per setting, and the mean over every run of the split; on dev (never on test), `chosen` is the
+per setting, and the mean over the settings of the split; on dev (never on test), `chosen` is the
 best candidate and `chosen_default` the best one costing at most MAX_DEFAULT_TRAININGS extra
 trainings (the app's default: its cost counts in the time to the first Review card); on test,
 the report compares the default with cleanlab, training loss and Kronfluence self-influence,
@@ -210,7 +210,8 @@ def selection_markdown(summary: dict) -> str:
     names = sorted(summary["overall"], key=lambda n: -summary["overall"][n])
     lines = [f"Suspect rankings, {summary['split']} split: fraction of flips found with "
              f"{summary['budget']:.0%} of the training set inspected, mean over "
-             f"{summary['n_runs']} of {summary['planned_runs']} planned runs. "
+             f"{len(summary['settings'])} settings of the mean over each one's seeds "
+             f"({summary['n_runs']} of {summary['planned_runs']} planned runs). "
              f"Default ranking: `{summary['default']}`"
              + (f"; best candidate here: `{summary['chosen']}`, best within "
                 f"{summary['max_default_trainings']:g} extra training: "
@@ -232,7 +233,7 @@ def selection_markdown(summary: dict) -> str:
                       f"{v['best_baseline_mean']:.3f} | {v['margin']:+.3f} |"
                       for s, v in g["per_setting"].items()]
     sug = summary["suggestion_overall"]
-    lines += ["", "Suggested label right on flipped examples (mean over runs):", "",
+    lines += ["", "Suggested label right on flipped examples (mean over settings):", "",
               "| rule | accuracy |", "|---|---|"]
     lines += [f"| {r} | {a:.3f} |" for r, a in sorted(sug.items(), key=lambda kv: -kv[1])]
     return "\n".join(lines) + "\n"
