@@ -229,9 +229,17 @@ def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> No
     # a's session has the model's and the checkpoints' probabilities, not cleanlab's; a rule
     # measured in only some settings (dynamics) is not chosen
     assert dev["chosen_rule"] == "model+dynamics"
-    assert (dev["n_runs"], dev["planned_runs"]) == (3, 4)
+    assert (dev["n_runs"], dev["planned_runs"], dev["noise_rates"]) == (3, 4, [0.1])
     assert dev["suggestion_overall"]["model"] == pytest.approx(0.6)  # (0.7 + 0.5) / 2
+    # 20% of 100 flipped in one seed, 5% in the other: 10% inspected reaches half, then all
+    runs["d_m_sub1_pair_0.1_regular_s0"].update(n_train=100, n_flipped=20)
+    runs["d_m_sub1_pair_0.1_regular_s1"].update(n_train=100, n_flipped=5)
     test = summarise("test", runs, b, rule="model+dynamics")
+    assert test["goal"]["per_setting"]["d_m_sub1_pair_0.1_regular"]["most_possible"] == (
+        pytest.approx(0.75))
+    assert "most_possible" not in test["goal"]["per_setting"]["d_m_sub1_uniform_0.1_regular"]
+    assert "most_possible" not in test["suggestion_goal"]["per_setting"][
+        "d_m_sub1_pair_0.1_regular"]
     assert test["rule"] == test["suggestion_goal"]["name"] == "model+dynamics"
     assert "chosen" not in test and "chosen_rule" not in test  # nothing is chosen on test
     goal = test["goal"]["per_setting"]["d_m_sub1_uniform_0.1_regular"]

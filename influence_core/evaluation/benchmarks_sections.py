@@ -22,6 +22,11 @@ def _picked(picked: dict[str, int]) -> str:
     return f"; its fit gate ranked by {said}" if said else ""
 
 
+def _rates(summary: dict) -> str:
+    """'10% and 20%': the noise rates of a suspect summary's runs."""
+    return " and ".join(pct(r) for r in summary.get("noise_rates", [0.1]))
+
+
 def _data(dataset: str) -> str:
     return "" if dataset == "digits" else f" {DATA}"
 
@@ -236,7 +241,8 @@ def summary_rows(r: Reports) -> list[tuple[str, str, str, str]]:
          (f"mnist/cnn: paper {num(t['lds_paper']['mnist_cnn'], 2)}, far below; training noise "
           f"caps any method at {num(two['derived']['lds_ceiling_one_seed'], 3)} against "
           "one-seed targets"), ANCHOR["lds"]),
-        ("mislabel detection, held-out test split (CNNs, 10% flips), top 10% inspected",
+        (f"mislabel detection, held-out test split (CNNs, {_rates(held)} flips), top 10% "
+         "inspected",
          (f"default ranking finds {num(held['overall'][held['default']], 3)} of flips "
           f"(mean over {num(len(held['settings']))} settings, {num(held['n_runs'])} of "
           f"{num(held['planned_runs'])} planned runs"

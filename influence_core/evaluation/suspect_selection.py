@@ -114,7 +114,11 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
     runs = {k: with_fit_gate({**r, "rankings": dict(r["rankings"]),  # the caller's stay as given
                               "suggestion": dict(r.get("suggestion", {}))})
             for k, r in runs.items()}
+    reach: dict[str, list[float]] = {}  # the most a ranking can find at BUDGET, per run
     for key, res in runs.items():
+        if res.get("n_flipped"):
+            reach.setdefault(_setting(key), []).append(
+                min(1.0, float(BUDGET) * res["n_train"] / res["n_flipped"]))
         for name, r in res["rankings"].items():
             found.setdefault(_setting(key), {}).setdefault(name, []).append(r["curve"][BUDGET])
         for name, r in res.get("suggestion", {}).items():
@@ -135,6 +139,7 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
     means = overall(found)
     out = {"split": split, "budget": float(BUDGET), "runs": sorted(runs), "default": default,
            "n_runs": len(runs), "planned_runs": max(planned, len(runs)),
+           "noise_rates": sorted({float(k.rsplit("_", 3)[1]) for k in runs}),
            "settings": table(found), "overall": means, "suggestion": table(suggest),
            "suggestion_overall": overall(suggest, common=False)}
     out["extra_trainings"] = {n: extra_trainings(n) for n in means if n not in NOT_CANDIDATES}
@@ -153,7 +158,8 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
         out["fit_gate"] = {"code_gap": FIT_GAP, **choose_gap(runs)}
     else:
         out["fit_gate"] = {"code_gap": FIT_GAP}
-        out["goal"] = _margins(out["settings"], default, BASELINES)
+        ceiling = {s: float(np.mean(v)) for s, v in reach.items()}
+        out["goal"] = _margins(out["settings"], default, BASELINES, ceiling)
         if rule:
             out["rule"] = rule
             out["suggestion_goal"] = _margins(out["suggestion"], rule, SUGGESTION_BASELINES)
@@ -192,8 +198,10 @@ def choose_gap(runs: dict[str, dict]) -> dict:
     return {"chosen_gap": best[0], "by_gap": scores}
 
 
-def _margins(table: dict, name: str, baselines: tuple[str, ...]) -> dict:
-    """Per setting: `name`'s mean minus the best baseline's mean (>= 0: goal met there)."""
+def _margins(table: dict, name: str, baselines: tuple[str, ...],
+             ceiling: dict[str, float] | None = None) -> dict:
+    """Per setting: `name`'s mean minus the best baseline's mean (>= 0: goal met there), and
+    with `ceiling` the most any ranking can find there (BUDGET x N / flips, at most one)."""
     goal = {}
     for setting, per in table.items():
         base = {b: per[b]["mean"] for b in baselines if b in per}
@@ -202,6 +210,8 @@ def _margins(table: dict, name: str, baselines: tuple[str, ...]) -> dict:
             goal[setting] = {"value": per[name]["mean"], "best_baseline": best,
                              "best_baseline_mean": base[best],
                              "margin": per[name]["mean"] - base[best]}
+            if ceiling and setting in ceiling:
+                goal[setting]["most_possible"] = ceiling[setting]
     met = [g["margin"] >= 0 for g in goal.values()]
     return {"name": name, "per_setting": goal, "met": int(sum(met)), "of": len(met)}
 
@@ -226,11 +236,16 @@ def selection_markdown(summary: dict) -> str:
                             ("suggestion_goal", "Suggestion rule", SUGGESTION_BASELINES)):
         if key in summary:
             g = summary[key]
+            reach = ((" most possible |", "---|")
+                     if any("most_possible" in v for v in g["per_setting"].values()) else ("", ""))
             lines += ["", f"{what} `{g['name']}` >= best of {', '.join(base)}: {g['met']} of "
-                      f"{g['of']} settings.", "", "| setting | it | best baseline | margin |",
-                      "|---|---|---|---|"]
+                      f"{g['of']} settings.", "",
+                      "| setting | it | best baseline | margin |" + reach[0],
+                      "|---|---|---|---|" + reach[1]]
             lines += [f"| {s} | {v['value']:.3f} | {v['best_baseline']} "
                       f"{v['best_baseline_mean']:.3f} | {v['margin']:+.3f} |"
+                      + (f" {v['most_possible']:.3f} |" if "most_possible" in v else
+                         " |" if reach[0] else "")
                       for s, v in g["per_setting"].items()]
     sug = summary["suggestion_overall"]
     lines += ["", "Suggested label right on flipped examples (mean over settings):", "",
