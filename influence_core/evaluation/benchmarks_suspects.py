@@ -4,6 +4,7 @@ reported), from docs/reports/suspects_dev.json and suspects_test.json when they 
 
 from __future__ import annotations
 
+from ..audit.suggest import APP_RULE
 from .benchmarks_doc import CLI, DATA, TARGETS, Reports, cmd, num, table
 
 SHOWN = ["cv2_loss+checkpoint_loss+dynamics_loss", "cv_loss+checkpoint_loss", "cleanlab", "loss",
@@ -48,6 +49,12 @@ def _split(r: Reports, name: str) -> str:
                      f"{x['max_default_trainings']:g} extra training (the default's "
                      f"budget): `{x['chosen_default']}`; best suggestion rule that ranking "
                      f"has at hand: `{x['chosen_rule']}`.")
+        if x.get("chosen_rule") and x["chosen_rule"] != APP_RULE and APP_RULE in sug:
+            parts.append(f"The app's suggestion rule is still `{APP_RULE}` (right for "
+                         f"{num(sug[APP_RULE], 3)} of the flips here, against "
+                         f"{num(sug[x['chosen_rule']], 3)}): it was chosen before this split "
+                         "had its 20% runs, and the switch, which reads the checkpoints' "
+                         "probabilities for every model, is not made yet.")
     if "fit_gate" in x:
         parts.append(_gate(x))
     if "goal" in x:
