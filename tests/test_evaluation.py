@@ -228,9 +228,23 @@ def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> No
     assert dev["extra_trainings"] == {a: 0.0, b: 4.0}
     # a's session has the model's and the checkpoints' probabilities, not cleanlab's; a rule
     # measured in only some settings (dynamics) is not chosen
-    assert dev["chosen_rule"] == "model+dynamics"
+    # model is at least as good as both baselines in one setting (uniform), model+dynamics in
+    # none, despite its higher mean
+    assert dev["chosen_rule"] == "model"
+    assert dev["suggestion_overall"]["model+dynamics"] > dev["suggestion_overall"]["model"]
     assert (dev["n_runs"], dev["planned_runs"], dev["noise_rates"]) == (3, 4, [0.1])
     assert dev["suggestion_overall"]["model"] == pytest.approx(0.6)  # (0.7 + 0.5) / 2
+    # the goal is per setting: settings at least as good as the best baseline count first;
+    # c has the higher mean (0.76 vs 0.74) but beats the baselines in one setting, a in two
+    per_setting = {"d_m_sub1_pair_0.1_regular_s0": ({a: 0.9, "margin": 0.98}, 0.85),
+                   "d_m_sub1_uniform_0.1_regular_s0": ({a: 0.58, "margin": 0.54}, 0.55)}
+    goal_runs = {k: _run({**f, "cleanlab": c}, {"model": 0.9, "cleanlab": 0.8})
+                 for k, (f, c) in per_setting.items()}
+    by_goal = summarise("dev", goal_runs, a)
+    assert by_goal["overall"]["margin"] > by_goal["overall"][a]
+    assert by_goal["settings_met"]["margin"] == 1 and by_goal["settings_met"][a] == 2
+    assert by_goal["chosen"] == by_goal["chosen_default"] == a
+    assert by_goal["suggestion_settings_met"] == {"model": 2, "cleanlab": 0}
     # 20% of 100 flipped in one seed, 5% in the other: 10% inspected reaches half, then all
     runs["d_m_sub1_pair_0.1_regular_s0"].update(n_train=100, n_flipped=20)
     runs["d_m_sub1_pair_0.1_regular_s1"].update(n_train=100, n_flipped=5)

@@ -45,16 +45,22 @@ def _split(r: Reports, name: str) -> str:
             "each setting's seeds:")
     parts = [head, table(["ranking", "found", "extra trainings"], rows)]
     if x.get("chosen"):
+        met, rmet = x.get("settings_met", {}), x.get("suggestion_settings_met", {})
+        n = num(len(x["settings"]))
         parts.append(f"Best candidate on this split: `{x['chosen']}`; best within "
                      f"{x['max_default_trainings']:g} extra training (the default's "
                      f"budget): `{x['chosen_default']}`; best suggestion rule that ranking "
-                     f"has at hand: `{x['chosen_rule']}`.")
+                     f"has at hand: `{x['chosen_rule']}`. Best means: at least as good as "
+                     "the best baseline in the most settings (the goal is per setting), then "
+                     "the highest mean"
+                     + (f": the ranking in {num(met[x['chosen_default']])} of {n} settings "
+                        f"here, the suggestion rule in {num(rmet[x['chosen_rule']])} of {n}"
+                        if x["chosen_default"] in met and x["chosen_rule"] in rmet else "")
+                     + ".")
         if x.get("chosen_rule") and x["chosen_rule"] != APP_RULE and APP_RULE in sug:
-            parts.append(f"The app's suggestion rule is still `{APP_RULE}` (right for "
-                         f"{num(sug[APP_RULE], 3)} of the flips here, against "
-                         f"{num(sug[x['chosen_rule']], 3)}): it was chosen before this split "
-                         "had its 20% runs, and the switch, which reads the checkpoints' "
-                         "probabilities for every model, is not made yet.")
+            parts.append(f"The app's suggestion rule is `{APP_RULE}` (right for "
+                         f"{num(sug[APP_RULE], 3)} of the flips here), not this split's "
+                         f"choice (`{x['chosen_rule']}`, {num(sug[x['chosen_rule']], 3)}).")
     if "fit_gate" in x:
         parts.append(_gate(x))
     if "goal" in x:
