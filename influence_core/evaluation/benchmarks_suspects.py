@@ -57,6 +57,14 @@ def _split(r: Reports, name: str) -> str:
                         f"here, the suggestion rule in {num(rmet[x['chosen_rule']])} of {n}"
                         if x["chosen_default"] in met and x["chosen_rule"] in rmet else "")
                      + ".")
+        top = max(sug, key=sug.get) if sug else None
+        if top and top != x["chosen_rule"] and x["chosen_rule"] in sug:
+            parts.append(f"By the mean alone the suggestion rule would be `{top}` "
+                         f"({num(sug[top], 3)} against {num(sug[x['chosen_rule']], 3)}). The "
+                         "per-setting criterion replaced the mean alone after the test split's "
+                         "suggestion results had been seen (there the mean's pick fell below "
+                         "the model's own class in most regular-regime settings), so only the "
+                         "test runs made after it are an untouched check of that choice.")
         if x.get("chosen_rule") and x["chosen_rule"] != APP_RULE and APP_RULE in sug:
             parts.append(f"The app's suggestion rule is `{APP_RULE}` (right for "
                          f"{num(sug[APP_RULE], 3)} of the flips here), not this split's "
