@@ -235,7 +235,7 @@ def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> No
     assert (dev["n_runs"], dev["planned_runs"], dev["noise_rates"]) == (3, 4, [0.1])
     assert dev["suggestion_overall"]["model"] == pytest.approx(0.6)  # (0.7 + 0.5) / 2
     # the goal is per setting: settings at least as good as the best baseline count first;
-    # c has the higher mean (0.76 vs 0.74) but beats the baselines in one setting, a in two
+    # margin has the higher mean (0.76 vs 0.74) but beats the baselines in one setting, a in two
     per_setting = {"d_m_sub1_pair_0.1_regular_s0": ({a: 0.9, "margin": 0.98}, 0.85),
                    "d_m_sub1_uniform_0.1_regular_s0": ({a: 0.58, "margin": 0.54}, 0.55)}
     goal_runs = {k: _run({**f, "cleanlab": c}, {"model": 0.9, "cleanlab": 0.8})

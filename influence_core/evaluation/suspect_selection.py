@@ -109,8 +109,7 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
     the suggestion rules' accuracy the same way. On dev: the chosen candidates, and the best
     suggestion rule among those the chosen default's session has at hand (`chosen_rule`), best
     meaning at least as good as the best baseline in the most settings, then the highest mean;
-    on
-    test: the default's and the suggestion `rule`'s margins over their baselines."""
+    on test: the default's and the suggestion `rule`'s margins over their baselines."""
     found: dict[str, dict[str, list[float]]] = {}
     suggest: dict[str, dict[str, list[float]]] = {}
     runs = {k: with_fit_gate({**r, "rankings": dict(r["rankings"]),  # the caller's stay as given
