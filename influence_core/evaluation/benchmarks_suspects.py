@@ -29,6 +29,37 @@ def _margins(g: dict, what: str, baselines: str) -> list[str]:
     return lines
 
 
+def _choices(x: dict, sug: dict[str, float]) -> list[str]:
+    """The development split's choices: what was chosen, by which criterion, and what the
+    mean alone would have chosen where that differs."""
+    parts: list[str] = []
+    met, rmet = x.get("settings_met", {}), x.get("suggestion_settings_met", {})
+    n = num(len(x["settings"]))
+    parts.append(f"Best candidate on this split: `{x['chosen']}`; best within "
+                 f"{x['max_default_trainings']:g} extra training (the default's "
+                 f"budget): `{x['chosen_default']}`; best suggestion rule that ranking "
+                 f"has at hand: `{x['chosen_rule']}`. Best means: at least as good as "
+                 "the best baseline in the most settings (the goal is per setting), then "
+                 "the highest mean"
+                 + (f": the ranking in {num(met[x['chosen_default']])} of {n} settings "
+                    f"here, the suggestion rule in {num(rmet[x['chosen_rule']])} of {n}"
+                    if x["chosen_default"] in met and x["chosen_rule"] in rmet else "")
+                 + ".")
+    top = max(sug, key=sug.get) if sug else None
+    if top and top != x["chosen_rule"] and x["chosen_rule"] in sug:
+        parts.append(f"By the mean alone the suggestion rule would be `{top}` "
+                     f"({num(sug[top], 3)} against {num(sug[x['chosen_rule']], 3)}). The "
+                     "per-setting criterion replaced the mean alone after the test split's "
+                     "suggestion results had been seen (there the mean's pick fell below "
+                     "the model's own class in most regular-regime settings), so only the "
+                     "test runs made after it are an untouched check of that choice.")
+    if x.get("chosen_rule") and x["chosen_rule"] != APP_RULE and APP_RULE in sug:
+        parts.append(f"The app's suggestion rule is `{APP_RULE}` (right for "
+                     f"{num(sug[APP_RULE], 3)} of the flips here), not this split's "
+                     f"choice (`{x['chosen_rule']}`, {num(sug[x['chosen_rule']], 3)}).")
+    return parts
+
+
 def _split(r: Reports, name: str) -> str:
     x = r(name)
     means, cost = x["overall"], x.get("extra_trainings", {})
@@ -45,30 +76,7 @@ def _split(r: Reports, name: str) -> str:
             "each setting's seeds:")
     parts = [head, table(["ranking", "found", "extra trainings"], rows)]
     if x.get("chosen"):
-        met, rmet = x.get("settings_met", {}), x.get("suggestion_settings_met", {})
-        n = num(len(x["settings"]))
-        parts.append(f"Best candidate on this split: `{x['chosen']}`; best within "
-                     f"{x['max_default_trainings']:g} extra training (the default's "
-                     f"budget): `{x['chosen_default']}`; best suggestion rule that ranking "
-                     f"has at hand: `{x['chosen_rule']}`. Best means: at least as good as "
-                     "the best baseline in the most settings (the goal is per setting), then "
-                     "the highest mean"
-                     + (f": the ranking in {num(met[x['chosen_default']])} of {n} settings "
-                        f"here, the suggestion rule in {num(rmet[x['chosen_rule']])} of {n}"
-                        if x["chosen_default"] in met and x["chosen_rule"] in rmet else "")
-                     + ".")
-        top = max(sug, key=sug.get) if sug else None
-        if top and top != x["chosen_rule"] and x["chosen_rule"] in sug:
-            parts.append(f"By the mean alone the suggestion rule would be `{top}` "
-                         f"({num(sug[top], 3)} against {num(sug[x['chosen_rule']], 3)}). The "
-                         "per-setting criterion replaced the mean alone after the test split's "
-                         "suggestion results had been seen (there the mean's pick fell below "
-                         "the model's own class in most regular-regime settings), so only the "
-                         "test runs made after it are an untouched check of that choice.")
-        if x.get("chosen_rule") and x["chosen_rule"] != APP_RULE and APP_RULE in sug:
-            parts.append(f"The app's suggestion rule is `{APP_RULE}` (right for "
-                         f"{num(sug[APP_RULE], 3)} of the flips here), not this split's "
-                         f"choice (`{x['chosen_rule']}`, {num(sug[x['chosen_rule']], 3)}).")
+        parts += _choices(x, sug)
     if "fit_gate" in x:
         parts.append(_gate(x))
     if "goal" in x:
