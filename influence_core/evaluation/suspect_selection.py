@@ -10,7 +10,8 @@ shipped reports), so an interrupted command resumes and a summary can be checked
 A kept run that lacks one of today's candidates is run again. The summary
 gives, per ranking, the fraction of flips found at 10% inspected: mean and spread over seeds
 per setting, and the mean over the settings of the split; on dev (never on test), `chosen` is the
-best candidate and `chosen_default` the best one costing at most MAX_DEFAULT_TRAININGS extra
+best candidate (at least as good as the best baseline in the most settings, then the highest
+mean) and `chosen_default` the best one costing at most MAX_DEFAULT_TRAININGS extra
 trainings (the app's default: its cost counts in the time to the first Review card); on test,
 the report compares the default with cleanlab, training loss and Kronfluence self-influence,
 measured in the same runs.
