@@ -149,6 +149,9 @@ RANKING_NAMES = {  # the Review page's names for the core's suspect rankings (RA
     "self_influence": "Self-influence (EK-FAC)",
     "loss": "Training loss",
     "checkpoint_loss": "Loss over training checkpoints",
+    "checkpoint_loss+parent": "Loss over the retrained model's checkpoints, rank-averaged with "
+                              "the previous round's queue",
+    "parent": "The previous round's queue order",
     "cleanlab": "Cleanlab-style: out-of-sample confidence",
 }
 

@@ -10,6 +10,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from influence_core.audit.rounds import QUEUE_RANKING, ROUND_RANKINGS
 from influence_core.cli.main import main
 from influence_core.evaluation.cleaning_rounds import QUEUES, derived_figures, summarise
 
@@ -49,6 +50,15 @@ def test_evaluate_rounds_writes_a_consistent_report(tmp_path: Path,
                 assert r[f"gap_closed_{kind}"] == pytest.approx(want, abs=GAP_TOL)
     assert seed["queues"]["app"][0]["flips_fixed"] > seed["queues"]["random"][0][
         "flips_fixed"]  # a ranking beats chance at 1% inspected
+    # every later app round counts what each round ranking would have found; the one the
+    # queue followed found what the annotator fixed
+    later = seed["queues"]["app"][1]
+    assert set(later["queue_candidates"]) == set(ROUND_RANKINGS)
+    assert later["queue_candidates"][QUEUE_RANKING] == later["flips_fixed"]
+    assert all(0 <= v <= per_round for v in later["queue_candidates"].values())
+    assert "queue_candidates" not in seed["queues"]["app"][0]
+    assert result["derived"]["queue_candidates"] == {
+        k: v / per_round for k, v in later["queue_candidates"].items()}
     assert main(argv) == 0  # resumed: every training and decision is reused
     assert json.loads((out / "rounds_digits_mlp_pair_0.1.json").read_text())["seeds"] == [seed]
     # The Evaluate page draws it (its figure and its table)
@@ -116,8 +126,8 @@ def test_the_rounds_figure_draws_both_accuracies_from_the_reports_numbers(tmp_pa
                                                                            ) -> None:
     """Per queue, the retrained and the Newton-step accuracies (round 0: the noisy model);
     reports written with an older figure are drawn again from their numbers when read."""
-    from influence_core.evaluation.cleaning_rounds import rounds_figure
     from influence_core.evaluation.reports import load_reports, write_report
+    from influence_core.evaluation.rounds_report import rounds_figure
 
     result = _report(0.80, 0.85, {"app": 0.849, "cleanlab": 0.84, "random": 0.81})
     result["summary"]["app"][0]["accuracy_newton"] = 0.79  # a step that hurts
@@ -138,3 +148,25 @@ def test_the_rounds_figure_draws_both_accuracies_from_the_reports_numbers(tmp_pa
     write_report(tmp_path, "lds_x", {"lds": 0.1}, "", {"accuracy": old})  # other kinds: as stored
     assert [t.name for t in load_reports(tmp_path)["lds_x"]["figures"]["accuracy"].data] == [
         "app (retrained)"]
+
+
+def test_the_round_ranking_choice_counts_settings_first_then_the_mean() -> None:
+    from influence_core.evaluation.round_rankings import choose
+
+    table = {"a": {"x": 0.5, "y": 0.4}, "b": {"x": 0.5, "y": 0.45}, "c": {"x": 0.1, "y": 0.9}}
+    assert choose(table) == "x"  # best (ties included) in a and b; y has the higher mean
+    table["b"]["y"] = 0.6
+    assert choose(table) == "y"
+    assert choose({}) is None
+
+
+def test_the_app_orders_later_rounds_by_the_development_choice() -> None:
+    """The app's later-round ranking is what the committed development reports choose."""
+    from influence_core.evaluation.round_rankings import DEV_PROBLEMS, choose, ranking_table
+
+    reports = [json.loads(p.read_text()) for p in (REPO / "docs" / "reports").glob(
+        "rounds_*.json") if not p.name.endswith(".plotly.json")]
+    dev = ranking_table([r for r in reports if (r["setting"]["dataset"], r["setting"]["model"])
+                         in DEV_PROBLEMS])
+    assert len(dev) >= 6, "the development split's rounds reports are missing"
+    assert choose(dev) == QUEUE_RANKING

@@ -118,8 +118,9 @@ def test_the_round_queue_leaves_out_reviewed_and_removed_examples(problem, log, 
 
 def test_the_round_queue_ranks_by_the_checkpoint_loss_of_its_own_training(problem, log,
                                                                            tmp_path) -> None:
-    """scores.npy equals the suspect module's class-normalised checkpoint loss of an
-    independent training on the round's labels and examples (same init, same batch order)."""
+    """checkpoint_loss.npy equals the suspect module's class-normalised checkpoint loss of an
+    independent training on the round's labels and examples (same init, same batch order);
+    scores.npy is QUEUE_RANKING's score from it and the base model's, and the queue follows."""
     from influence_core.audit.signals import class_normalised
     from influence_core.audit.suspects import _cached_train, _loss
 
@@ -128,13 +129,46 @@ def test_the_round_queue_ranks_by_the_checkpoint_loss_of_its_own_training(proble
     kept = torch.nonzero(~rnd.removed)[:, 0]
     checkpoints = _cached_train(round_problem(problem, rnd), "queue-check", data, kept, 5)
     want = class_normalised(sum(_loss(m, data) for m in checkpoints), rnd.labels)
+    own = torch.from_numpy(np.load(rnd.folder / "checkpoint_loss.npy"))
+    assert torch.allclose(own, want, atol=1e-4)
     scores = torch.from_numpy(np.load(rnd.folder / "scores.npy"))
-    assert rnd.meta["queue_ranking"] == rounds.QUEUE_RANKING == "checkpoint_loss"
-    assert torch.allclose(scores, want, atol=1e-4)
+    assert rnd.meta["queue_ranking"] == rounds.QUEUE_RANKING
+    parent = rounds.parent_scores(problem, tmp_path / "rounds", 1)
+    assert torch.allclose(scores, rounds.round_scores(rounds.QUEUE_RANKING, own, parent))
     excluded = rnd.removed.clone()
     excluded[[d.index for d in log.active_decisions()]] = True
     best = torch.argsort(torch.where(excluded, -torch.inf, scores), descending=True)
     assert rnd.queue[:20].tolist() == best[:20].tolist()
+
+
+def test_a_parent_ranking_takes_the_rank_mean_with_the_previous_rounds_scores(
+        problem, log, tmp_path, monkeypatch) -> None:
+    """With QUEUE_RANKING 'checkpoint_loss+parent', round 2's scores are the rank mean of its
+    own checkpoint loss and the base model's default ranking (here the training loss, which
+    needs no extra training), round 3's of its own and round 2's stored scores; the queue
+    follows them."""
+    from influence_core.audit.signals import rank_mean
+    from influence_core.audit.suspects import suspect_scores
+
+    monkeypatch.setattr(rounds, "QUEUE_RANKING", "checkpoint_loss+parent")
+    monkeypatch.setattr(rounds, "DEFAULT_SIGNAL", "loss")
+    root = tmp_path / "rounds"
+    two = retrain_round(problem, log, root, build_index=False)
+    own = torch.from_numpy(np.load(two.folder / "checkpoint_loss.npy"))
+    base = suspect_scores(problem, "loss")
+    scores = torch.from_numpy(np.load(two.folder / "scores.npy"))
+    assert two.meta["queue_ranking"] == "checkpoint_loss+parent"
+    assert torch.allclose(scores, rank_mean(own, base).double())
+    assert not torch.allclose(scores, own)  # the parent moved it
+    i = int(two.queue[0])
+    log.record(i, "keep", None, "sim")
+    three = retrain_round(problem, log, root, build_index=False)
+    own3 = torch.from_numpy(np.load(three.folder / "checkpoint_loss.npy"))
+    assert torch.allclose(torch.from_numpy(np.load(three.folder / "scores.npy")),
+                          rank_mean(own3, scores))
+    assert i not in three.queue.tolist()
+    with pytest.raises(ValueError, match="unknown round ranking"):
+        rounds.round_scores("loss", own, base)
 
 
 def test_an_exception_mid_retrain_leaves_no_round_and_a_rerun_completes(problem, log, tmp_path,
@@ -169,10 +203,10 @@ KILL_SCRIPT = """
 import os, signal, sys
 from pathlib import Path
 from influence_core import DecisionLog, load_problem, recipe
-from influence_core.audit import rounds
+from influence_core.audit import round_files, rounds
 problem = load_problem(recipe("digits", "mlp", noise=0.1, noise_kind="pair"))
 log = DecisionLog(Path(sys.argv[1]), problem.train.labels, problem.train.num_classes)
-rounds._fsync_dir = lambda folder: os.kill(os.getpid(), signal.SIGKILL)  # every file written
+round_files._fsync_dir = lambda folder: os.kill(os.getpid(), signal.SIGKILL)  # every file written
 rounds.retrain_round(problem, log, Path(sys.argv[2]))
 """
 

@@ -26,13 +26,15 @@ removed), and a later decision on it (an undo of the removal) takes effect at th
 Approximation: the round session fits its curvature, and the Newton step counts n, over all N
 examples, those removed in earlier rounds included (they are at most the reviewed budget).
 
-The round queue ranks by QUEUE_RANKING: the loss of each example's round label summed over 5
-checkpoints of the round's own training (steps T/16, T/8, T/4, T/2, T), z-scored within each given
-class. It needs no training beyond the retrain itself (the default ranking's cross-validation
-would double a round's cost), and it is the best such ranking on the development split of the
-suspect-ranking evaluation (docs/benchmarks.md). The queue covers the examples neither reviewed
-(any active decision, keep included) nor removed, most suspect first; scores.npy keeps every
-example's score, so a longer queue is a sort away.
+The round queue ranks by QUEUE_RANKING, one of ROUND_RANKINGS: "checkpoint_loss" is the loss of
+each example's round label summed over 5 checkpoints of the round's own training (steps T/16, T/8,
+T/4, T/2, T), z-scored within each given class (checkpoint_loss.npy); "parent" is the previous
+round's queue scores (round 1: the default ranking, audit.suspects.DEFAULT_SIGNAL); a '+' takes
+the mean of their normalised ranks. None needs a training beyond the retrain itself (the default
+ranking's cross-validation would double a round's cost); the choice is made on the development
+split of the cleaning-rounds evaluation (docs/benchmarks.md). The queue covers the examples
+neither reviewed (any active decision, keep included) nor removed, most suspect first;
+scores.npy keeps every example's score, so a longer queue is a sort away.
 """
 
 from __future__ import annotations
@@ -40,9 +42,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,13 +63,15 @@ from ..data.training import (
     train_model,
 )
 from ..progress import Progress, silent
+from .round_files import commit_round, remove_stale
 from .session import AuditSession, open_session
-from .signals import combine
+from .signals import combine, rank_mean
 from .store import REMOVED, DecisionLog, active_decisions, edits
-from .suspects import RANKINGS
+from .suspects import DEFAULT_SIGNAL, RANKINGS, suspect_scores, training_set
 
 QUEUE_SIZE = 500  # suspects in a round's queue (app_api.QUEUE_SIZE for round 1)
-QUEUE_RANKING = "checkpoint_loss"  # the suspects.RANKINGS key that orders a round's queue
+ROUND_RANKINGS = ("checkpoint_loss", "checkpoint_loss+parent", "parent")
+QUEUE_RANKING = "checkpoint_loss+parent"  # the ROUND_RANKINGS entry ordering a round's queue
 QUEUE_CHECKPOINTS = 5  # geometrically spaced checkpoints of the round's training it sums over
 BASE_ROUND = 1  # the recipe's own model
 
@@ -173,6 +174,30 @@ def round_queue(scores: torch.Tensor, excluded: torch.Tensor,
     return candidates[order]
 
 
+def round_scores(ranking: str, own: torch.Tensor, parent) -> torch.Tensor:
+    """(N,) queue scores of ROUND_RANKINGS entry `ranking` from the round's own class-normalised
+    checkpoint loss and `parent` (the previous round's scores, or a callable returning them: it
+    is called only when the ranking needs it)."""
+    terms = ranking.split("+")
+    if any(t not in ("checkpoint_loss", "parent") for t in terms):
+        raise ValueError(f"unknown round ranking {ranking!r}; choose from {ROUND_RANKINGS}")
+    parts = [own if t == "checkpoint_loss" else (parent() if callable(parent) else parent)
+             for t in terms]
+    return parts[0] if len(parts) == 1 else rank_mean(*parts)
+
+
+def parent_scores(problem: Problem, root: Path, parent: int) -> torch.Tensor:
+    """(N,) queue scores of round `parent` under `root`; for the base model (round 1) the
+    default ranking's, with the lowest score for examples outside the recipe's subset."""
+    if parent != BASE_ROUND:
+        return torch.from_numpy(np.load(Path(root) / str(parent) / "scores.npy"))
+    scores = suspect_scores(problem, DEFAULT_SIGNAL).double()
+    _, _, idx = training_set(problem)
+    full = torch.full((len(problem.train),), float(scores.min()), dtype=torch.float64)
+    full[idx] = scores
+    return full
+
+
 def open_round_session(problem: Problem, log_path: Path, rnd: Round | None,
                        method: str = "ekfac", progress: Progress = silent,
                        damping: float | None = None) -> AuditSession:
@@ -183,7 +208,8 @@ def open_round_session(problem: Problem, log_path: Path, rnd: Round | None,
         return open_session(problem, method, log_path, progress, damping)
     return open_session(round_problem(problem, rnd), method, log_path, progress, damping,
                         log_labels=problem.train.labels, suspects=rnd.queue,
-                        excluded=rnd.removed, ranking=QUEUE_RANKING)
+                        excluded=rnd.removed,
+                        ranking=rnd.meta.get("queue_ranking", QUEUE_RANKING))
 
 
 def retrain_round(problem: Problem, log: DecisionLog, root: Path | None = None,
@@ -205,10 +231,11 @@ def retrain_round(problem: Problem, log: DecisionLog, root: Path | None = None,
         return done[-1]
     if version == 0:
         raise ValueError("nothing reviewed yet: the log has no decision to retrain on")
-    _remove_stale(root)
+    remove_stale(root)
     number, parent = (done[-1].number + 1, done[-1].number) if done else (2, BASE_ROUND)
     labels, removed = labels_at(log, version)
-    model, test_accuracy, scores = _train(problem, labels, removed, progress)
+    model, test_accuracy, own = _train(problem, labels, removed, progress)
+    scores = round_scores(QUEUE_RANKING, own, lambda: parent_scores(problem, root, parent))
     rnd = _with_model(problem, model, labels)
     index = (precompute(rnd, "ekfac", EKFACConfig(), IndexConfig(), progress=progress)
              if build_index else None)
@@ -218,8 +245,9 @@ def retrain_round(problem: Problem, log: DecisionLog, root: Path | None = None,
             "num_train": int((~removed).sum()),
             "index": str(index) if index is not None else None,
             "reviewed": int(reviewed_at(log, version).sum()), "queue_ranking": QUEUE_RANKING}
-    return _commit(root, number, model, {"labels": labels, "removed": removed, "queue": queue,
-                                         "scores": scores}, meta)
+    arrays = {"labels": labels, "removed": removed, "queue": queue, "scores": scores,
+              "checkpoint_loss": own}
+    return load_round(commit_round(root, number, model, arrays, meta))
 
 
 def _with_model(problem: Problem, model: nn.Module, labels: torch.Tensor) -> Problem:
@@ -228,7 +256,7 @@ def _with_model(problem: Problem, model: nn.Module, labels: torch.Tensor) -> Pro
 
 def _train(problem: Problem, labels: torch.Tensor, removed: torch.Tensor,
            progress: Progress) -> tuple[nn.Module, float, torch.Tensor]:
-    """The round's model, its test accuracy and (N,) QUEUE_RANKING scores of every example."""
+    """The round's model, its test accuracy and (N,) class-normalised checkpoint loss."""
     cfg = problem.config
     data, indices = round_training_set(problem, labels, removed)
     steps = snapshot_steps(total_steps(cfg, len(indices)), QUEUE_CHECKPOINTS, even=False)
@@ -249,66 +277,5 @@ def _train(problem: Problem, labels: torch.Tensor, removed: torch.Tensor,
         net.load_state_dict(states[step])
         logits = predict_logits(net.eval(), data)
         loss += nn.functional.cross_entropy(logits, data.labels, reduction="none").double()
-    scores = combine(RANKINGS[QUEUE_RANKING].signal, {"checkpoint_loss": loss}, labels)
+    scores = combine(RANKINGS["checkpoint_loss"].signal, {"checkpoint_loss": loss}, labels)
     return model.eval(), accuracy(model, problem.test), scores
-
-
-def _commit(root: Path, number: int, model: nn.Module, arrays: dict[str, torch.Tensor],
-            meta: dict) -> Round:
-    """Write the round into a temporary folder (each file fsynced), rename it to root/<number>
-    and fsync root; a concurrent retrain that finished first wins (its round is returned)."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{number}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        _write(tmp / "model.pt", lambda f: torch.save(model.state_dict(), f))
-        for name, value in arrays.items():
-            _write(tmp / f"{name}.npy", lambda f, v=value: np.save(f, v.numpy()))
-        _write(tmp / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
-        _fsync_dir(tmp)
-        final = root / str(number)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "meta.json").is_file():
-                raise
-        _fsync_dir(root)
-        return load_round(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write(path: Path, dump: object) -> None:
-    with open(path, "wb") as f:
-        dump(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale(root: Path) -> None:
-    """Delete temporary folders of retrains whose process is gone (killed mid-round); this
-    process's own are another thread's retrain in progress (its `finally` removes them)."""
-    if not root.is_dir():
-        return
-    for tmp in root.glob(".tmp-*"):
-        pid = int(tmp.name.split("-")[2])
-        if pid != os.getpid() and not _alive(pid):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

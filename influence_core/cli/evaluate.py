@@ -121,7 +121,8 @@ def _rounds(args: argparse.Namespace, out: Path, progress) -> int:
     import os
     import sys
 
-    from ..evaluation.cleaning_rounds import QUEUES, rounds_markdown, run_rounds_report
+    from ..evaluation.cleaning_rounds import QUEUES, run_rounds_report
+    from ..evaluation.rounds_report import rounds_markdown
 
     seeds = [int(s) for s in args.seeds.split(",") if s]
     queues = tuple(q for q in args.queues.split(",") if q)

@@ -5,15 +5,22 @@ queue's retrained model closes after the last round, from docs/reports/rounds_*.
 
 from __future__ import annotations
 
+from ..audit.rounds import QUEUE_RANKING
 from .benchmarks_doc import CLI, TARGETS, Reports, cmd, met, num, table
+from .round_rankings import QUEUE_TEXT
 
 QUEUES = ("app", "cleanlab", "random")
 
 
-def _names(r: Reports) -> list[str]:
-    """The rounds reports in the folder (not their figure files)."""
-    return sorted(p.name for p in r.folder.glob("rounds_*.json")
-                  if not p.name.endswith(".plotly.json"))
+def _names(r: Reports, dev: bool = False) -> list[str]:
+    """The rounds reports in the folder (not their figure files) of the test problems, or of
+    the development problems (which choose the later rounds' ranking) with `dev`."""
+    from .round_rankings import DEV_PROBLEMS
+
+    names = sorted(p.name for p in r.folder.glob("rounds_*.json")
+                   if not p.name.endswith(".plotly.json"))
+    return [n for n in names if ((r(n)["setting"]["dataset"], r(n)["setting"]["model"])
+                                 in DEV_PROBLEMS) == dev]
 
 
 def _gap(x: dict | None, key: str = "gap_closed_retrained") -> str:
@@ -56,8 +63,8 @@ def rounds(r: Reports) -> str:
             f"{num(x['rounds'])} rounds of {num(x['budget'], 2)} × N decisions (relabel a flipped "
             "example to its true label, keep the rest); after each round the recipe is retrained "
             "on the reviewed labels. Queues, in the same run: **app** = what Review shows (round "
-            "1: the default ranking; later rounds: the retrained model's class-normalised loss "
-            "over its training checkpoints), **cleanlab** = cleanlab's ranking of five-fold "
+            f"1: the default ranking; later rounds: {_later(r, names)}), "
+            "**cleanlab** = cleanlab's ranking of five-fold "
             "out-of-sample probabilities on the round's labels, **random**. Gap = clean-label "
             "minus noisy test accuracy (mean over seeds); noise floor = the accuracy difference "
             "of two clean trainings with different seeds; gap closed = (accuracy − noisy) / "
@@ -65,7 +72,7 @@ def rounds(r: Reports) -> str:
             f"(targets.json): at least {num(goal['goal_gap_closed_min'], 1)} of the gap closed "
             "and at least as much as cleanlab, judged where the gap is at least "
             f"{num(goal['judged_gap_min'], 2)}. Seeds are the suspect evaluation's test-split "
-            "seeds; the round queue's ranking was chosen on its development split.")
+            "seeds; the later rounds' ranking was chosen on the development split below.")
     body = table(["setting", "seeds", "gap", "noise floor", "gap closed: app", "cleanlab",
                   "random", "app, worst seed", "app, Newton step only", "flips",
                   "flips a perfect queue leaves", "flips left: app / cleanlab / random",
@@ -93,7 +100,19 @@ def rounds(r: Reports) -> str:
              + "Command per setting: "
              + cmd(f"{CLI} evaluate rounds --dataset D --model cnn --noise R --noise-kind K "
                    "--budget 0.05 --rounds 2 --seeds S --data-root <data>") + ".")
-    return "\n\n".join([head, body, prose])
+    return "\n\n".join([head, body, prose, round_rankings(r)])
+
+
+def _later(r: Reports, names: list[str]) -> str:
+    """What ordered the app queue's later rounds in these reports (older reports: the
+    checkpoint loss alone)."""
+    from .cleaning_rounds import EARLIER_QUEUE_RANKING
+
+    used = {n: r(n)["setting"].get("queue_ranking", EARLIER_QUEUE_RANKING) for n in names}
+    if len(set(used.values())) == 1:
+        return QUEUE_TEXT[next(iter(used.values()))]
+    return "; ".join(f"{r(n)['setting']['dataset']} {num(r(n)['setting']['noise'], 1)} "
+                     f"{r(n)['setting']['noise_kind']}: {QUEUE_TEXT[k]}" for n, k in used.items())
 
 
 def _app_signals(r: Reports, names: list[str]) -> str:
@@ -133,3 +152,41 @@ def summary_row(r: Reports) -> tuple[str, str, str] | None:
             f"goal ≥ {num(goal['goal_gap_closed_min'], 1)} and ≥ cleanlab: not judged yet "
             f"(no setting run has a gap ≥ {num(goal['judged_gap_min'], 2)})")
     return what, measured, note
+
+
+def round_rankings(r: Reports) -> str:
+    """The later rounds' ranking: each candidate's fraction of a round's decisions that land on
+    a flip, per development setting (where it is chosen) and per test setting (reported)."""
+    from .round_rankings import DEV_SEEDS, choose, ranking_table
+
+    dev = ranking_table([r(n) for n in _names(r, dev=True)])
+    test = ranking_table([r(n) for n in _names(r)])
+    if not dev:
+        return "### Later rounds' ranking\n\nNo development-split rounds report yet."
+    names = list(next(iter(dev.values())))
+    parts = ["### Later rounds' ranking", (
+        "After each retrain the app orders the next queue by one of these rankings, none of "
+        "which needs a training beyond the retrain: "
+        + "; ".join(f"`{k}` = {QUEUE_TEXT[k]}" for k in names) + ". The app queue's runs "
+        "also count, at every round after the first, how many of the round's decisions each "
+        "ranking would have put on a flipped example (same retrained model, same reviewed "
+        "set). Cells: that count over the round's decisions, mean over seeds and rounds "
+        "(each report's `derived.queue_candidates`). "
+        f"Development split (digits/mlp, mnist/mlp, noise seeds "
+        f"{', '.join(map(str, DEV_SEEDS))}): the choice is the ranking best in the most "
+        "settings, then the highest mean.")]
+    for title, rows in (("development split", dev), ("test split (reported, not chosen on)",
+                                                     test)):
+        if not rows:
+            parts.append(f"No {title.split(' (')[0]} report with these counts yet.")
+            continue
+        body = [[k] + [num(v[n], 3) for n in names] for k, v in rows.items()]
+        parts.append(f"{title[0].upper()}{title[1:]}:\n\n"
+                     + table(["setting"] + [f"`{n}`" for n in names], body))
+    choice = choose(dev)
+    parts.append(f"Development choice: `{choice}`; the app uses `{QUEUE_RANKING}`."
+                 + (" Command per setting: " + cmd(
+                     f"{CLI} evaluate rounds --dataset D --model mlp --noise R --noise-kind K "
+                     "--budget 0.05 --rounds 2 --seeds 0,1 --queues app --data-root <data>")
+                    + "."))
+    return "\n\n".join(parts)

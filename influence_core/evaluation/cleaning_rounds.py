@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..audit.rounds import (
+    QUEUE_RANKING,
     Round,
     labels_at,
     list_rounds,
@@ -52,6 +53,7 @@ from ..data.registry import Problem, load_problem
 from ..data.training import accuracy, predict_logits, train_model
 from ..progress import Progress, silent
 from .baselines import cleanlab_scores
+from .round_rankings import candidate_flips, candidate_fractions
 
 QUEUES = ("app", "cleanlab", "random")
 FOLDS = 5  # cleanlab's cross-validation
@@ -60,12 +62,15 @@ FLOOR_SEED = 1000  # the second clean training of the noise floor: seed + FLOOR_
 
 #: The app queue's round-1 ranking before the fit gate (reports without "app_signal"; old folders)
 EARLIER_APP_SIGNAL = MEMORISING_SIGNAL
+EARLIER_QUEUE_RANKING = "checkpoint_loss"  # the later rounds' ranking of the older folders
 
 
 def _folder(problem: Problem, queue: str, budget: float) -> Path:
     signal = resolve_signal(problem, DEFAULT_SIGNAL) if queue == "app" else ""
     if signal and signal != EARLIER_APP_SIGNAL:  # another queue: its own log and rounds
         queue = f"app-{signal.replace('+', '_').replace(':', '_')}"
+    if signal and QUEUE_RANKING != EARLIER_QUEUE_RANKING:  # later rounds ordered otherwise
+        queue += f"-q{QUEUE_RANKING.replace('+', '_')}"
     return (artifacts_root() / "evaluation" / "rounds"
             / f"{config_hash(problem.config)}-{queue}-b{budget:g}")
 
@@ -162,6 +167,9 @@ def run_queue(problem: Problem, queue: str, budget: float, rounds: int, true: to
                          "flips_left": int((labels != true).sum()),
                          "accuracy_newton": newton,
                          "accuracy_retrained": float(retrained.meta["test_accuracy"])})
+            if queue == "app" and rnd is not None:  # what each round ranking would have found
+                rows[-1]["queue_candidates"] = candidate_flips(
+                    problem, folder / "rounds", rnd, log, per_round, true)
         progress(rounds, rounds, f"{queue} queue, seed {problem.config.seed}")
     finally:
         log.close()
@@ -234,68 +242,13 @@ def derived_figures(result: dict) -> dict:
     out = {"gap": _mean([s["accuracy_clean"] - s["accuracy_noisy"] for s in seeds]),
            "noise_floor": _mean([s["noise_floor"] for s in seeds]), "final": final,
            "app_signals": sorted({s.get("app_signal", EARLIER_APP_SIGNAL) for s in seeds})}
+    if (fractions := candidate_fractions(seeds)) is not None:
+        out["queue_candidates"] = fractions
     if "app" in final and "cleanlab" in final and None not in (
             final["app"]["gap_closed_retrained"], final["cleanlab"]["gap_closed_retrained"]):
         out["app_minus_cleanlab"] = (final["app"]["gap_closed_retrained"]
                                      - final["cleanlab"]["gap_closed_retrained"])
     return out
-
-
-def _num(x: float | None, digits: int = 4) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def rounds_markdown(result: dict) -> str:
-    s = result["setting"]
-    refs = {k: _mean([r[k] for r in result["seeds"]]) for k in
-            ("accuracy_noisy", "accuracy_clean", "noise_floor", "clean_disagreement", "num_test")}
-    lines = [f"# Cleaning rounds: {s['dataset']}/{s['model']}, {s['noise']:g} {s['noise_kind']} "
-             f"noise, budget {s['budget']:g} of N per round, seeds {s['seeds']}", "",
-             f"Test accuracy (mean over seeds): noisy model {_num(refs['accuracy_noisy'])}, "
-             f"clean-label model {_num(refs['accuracy_clean'])}; noise floor (two clean "
-             f"trainings, different seeds) {_num(refs['noise_floor'])}, their test predictions "
-             f"differ on {_num(refs['clean_disagreement'])} of the {refs['num_test']:.0f} test "
-             f"images (one image: {_num(1 / refs['num_test'])} of accuracy). Gap closed = "
-             "(accuracy - noisy) / (clean - noisy), per seed, then averaged.", "",
-             "Queues: app = the Review page's queue (round 1: the default ranking of the "
-             f"noisy model, here `{', '.join(result['derived']['app_signals'])}`; later "
-             "rounds: the retrained model's loss over its training checkpoints, within each "
-             "class), cleanlab = cleanlab's ranking of 5-fold "
-             "out-of-sample probabilities on the round's labels, random = a seeded order; each "
-             "leaves out what was reviewed. The annotator relabels flipped examples to their "
-             "true label and keeps the rest.", "",
-             "| queue | round | flips fixed | flips left | acc. Newton step | acc. retrained | "
-             "gap closed (Newton) | gap closed (retrained) |", "|---" * 8 + "|"]
-    for queue, rows in result["summary"].items():
-        lines += [f"| {queue} | {r['round']} | {_num(r['flips_fixed'], 1)} | "
-                  f"{_num(r['flips_left'], 1)} | {_num(r['accuracy_newton'])} | "
-                  f"{_num(r['accuracy_retrained'])} | {_num(r['gap_closed_newton'], 3)} | "
-                  f"{_num(r['gap_closed_retrained'], 3)} |" for r in rows]
-    return "\n".join([*lines, "", f"Command: `{result['command']}`", ""])
-
-
-def rounds_figure(result: dict) -> object:
-    """Test accuracy per round (mean over seeds), per queue: after the retrain (solid) and after
-    the Newton step alone (dotted, same colour); round 0 is the noisy model, the dashed line
-    the clean-label model."""
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-
-    fig = go.Figure()
-    noisy = _mean([s["accuracy_noisy"] for s in result["seeds"]])
-    for k, (queue, rows) in enumerate(result["summary"].items()):
-        colour = qualitative.Plotly[k % len(qualitative.Plotly)]
-        x = [0] + [r["round"] for r in rows]
-        for key, dash, what in (("accuracy_retrained", "solid", "retrained"),
-                                ("accuracy_newton", "dot", "Newton step only")):
-            fig.add_trace(go.Scatter(x=x, y=[noisy] + [r[key] for r in rows],
-                                     mode="lines+markers", name=f"{queue}: {what}",
-                                     line={"color": colour, "dash": dash}))
-    clean = _mean([s["accuracy_clean"] for s in result["seeds"]])
-    fig.add_hline(y=clean, line_dash="dash", annotation_text="clean labels")
-    fig.update_layout(xaxis_title="round (0: the noisy model)", yaxis_title="test accuracy",
-                      xaxis={"dtick": 1})
-    return fig
 
 
 def run_rounds_report(dataset: str, model: str, noise: float, kind: str, budget: float,
@@ -305,11 +258,13 @@ def run_rounds_report(dataset: str, model: str, noise: float, kind: str, budget:
     """Every seed's run_seed, their summary, written by reports.write_report into `out`
     (rounds_<dataset>_<model>_<kind>_<noise>.json / .md / .accuracy figure)."""
     from .reports import write_report
+    from .rounds_report import rounds_figure, rounds_markdown
 
     runs = [run_seed(dataset, model, noise, kind, s, budget, rounds, data_root, progress,
                      queues) for s in seeds]
     result = {"setting": {"dataset": dataset, "model": model, "noise": noise,
                           "noise_kind": kind, "budget": budget, "rounds": rounds,
+                          "queue_ranking": QUEUE_RANKING,
                           "seeds": seeds, "decisions_per_round": round(budget * runs[0][
                               "num_train"])},
               "seeds": runs, "summary": summarise(runs), "command": command}

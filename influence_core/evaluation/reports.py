@@ -51,7 +51,7 @@ def _redrawn(name: str, result: dict) -> dict[str, object]:
     numbers keeps its stored figure."""
     if not name.startswith("rounds_"):
         return {}
-    from .cleaning_rounds import rounds_figure
+    from .rounds_report import rounds_figure
 
     try:
         return {"accuracy": rounds_figure(result)}

@@ -1,0 +1,64 @@
+"""The cleaning-rounds report's text and figure (evaluation.cleaning_rounds writes the numbers)."""
+
+from __future__ import annotations
+
+from .cleaning_rounds import EARLIER_QUEUE_RANKING as EARLIER
+from .cleaning_rounds import _mean
+from .round_rankings import QUEUE_TEXT
+
+
+def _num(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def rounds_markdown(result: dict) -> str:
+    s = result["setting"]
+    refs = {k: _mean([r[k] for r in result["seeds"]]) for k in
+            ("accuracy_noisy", "accuracy_clean", "noise_floor", "clean_disagreement", "num_test")}
+    lines = [f"# Cleaning rounds: {s['dataset']}/{s['model']}, {s['noise']:g} {s['noise_kind']} "
+             f"noise, budget {s['budget']:g} of N per round, seeds {s['seeds']}", "",
+             f"Test accuracy (mean over seeds): noisy model {_num(refs['accuracy_noisy'])}, "
+             f"clean-label model {_num(refs['accuracy_clean'])}; noise floor (two clean "
+             f"trainings, different seeds) {_num(refs['noise_floor'])}, their test predictions "
+             f"differ on {_num(refs['clean_disagreement'])} of the {refs['num_test']:.0f} test "
+             f"images (one image: {_num(1 / refs['num_test'])} of accuracy). Gap closed = "
+             "(accuracy - noisy) / (clean - noisy), per seed, then averaged.", "",
+             "Queues: app = the Review page's queue (round 1: the default ranking of the "
+             f"noisy model, here `{', '.join(result['derived']['app_signals'])}`; later "
+             f"rounds: {QUEUE_TEXT[result['setting'].get('queue_ranking', EARLIER)]}), "
+             "cleanlab = cleanlab's ranking of 5-fold "
+             "out-of-sample probabilities on the round's labels, random = a seeded order; each "
+             "leaves out what was reviewed. The annotator relabels flipped examples to their "
+             "true label and keeps the rest.", "",
+             "| queue | round | flips fixed | flips left | acc. Newton step | acc. retrained | "
+             "gap closed (Newton) | gap closed (retrained) |", "|---" * 8 + "|"]
+    for queue, rows in result["summary"].items():
+        lines += [f"| {queue} | {r['round']} | {_num(r['flips_fixed'], 1)} | "
+                  f"{_num(r['flips_left'], 1)} | {_num(r['accuracy_newton'])} | "
+                  f"{_num(r['accuracy_retrained'])} | {_num(r['gap_closed_newton'], 3)} | "
+                  f"{_num(r['gap_closed_retrained'], 3)} |" for r in rows]
+    return "\n".join([*lines, "", f"Command: `{result['command']}`", ""])
+
+
+def rounds_figure(result: dict) -> object:
+    """Test accuracy per round (mean over seeds), per queue: after the retrain (solid) and after
+    the Newton step alone (dotted, same colour); round 0 is the noisy model, the dashed line
+    the clean-label model."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+
+    fig = go.Figure()
+    noisy = _mean([s["accuracy_noisy"] for s in result["seeds"]])
+    for k, (queue, rows) in enumerate(result["summary"].items()):
+        colour = qualitative.Plotly[k % len(qualitative.Plotly)]
+        x = [0] + [r["round"] for r in rows]
+        for key, dash, what in (("accuracy_retrained", "solid", "retrained"),
+                                ("accuracy_newton", "dot", "Newton step only")):
+            fig.add_trace(go.Scatter(x=x, y=[noisy] + [r[key] for r in rows],
+                                     mode="lines+markers", name=f"{queue}: {what}",
+                                     line={"color": colour, "dash": dash}))
+    clean = _mean([s["accuracy_clean"] for s in result["seeds"]])
+    fig.add_hline(y=clean, line_dash="dash", annotation_text="clean labels")
+    fig.update_layout(xaxis_title="round (0: the noisy model)", yaxis_title="test accuracy",
+                      xaxis={"dtick": 1})
+    return fig
