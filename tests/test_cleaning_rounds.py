@@ -20,6 +20,7 @@ BUDGET, ROUNDS = 0.01, 2  # 14 decisions per round on digits' 1437 training imag
 GAP_TOL = 1e-9
 
 
+# long: one real run, then every number of its report checked against the others, then the page
 def test_evaluate_rounds_writes_a_consistent_report(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFLUENCE_AUDIT_HOME", str(tmp_path / "home"))
