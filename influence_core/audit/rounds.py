@@ -186,12 +186,13 @@ def round_scores(ranking: str, own: torch.Tensor, parent) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else rank_mean(*parts)
 
 
-def parent_scores(problem: Problem, root: Path, parent: int) -> torch.Tensor:
+def parent_scores(problem: Problem, root: Path, parent: int,
+                  progress: Progress = silent) -> torch.Tensor:
     """(N,) queue scores of round `parent` under `root`; for the base model (round 1) the
     default ranking's, with the lowest score for examples outside the recipe's subset."""
     if parent != BASE_ROUND:
         return torch.from_numpy(np.load(Path(root) / str(parent) / "scores.npy"))
-    scores = suspect_scores(problem, DEFAULT_SIGNAL).double()
+    scores = suspect_scores(problem, DEFAULT_SIGNAL, progress=progress).double()
     _, _, idx = training_set(problem)
     full = torch.full((len(problem.train),), float(scores.min()), dtype=torch.float64)
     full[idx] = scores
@@ -235,7 +236,8 @@ def retrain_round(problem: Problem, log: DecisionLog, root: Path | None = None,
     number, parent = (done[-1].number + 1, done[-1].number) if done else (2, BASE_ROUND)
     labels, removed = labels_at(log, version)
     model, test_accuracy, own = _train(problem, labels, removed, progress)
-    scores = round_scores(QUEUE_RANKING, own, lambda: parent_scores(problem, root, parent))
+    scores = round_scores(QUEUE_RANKING, own,
+                          lambda: parent_scores(problem, root, parent, progress))
     rnd = _with_model(problem, model, labels)
     index = (precompute(rnd, "ekfac", EKFACConfig(), IndexConfig(), progress=progress)
              if build_index else None)
