@@ -106,7 +106,7 @@ def rounds(r: Reports) -> str:
 def _later(r: Reports, names: list[str]) -> str:
     """What ordered the app queue's later rounds in these reports (older reports: the
     checkpoint loss alone)."""
-    from .cleaning_rounds import EARLIER_QUEUE_RANKING
+    from .round_rankings import EARLIER_QUEUE_RANKING
 
     used = {n: r(n)["setting"].get("queue_ranking", EARLIER_QUEUE_RANKING) for n in names}
     if len(set(used.values())) == 1:

@@ -53,7 +53,7 @@ from ..data.registry import Problem, load_problem
 from ..data.training import accuracy, predict_logits, train_model
 from ..progress import Progress, silent
 from .baselines import cleanlab_scores
-from .round_rankings import candidate_flips, candidate_fractions
+from .round_rankings import EARLIER_QUEUE_RANKING, candidate_flips, candidate_fractions
 
 QUEUES = ("app", "cleanlab", "random")
 FOLDS = 5  # cleanlab's cross-validation
@@ -62,7 +62,6 @@ FLOOR_SEED = 1000  # the second clean training of the noise floor: seed + FLOOR_
 
 #: The app queue's round-1 ranking before the fit gate (reports without "app_signal"; old folders)
 EARLIER_APP_SIGNAL = MEMORISING_SIGNAL
-EARLIER_QUEUE_RANKING = "checkpoint_loss"  # the later rounds' ranking of the older folders
 
 
 def _folder(problem: Problem, queue: str, budget: float) -> Path:
@@ -208,7 +207,8 @@ def run_seed(dataset: str, model: str, noise: float, kind: str, seed: int, budge
     return out
 
 
-def _mean(values: list) -> float | None:
+def mean_present(values: list) -> float | None:
+    """The mean of the values that are not None (None when there are none)."""
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
 
@@ -220,7 +220,8 @@ def summarise(seeds: list[dict]) -> dict:
     out = {}
     for queue in seeds[0]["queues"]:
         per_round = zip(*[s["queues"][queue] for s in seeds])
-        out[queue] = [{"round": rows[0]["round"], **{k: _mean([r[k] for r in rows]) for k in keys}}
+        out[queue] = [{"round": rows[0]["round"],
+                       **{k: mean_present([r[k] for r in rows]) for k in keys}}
                       for rows in per_round]
     return out
 
@@ -239,8 +240,8 @@ def derived_figures(result: dict) -> dict:
                         "gap_closed_newton": rows[-1]["gap_closed_newton"],
                         "accuracy_retrained": rows[-1]["accuracy_retrained"],
                         "flips_left": rows[-1]["flips_left"]}
-    out = {"gap": _mean([s["accuracy_clean"] - s["accuracy_noisy"] for s in seeds]),
-           "noise_floor": _mean([s["noise_floor"] for s in seeds]), "final": final,
+    out = {"gap": mean_present([s["accuracy_clean"] - s["accuracy_noisy"] for s in seeds]),
+           "noise_floor": mean_present([s["noise_floor"] for s in seeds]), "final": final,
            "app_signals": sorted({s.get("app_signal", EARLIER_APP_SIGNAL) for s in seeds})}
     if (fractions := candidate_fractions(seeds)) is not None:
         out["queue_candidates"] = fractions

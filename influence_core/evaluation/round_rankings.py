@@ -41,6 +41,7 @@ QUEUE_TEXT = {
                               "checkpoint loss and the previous round's queue scores",
     "parent": "the previous round's queue scores (round 1: the default ranking)",
 }
+EARLIER_QUEUE_RANKING = "checkpoint_loss"  # the later rounds' ranking of the older folders
 DEV_PROBLEMS = (("digits", "mlp"), ("mnist", "mlp"))
 DEV_SEEDS = (0, 1)
 
@@ -50,7 +51,7 @@ def own_scores(rnd: Round) -> torch.Tensor:
     on its own stored it as scores.npy, their queue ranking)."""
     path = rnd.folder / "checkpoint_loss.npy"
     if not path.is_file():
-        if rnd.meta.get("queue_ranking") != "checkpoint_loss":
+        if rnd.meta.get("queue_ranking") != EARLIER_QUEUE_RANKING:
             raise FileNotFoundError(f"{path} is missing")
         path = rnd.folder / "scores.npy"
     return torch.from_numpy(np.load(path))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .cleaning_rounds import EARLIER_QUEUE_RANKING as EARLIER
-from .cleaning_rounds import _mean
+from .cleaning_rounds import mean_present
+from .round_rankings import EARLIER_QUEUE_RANKING as EARLIER
 from .round_rankings import QUEUE_TEXT
 
 
@@ -13,7 +13,7 @@ def _num(x: float | None, digits: int = 4) -> str:
 
 def rounds_markdown(result: dict) -> str:
     s = result["setting"]
-    refs = {k: _mean([r[k] for r in result["seeds"]]) for k in
+    refs = {k: mean_present([r[k] for r in result["seeds"]]) for k in
             ("accuracy_noisy", "accuracy_clean", "noise_floor", "clean_disagreement", "num_test")}
     lines = [f"# Cleaning rounds: {s['dataset']}/{s['model']}, {s['noise']:g} {s['noise_kind']} "
              f"noise, budget {s['budget']:g} of N per round, seeds {s['seeds']}", "",
@@ -48,7 +48,7 @@ def rounds_figure(result: dict) -> object:
     from plotly.colors import qualitative
 
     fig = go.Figure()
-    noisy = _mean([s["accuracy_noisy"] for s in result["seeds"]])
+    noisy = mean_present([s["accuracy_noisy"] for s in result["seeds"]])
     for k, (queue, rows) in enumerate(result["summary"].items()):
         colour = qualitative.Plotly[k % len(qualitative.Plotly)]
         x = [0] + [r["round"] for r in rows]
@@ -57,7 +57,7 @@ def rounds_figure(result: dict) -> object:
             fig.add_trace(go.Scatter(x=x, y=[noisy] + [r[key] for r in rows],
                                      mode="lines+markers", name=f"{queue}: {what}",
                                      line={"color": colour, "dash": dash}))
-    clean = _mean([s["accuracy_clean"] for s in result["seeds"]])
+    clean = mean_present([s["accuracy_clean"] for s in result["seeds"]])
     fig.add_hline(y=clean, line_dash="dash", annotation_text="clean labels")
     fig.update_layout(xaxis_title="round (0: the noisy model)", yaxis_title="test accuracy",
                       xaxis={"dtick": 1})
