@@ -205,6 +205,11 @@ def _run(found: dict[str, float], suggestion: dict[str, float]) -> dict:
             "suggestion": {k: {"accuracy": v, "n": 10} for k, v in suggestion.items()}}
 
 
+def sug_margins(summary: dict) -> dict:
+    return summary["suggestion_goal"]["per_setting"]["d_m_sub1_pair_0.1_regular"][
+        "seed_margins"]
+
+
 def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> None:
     from influence_core.evaluation.suspect_selection import settings, summarise
 
@@ -247,6 +252,15 @@ def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> No
     assert "chosen" not in test and "chosen_rule" not in test  # nothing is chosen on test
     goal = test["goal"]["per_setting"]["d_m_sub1_uniform_0.1_regular"]
     assert goal["best_baseline"] == "cleanlab" and goal["margin"] == pytest.approx(-0.1)
+    # b on pair: 0.7 in both seeds against cleanlab's 0.95, each seed on its own
+    pair = test["goal"]["per_setting"]["d_m_sub1_pair_0.1_regular"]
+    assert (pair["seeds"], pair["std"]) == (2, pytest.approx(0.0))
+    assert pair["seed_margins"] == {"0": pytest.approx(-0.25), "1": pytest.approx(-0.25)}
+    # the suggestion rule model+dynamics on pair: 0.9 and 0.9 against cleanlab 0.95 and 0.95
+    assert sug_margins(test) == {"0": pytest.approx(-0.05), "1": pytest.approx(-0.05)}
+    pair = summarise("test", runs, a)["goal"]["per_setting"]["d_m_sub1_pair_0.1_regular"]
+    assert (pair["value"], pair["std"]) == (pytest.approx(0.8), pytest.approx(0.1))
+    assert pair["seed_margins"] == {"0": pytest.approx(-0.05), "1": pytest.approx(-0.25)}
     assert (test["goal"]["met"], test["goal"]["of"]) == (0, 2)
     sug = test["suggestion_goal"]["per_setting"]
     assert sug["d_m_sub1_pair_0.1_regular"]["margin"] == pytest.approx(-0.05)  # cleanlab 0.95

@@ -12,16 +12,34 @@ SHOWN = ["cv2_loss+checkpoint_loss+dynamics_loss", "cv_loss+checkpoint_loss", "c
          "kronfluence_self_influence", "cv2_loss"]
 
 
+def _spread(v: dict) -> str:
+    """The value, with its std over seeds where there are several."""
+    return num(v["value"], 3) + (f" ± {num(v['std'], 3)}" if v.get("seeds", 1) > 1 else "")
+
+
+def _per_seed(v: dict) -> str:
+    margins = v.get("seed_margins", {})
+    return ", ".join(f"{m:+.3f}" for m in margins.values()) if len(margins) > 1 else ""
+
+
 def _margins(g: dict, what: str, baselines: str) -> list[str]:
     reach = any("most_possible" in v for v in g["per_setting"].values())
-    rows = [[s, num(v["value"], 3), f"{v['best_baseline']} {num(v['best_baseline_mean'], 3)}",
-             f"{v['margin']:+.3f}"]
+    seeds = any("seeds" in v for v in g["per_setting"].values())
+    rows = [[s, _spread(v)] + ([str(v["seeds"]) if "seeds" in v else ""] if seeds else [])
+            + [f"{v['best_baseline']} {num(v['best_baseline_mean'], 3)}", f"{v['margin']:+.3f}"]
+            + ([_per_seed(v)] if seeds else [])
             + ([num(v["most_possible"], 3) if "most_possible" in v else ""] if reach else [])
             for s, v in g["per_setting"].items()]
-    head = ["setting (noise kind, rate, regime)", "it", "best baseline", "margin"]
+    head = (["setting (noise kind, rate, regime)", "it"] + (["seeds"] if seeds else [])
+            + ["best baseline", "margin"] + (["margin per seed"] if seeds else [])
+            + (["most possible"] if reach else []))
     lines = [f"{what} `{g['name']}` at least as good as the best of {baselines} in "
-             f"{num(g['met'])} of {num(g['of'])} settings:",
-             table(head + (["most possible"] if reach else []), rows)]
+             f"{num(g['met'])} of {num(g['of'])} settings:", table(head, rows)]
+    if seeds:
+        lines.append("It: the mean over the setting's seeds, ± their standard deviation where "
+                     "there are several. Margin: that mean minus the best baseline's mean; "
+                     "margin per seed: the same on each seed alone, against the same baseline, "
+                     "seeds in increasing order.")
     if reach:
         lines.append("Most possible: the fraction of the flips that inspecting 10% of the "
                      "training set can reach at best (below one where the flips outnumber the "

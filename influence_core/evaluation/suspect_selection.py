@@ -117,14 +117,20 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
                               "suggestion": dict(r.get("suggestion", {}))})
             for k, r in runs.items()}
     reach: dict[str, list[float]] = {}  # the most a ranking can find at BUDGET, per run
+    seeded: dict[str, dict[str, dict[str, dict[int, float]]]] = {"found": {}, "suggest": {}}
     for key, res in runs.items():
+        seed = int(key.rsplit("_s", 1)[1])
         if res.get("n_flipped"):
             reach.setdefault(_setting(key), []).append(
                 min(1.0, float(BUDGET) * res["n_train"] / res["n_flipped"]))
         for name, r in res["rankings"].items():
             found.setdefault(_setting(key), {}).setdefault(name, []).append(r["curve"][BUDGET])
+            seeded["found"].setdefault(_setting(key), {}).setdefault(name, {})[seed] = (
+                r["curve"][BUDGET])
         for name, r in res.get("suggestion", {}).items():
             suggest.setdefault(_setting(key), {}).setdefault(name, []).append(r["accuracy"])
+            seeded["suggest"].setdefault(_setting(key), {}).setdefault(name, {})[seed] = (
+                r["accuracy"])
 
     def table(values: dict) -> dict:
         return {s: {n: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
@@ -168,10 +174,11 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
     else:
         out["fit_gate"] = {"code_gap": FIT_GAP}
         ceiling = {s: float(np.mean(v)) for s, v in reach.items()}
-        out["goal"] = _margins(out["settings"], default, BASELINES, ceiling)
+        out["goal"] = _margins(out["settings"], default, BASELINES, ceiling, seeded["found"])
         if rule:
             out["rule"] = rule
-            out["suggestion_goal"] = _margins(out["suggestion"], rule, SUGGESTION_BASELINES)
+            out["suggestion_goal"] = _margins(out["suggestion"], rule, SUGGESTION_BASELINES,
+                                              seeds=seeded["suggest"])
     gated = {k: r["fit_gate"] for k, r in sorted(runs.items()) if "fit_gate" in r}
     out["fit_gate"]["runs"] = gated
     out["fit_gate"]["picked"] = {s: sum(g["signal"] == s for g in gated.values())
@@ -218,17 +225,24 @@ def choose_gap(runs: dict[str, dict]) -> dict:
 
 
 def _margins(table: dict, name: str, baselines: tuple[str, ...],
-             ceiling: dict[str, float] | None = None) -> dict:
-    """Per setting: `name`'s mean minus the best baseline's mean (>= 0: goal met there), and
-    with `ceiling` the most any ranking can find there (BUDGET x N / flips, at most one)."""
+             ceiling: dict[str, float] | None = None, seeds: dict | None = None) -> dict:
+    """Per setting: `name`'s mean (its std and number of seeds) minus the best baseline's mean
+    (>= 0: goal met there); with `ceiling` the most any ranking can find there (BUDGET x N /
+    flips, at most one); with `seeds` (setting -> name -> seed -> value) the margin of each seed
+    over that seed's value of the same best baseline."""
     goal = {}
     for setting, per in table.items():
         base = {b: per[b]["mean"] for b in baselines if b in per}
         if name in per and base:
             best = max(base, key=base.get)
-            goal[setting] = {"value": per[name]["mean"], "best_baseline": best,
+            goal[setting] = {"value": per[name]["mean"], "std": per[name]["std"],
+                             "seeds": per[name]["n"], "best_baseline": best,
                              "best_baseline_mean": base[best],
                              "margin": per[name]["mean"] - base[best]}
+            if seeds and setting in seeds:
+                it, other = seeds[setting][name], seeds[setting][best]
+                goal[setting]["seed_margins"] = {str(k): it[k] - other[k]
+                                                 for k in sorted(it) if k in other}
             if ceiling and setting in ceiling:
                 goal[setting]["most_possible"] = ceiling[setting]
     met = [g["margin"] >= 0 for g in goal.values()]
@@ -259,10 +273,12 @@ def selection_markdown(summary: dict) -> str:
                      if any("most_possible" in v for v in g["per_setting"].values()) else ("", ""))
             lines += ["", f"{what} `{g['name']}` >= best of {', '.join(base)}: {g['met']} of "
                       f"{g['of']} settings.", "",
-                      "| setting | it | best baseline | margin |" + reach[0],
-                      "|---|---|---|---|" + reach[1]]
-            lines += [f"| {s} | {v['value']:.3f} | {v['best_baseline']} "
-                      f"{v['best_baseline_mean']:.3f} | {v['margin']:+.3f} |"
+                      "| setting | it (std) | seeds | best baseline | margin | per seed |"
+                      + reach[0], "|---|---|---|---|---|---|" + reach[1]]
+            lines += [f"| {s} | {v['value']:.3f} ({v.get('std', 0):.3f}) | {v.get('seeds', '')} "
+                      f"| {v['best_baseline']} {v['best_baseline_mean']:.3f} | "
+                      f"{v['margin']:+.3f} | "
+                      + " ".join(f"{m:+.3f}" for m in v.get("seed_margins", {}).values()) + " |"
                       + (f" {v['most_possible']:.3f} |" if "most_possible" in v else
                          " |" if reach[0] else "")
                       for s, v in g["per_setting"].items()]
