@@ -210,6 +210,7 @@ def sug_margins(summary: dict) -> dict:
         "seed_margins"]
 
 
+# long: one set of runs read as dev (the choices) and as test (margins, per seed)
 def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> None:
     from influence_core.evaluation.suspect_selection import settings, summarise
 
