@@ -51,6 +51,8 @@ def test_evaluate_rounds_writes_a_consistent_report(tmp_path: Path,
                 assert r[f"gap_closed_{kind}"] == pytest.approx(want, abs=GAP_TOL)
     assert seed["queues"]["app"][0]["flips_fixed"] > seed["queues"]["random"][0][
         "flips_fixed"]  # a ranking beats chance at 1% inspected
+    # fewer decisions than flips: the perfect queue repairs one with every decision
+    assert [r["flips_fixed"] for r in seed["queues"]["perfect"]] == [per_round] * ROUNDS
     # every later app round counts what each round ranking would have found; the one the
     # queue followed found what the annotator fixed
     later = seed["queues"]["app"][1]
@@ -74,6 +76,25 @@ def test_evaluate_rounds_writes_a_consistent_report(tmp_path: Path,
     assert any("rounds_digits_mlp_pair_0.1" in md.value for md in at.markdown)
     st.cache_resource.clear()
     st.cache_data.clear()
+
+
+def test_a_perfect_queue_with_budget_for_every_flip_retrains_the_clean_label_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once every flip is repaired, the retrain trains the recipe on the clean labels with the
+    clean model's seed: the clean-label model, whose gap closed is exactly one."""
+    monkeypatch.setenv("INFLUENCE_AUDIT_HOME", str(tmp_path / "home"))
+    out = tmp_path / "reports"
+    argv = ["evaluate", "rounds", "--dataset", "digits", "--model", "mlp", "--noise", "0.1",
+            "--noise-kind", "uniform", "--budget", "0.12", "--rounds", "1", "--seeds", "0",
+            "--queues", "perfect,random", "--out", str(out)]
+    assert main(argv) == 0
+    [seed] = json.loads((out / "rounds_digits_mlp_uniform_0.1.json").read_text())["seeds"]
+    [perfect] = seed["queues"]["perfect"]
+    assert perfect["flips_fixed"] == seed["flips"] and perfect["flips_left"] == 0
+    assert perfect["accuracy_retrained"] == seed["accuracy_clean"]
+    assert perfect["gap_closed_retrained"] == 1.0
+    [random] = seed["queues"]["random"]
+    assert random["flips_left"] > 0 and random["accuracy_retrained"] != seed["accuracy_clean"]
 
 
 def _report(noisy: float, clean: float, final: dict[str, float]) -> dict:
@@ -102,7 +123,7 @@ def test_the_rounds_goal_is_judged_only_where_the_gap_is_real(tmp_path: Path) ->
     targets = json.loads((REPO / "docs" / "reports" / "targets.json").read_text())
     (tmp_path / "targets.json").write_text(json.dumps(targets))
     cases = {"rounds_a.json": _report(0.80, 0.85, {"app": 0.849, "cleanlab": 0.84,
-                                                    "random": 0.81}),   # met
+                                                    "random": 0.81, "perfect": 0.85}),  # met
              "rounds_b.json": _report(0.80, 0.85, {"app": 0.849, "cleanlab": 0.85,
                                                     "random": 0.81}),   # below cleanlab
              "rounds_c.json": _report(0.90, 0.905, {"app": 0.90, "cleanlab": 0.905,
@@ -118,7 +139,11 @@ def test_the_rounds_goal_is_judged_only_where_the_gap_is_real(tmp_path: Path) ->
     assert "**not met**" in lines["rounds_b.json"]
     assert "not judged" in lines["rounds_c.json"]
     assert "Goal met in 1 of 2 judged settings" in text
-    assert "| 3 | 1 | 0 / 0 / 0 |" in lines["rounds_a.json"]  # 3 flips, 2 x 1 decisions: 1 left
+    # 3 flips, 2 x 1 decisions: a perfect queue leaves 1; the perfect queue closes all the gap
+    assert "| 0.980 | 0.800 | 0.200 | 1.000 |" in lines["rounds_a.json"]
+    assert "| 3 | 1 | 0 / 0 / 0 / 0 |" in lines["rounds_a.json"]
+    assert "| 0.200 | n/a |" in lines["rounds_b.json"]  # run without the perfect queue
+    assert "| 0 / 0 / 0 / n/a |" in lines["rounds_b.json"]
     _, measured, note = summary_row(Reports(tmp_path))
     assert "met in 1 of 2" in note and "0.980" in measured
 

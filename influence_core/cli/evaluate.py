@@ -47,8 +47,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--budget", type=float, default=0.05, help="decisions per round / N")
     g.add_argument("--rounds", type=int, default=2, help="review-and-retrain rounds")
     g.add_argument("--seeds", default="0,1", help="noise draws and training seeds")
-    g.add_argument("--queues", default="app,cleanlab,random",
-                   help="queues to follow (app: the Review page's; cleanlab; random)")
+    g.add_argument("--queues", default="app,cleanlab,random,perfect",
+                   help="queues to follow (app: the Review page's; cleanlab; random; perfect: "
+                        "every decision on a flip, the most any queue can repair)")
     g = p.add_argument_group("lds")
     g.add_argument("--subsets", type=int, default=100)
     g.add_argument("--alpha", type=float, default=0.5)

@@ -13,6 +13,8 @@ Queues, all in the same run and from the same noisy model:
   cleanlab   cleanlab's ranking (evaluation.baselines.cleanlab_scores) of 5-fold out-of-sample
              probabilities, trained with the recipe on the round's current labels
   random     a seeded random order
+  perfect    every decision on a flipped example while any is left (in a seeded random order
+             among them), then the rest: the most any queue can repair within the budget
 Every queue leaves out what was already reviewed. Gap closed = (acc - acc_noisy) / (acc_clean -
 acc_noisy), acc_clean a training of the same recipe and seed on the clean labels; the noise floor
 is |acc_clean(seed) - acc_clean(seed + FLOOR_SEED)|, two clean trainings differing in seed only.
@@ -55,7 +57,7 @@ from ..progress import Progress, silent
 from .baselines import cleanlab_scores
 from .round_rankings import EARLIER_QUEUE_RANKING, candidate_flips, candidate_fractions
 
-QUEUES = ("app", "cleanlab", "random")
+QUEUES = ("app", "cleanlab", "random", "perfect")
 FOLDS = 5  # cleanlab's cross-validation
 FLOOR_SEED = 1000  # the second clean training of the noise floor: seed + FLOOR_SEED
 
@@ -95,13 +97,16 @@ def _cv_probs(problem: Problem, labels: torch.Tensor, path: Path) -> torch.Tenso
 
 
 def _queue(queue: str, problem: Problem, rnd: Round | None, log: DecisionLog,
-           folder: Path, number: int) -> list[int]:
+           folder: Path, number: int, true: torch.Tensor) -> list[int]:
     labels, removed = labels_at(log)
     excluded = removed | reviewed_at(log)
-    if queue == "random":
+    if queue in ("random", "perfect"):
         gen = torch.Generator().manual_seed(problem.config.seed * 100 + number)
-        order = torch.randperm(len(labels), generator=gen)
-        return [i for i in order.tolist() if not excluded[i]]
+        order = [i for i in torch.randperm(len(labels), generator=gen).tolist()
+                 if not excluded[i]]
+        if queue == "perfect":  # flips first (a stable sort keeps the random order within)
+            order.sort(key=lambda i: int(labels[i]) == int(true[i]))
+        return order
     if queue == "cleanlab":
         probs = _cv_probs(problem, labels, folder / f"cv_round{number}.npy")
         return round_queue(cleanlab_scores(labels, probs)[0], excluded, len(labels)).tolist()
@@ -152,7 +157,7 @@ def run_queue(problem: Problem, queue: str, budget: float, rounds: int, true: to
             start = rnd.log_version if rnd is not None else 0
             if retrained is None:  # this round's decisions are not all made or not retrained
                 made = sum(d.id > start for d in log.decisions())
-                order = _queue(queue, problem, rnd, log, folder, number)
+                order = _queue(queue, problem, rnd, log, folder, number, true)
                 _review(log, order, true, per_round - made)
                 retrained = retrain_round(problem, log, folder / "rounds",
                                           build_index=False)  # nothing here explores it

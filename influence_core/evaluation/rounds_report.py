@@ -27,9 +27,10 @@ def rounds_markdown(result: dict) -> str:
              f"noisy model, here `{', '.join(result['derived']['app_signals'])}`; later "
              f"rounds: {QUEUE_TEXT[result['setting'].get('queue_ranking', EARLIER)]}), "
              "cleanlab = cleanlab's ranking of 5-fold "
-             "out-of-sample probabilities on the round's labels, random = a seeded order; each "
-             "leaves out what was reviewed. The annotator relabels flipped examples to their "
-             "true label and keeps the rest.", "",
+             "out-of-sample probabilities on the round's labels, random = a seeded order, "
+             "perfect = every decision on a flipped example while any is left (the most a "
+             "queue can repair within the budget); each leaves out what was reviewed. The "
+             "annotator relabels flipped examples to their true label and keeps the rest.", "",
              "| queue | round | flips fixed | flips left | acc. Newton step | acc. retrained | "
              "gap closed (Newton) | gap closed (retrained) |", "|---" * 8 + "|"]
     for queue, rows in result["summary"].items():
