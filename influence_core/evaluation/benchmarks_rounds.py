@@ -94,6 +94,7 @@ def rounds(r: Reports) -> str:
              + "A perfect queue leaves only the flips beyond the budget; where it leaves none, "
              "its last retrain trains the recipe, with the same seed, on the clean labels, "
              "which is the clean-label model itself: it closes the whole gap. "
+             + _beyond_budget(r, names, goal)
              + "What speaks against it: a gap of a point or two of test accuracy is a hundred "
              "or two test images, and a retrain moves test accuracy by itself (the random "
              "queue, which repairs few flips, shows how much), so one seed's gap closed can "
@@ -120,6 +121,24 @@ def _later(r: Reports, names: list[str]) -> str:
         return QUEUE_TEXT[next(iter(used.values()))]
     return "; ".join(f"{r(n)['setting']['dataset']} {num(r(n)['setting']['noise'], 1)} "
                      f"{r(n)['setting']['noise_kind']}: {QUEUE_TEXT[k]}" for n, k in used.items())
+
+
+def _beyond_budget(r: Reports, names: list[str], goal: dict) -> str:
+    """What the perfect queue closed where the budget cannot cover the flips."""
+    parts = []
+    for n in names:
+        x = r(n)
+        s, perfect = x["setting"], x["derived"]["final"].get("perfect")
+        flips = sum(v["flips"] for v in x["seeds"]) / len(x["seeds"])
+        if perfect and flips > s["rounds"] * s["decisions_per_round"]:
+            parts.append(f"{s['dataset']} {num(s['noise'], 1)} {s['noise_kind']}: "
+                         f"{_gap(perfect)} with {num(perfect['flips_left'], 0)} flips left")
+    if not parts:
+        return ""
+    return ("Where the budget is smaller than the number of flips, the perfect queue closed ("
+            + "; ".join(parts) + "), below the goal's "
+            f"{num(goal['goal_gap_closed_min'], 1)}: there the goal asks more than spending every "
+            "decision on a flip achieved. ")
 
 
 def _app_signals(r: Reports, names: list[str]) -> str:
