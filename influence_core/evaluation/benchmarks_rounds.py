@@ -27,6 +27,14 @@ def _gap(x: dict | None, key: str = "gap_closed_retrained") -> str:
     return "n/a" if x is None or x.get(key) is None else num(x[key], 3)
 
 
+def _flips(x: dict) -> tuple[float, float]:
+    """A report's flips (mean over seeds), and how many of them exceed the budget's decisions
+    (what a perfect queue leaves)."""
+    s = x["setting"]
+    flips = sum(v["flips"] for v in x["seeds"]) / len(x["seeds"])
+    return flips, max(0.0, flips - s["rounds"] * s["decisions_per_round"])
+
+
 def _row(r: Reports, name: str, goal: dict) -> tuple[list[str], bool | None]:
     x = r(name)
     s, d = x["setting"], x["derived"]
@@ -39,8 +47,7 @@ def _row(r: Reports, name: str, goal: dict) -> tuple[list[str], bool | None]:
     verdict = "not judged (gap below the bar)" if not judged else (
         "n/a" if ok is None else met(ok))
     seeds = ",".join(str(v) for v in s["seeds"])
-    flips = sum(v["flips"] for v in x["seeds"]) / len(x["seeds"])
-    perfect = max(0.0, flips - s["rounds"] * s["decisions_per_round"])
+    flips, perfect = _flips(x)
     row = ([f"{s['dataset']}/{s['model']}, {num(s['noise'], 1)} {s['noise_kind']}", seeds,
             num(d["gap"], 4), num(d["noise_floor"], 4)]
            + [_gap(final.get(q)) for q in QUEUES]
@@ -129,8 +136,7 @@ def _beyond_budget(r: Reports, names: list[str], goal: dict) -> str:
     for n in names:
         x = r(n)
         s, perfect = x["setting"], x["derived"]["final"].get("perfect")
-        flips = sum(v["flips"] for v in x["seeds"]) / len(x["seeds"])
-        if perfect and flips > s["rounds"] * s["decisions_per_round"]:
+        if perfect and _flips(x)[1] > 0:
             parts.append(f"{s['dataset']} {num(s['noise'], 1)} {s['noise_kind']}: "
                          f"{_gap(perfect)} with {num(perfect['flips_left'], 0)} flips left")
     if not parts:

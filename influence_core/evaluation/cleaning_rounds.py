@@ -102,11 +102,12 @@ def _queue(queue: str, problem: Problem, rnd: Round | None, log: DecisionLog,
     excluded = removed | reviewed_at(log)
     if queue in ("random", "perfect"):
         gen = torch.Generator().manual_seed(problem.config.seed * 100 + number)
-        order = [i for i in torch.randperm(len(labels), generator=gen).tolist()
-                 if not excluded[i]]
-        if queue == "perfect":  # flips first (a stable sort keeps the random order within)
-            order.sort(key=lambda i: int(labels[i]) == int(true[i]))
-        return order
+        order = torch.randperm(len(labels), generator=gen)
+        order = order[~excluded[order]]
+        if queue == "perfect":  # flips first, each part in the random order
+            flip = labels[order] != true[order]
+            order = torch.cat([order[flip], order[~flip]])
+        return order.tolist()
     if queue == "cleanlab":
         probs = _cv_probs(problem, labels, folder / f"cv_round{number}.npy")
         return round_queue(cleanlab_scores(labels, probs)[0], excluded, len(labels)).tolist()

@@ -111,12 +111,11 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
     suggestion rule among those the chosen default's session has at hand (`chosen_rule`), best
     meaning at least as good as the best baseline in the most settings, then the highest mean;
     on test: the default's and the suggestion `rule`'s margins over their baselines."""
-    found: dict[str, dict[str, list[float]]] = {}
-    suggest: dict[str, dict[str, list[float]]] = {}
     runs = {k: with_fit_gate({**r, "rankings": dict(r["rankings"]),  # the caller's stay as given
                               "suggestion": dict(r.get("suggestion", {}))})
             for k, r in runs.items()}
     reach: dict[str, list[float]] = {}  # the most a ranking can find at BUDGET, per run
+    # setting -> name -> seed -> fraction found at BUDGET, and suggestion accuracy
     seeded: dict[str, dict[str, dict[str, dict[int, float]]]] = {"found": {}, "suggest": {}}
     for key, res in runs.items():
         seed = int(key.rsplit("_s", 1)[1])
@@ -124,13 +123,13 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
             reach.setdefault(_setting(key), []).append(
                 min(1.0, float(BUDGET) * res["n_train"] / res["n_flipped"]))
         for name, r in res["rankings"].items():
-            found.setdefault(_setting(key), {}).setdefault(name, []).append(r["curve"][BUDGET])
             seeded["found"].setdefault(_setting(key), {}).setdefault(name, {})[seed] = (
                 r["curve"][BUDGET])
         for name, r in res.get("suggestion", {}).items():
-            suggest.setdefault(_setting(key), {}).setdefault(name, []).append(r["accuracy"])
             seeded["suggest"].setdefault(_setting(key), {}).setdefault(name, {})[seed] = (
                 r["accuracy"])
+    found, suggest = ({s: {n: list(v.values()) for n, v in per.items()} for s, per in
+                       seeded[k].items()} for k in ("found", "suggest"))
 
     def table(values: dict) -> dict:
         return {s: {n: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
