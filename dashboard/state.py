@@ -22,7 +22,6 @@ from influence_core import (
     INPUT_ERRORS,
     AuditState,
     Claims,
-    Evidence,
     Preview,
     Problem,
     Progress,
@@ -57,7 +56,7 @@ CHECKPOINT, METHOD, DAMPING, ANNOTATOR = "checkpoint", "method", "damping", "ann
 GRID_SPLIT, GRID_LABEL, GRID_WRONG, GRID_PAGE = "split", "label", "wrong", "grid_page"
 QUEUE_LABEL, QUEUE_DIFFERS, BULK_TABLE, BULK_ACTION = "q_label", "q_differs", "bulk", "bulk_action"
 EX_LABEL, EX_WRONG, EX_CONF, EX_PAGE, EX_UPLOAD = "x_label", "x_wrong", "x_conf", "x_page", "upload"
-EX_JUMP, RANKING = "x_jump", "ranking"
+EX_JUMP, RANKING, RELABEL_TO = "x_jump", "ranking", "relabel_to_{}"
 # Plain URL parameters (not widgets): the review position and Explore's selections.
 SUSPECT, QUERY, TRAIN_CARD = "suspect", "query", "train"
 _SELECTION, _NOTICE = "selection", "notice"
@@ -131,13 +130,15 @@ def audit_state(ws: Workspace) -> AuditState:
     return _audit_state(ws.key, ws.session.log.version(), ws)
 
 
+def forget_states(ws: Workspace) -> None:  # the Newton step's damping changed: all are stale
+    for cached in (_audit_state, queue, test_frame, train_probs):
+        cached.clear()
+    ws.cache.forget()
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def queue(key: tuple, version: int, _ws: Workspace) -> pd.DataFrame:
     return review_queue(_ws.session, _audit_state(key, version, _ws))
-
-
-def why_flagged(key: tuple, i: int, label: int, _ws: Workspace) -> Evidence:
-    return _ws.cache.evidence(i, label)  # ReviewCache: thread-safe LRU, prefetched
 
 
 def edit_preview(key: tuple, version: int, i: int, action: str, label: int | None,
@@ -194,16 +195,13 @@ def set_url(name: str, value: int | None) -> None:
         st.query_params[name] = str(value)
 
 
-def relabel_key(i: int) -> str:
-    return f"relabel_to_{i}"
-
-
 def decide(ws: Workspace, action: str, i: int, version: int, annotator: str) -> None:
     """on_click: append the decision to the durable log (committed before this returns), then
     drop the review position so the next unreviewed suspect of the re-ranked queue shows."""
     label = None
     if action == "relabel":  # the card's choice (missing after a fragment run: the suggestion)
-        label = int(st.session_state.get(relabel_key(i), ws.cache.suggested(audit_state(ws), i)))
+        label = int(st.session_state.get(RELABEL_TO.format(i), ws.cache.suggested(
+            audit_state(ws), i)))
     refused = record_decision(ws.session, i, action, label, annotator, version,
                               ws.session.ranking)
     if refused is None:  # else, e.g. another annotator removed it meanwhile: say so, go on

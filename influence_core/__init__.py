@@ -28,7 +28,14 @@ from .app_api import (
     train_probabilities,
 )
 from .app_early import EarlyCard, early_card
-from .app_rounds import Round, current_round, open_round_audit, retrain_reviewed, round_problem
+from .app_rounds import (
+    Round,
+    calibrate_review,
+    current_round,
+    open_round_audit,
+    retrain_reviewed,
+    round_problem,
+)
 from .app_tables import (
     current_label,
     damping_refusal,
@@ -164,6 +171,7 @@ __all__ = [
     "auroc",
     "backup_log",
     "build_model",
+    "calibrate_review",
     "check_estimator",
     "checkpoint_bytes",
     "config_hash",

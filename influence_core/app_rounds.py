@@ -2,13 +2,15 @@
 
 The app reviews the newest complete round of the selected recipe: its model, labels, index and
 queue (`current_round`, `round_problem`, `open_round_audit`); "Retrain on reviewed labels"
-runs `retrain_reviewed` as a background job and the next page run opens the new round."""
+runs `retrain_reviewed` as a background job and the next page run opens the new round.
+"Calibrate the Newton step" runs `calibrate_review` on the model under review."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .attribution.index import AttributionIndex
+from .audit import damping as dmp
 from .audit.rounds import (
     Round,
     list_rounds,
@@ -22,7 +24,8 @@ from .audit.store import DecisionLog
 from .data.registry import Problem
 from .progress import Progress, silent
 
-__all__ = ["Round", "current_round", "open_round_audit", "retrain_reviewed", "round_problem"]
+__all__ = ["Round", "calibrate_review", "current_round", "open_round_audit", "retrain_reviewed",
+           "round_problem"]
 
 
 def _log(problem: Problem) -> DecisionLog:
@@ -60,3 +63,18 @@ def open_round_audit(problem: Problem, rnd: Round, index: AttributionIndex, meth
         raise ValueError(f"the index at {index.folder} is not round {rnd.number}'s")
     return open_round_session(problem, decision_log_path(problem), rnd, method, progress,
                               damping)
+
+
+def calibrate_review(session: AuditSession, progress: Progress = silent) -> dmp.DampingRule:
+    """Run the damping rule (audit.damping.calibrate: four retrainings of the recipe, then the
+    Newton step at every damping of the grid) on the model `session` reviews, keep the result
+    with that model, and damp the session's step by it from now on. Raises ValueError for a
+    user's own checkpoint (no recipe run to repeat) or a curvature whose damping cannot change
+    without a refit."""
+    problem = session.problem
+    if problem.meta.get("checkpoint") and not problem.meta.get("round"):
+        raise ValueError("calibration retrains the recipe, which did not make a loaded checkpoint")
+    path = dmp.model_calibration_path(problem, session.log.path, session.curvature.name)
+    rule = dmp.calibrate(problem, session.curvature, path, progress, session.excluded)
+    session.use_rule(rule)
+    return rule

@@ -79,3 +79,26 @@ def test_retrain_opens_round_two_without_the_reviewed_and_keeps_the_log(review: 
     again = again.run()
     assert not again.exception and "round 2" in _progress(again)
     assert _suspect(again) not in [*decided, third]
+
+
+def _step_caption(at: AppTest) -> str:
+    [text] = [c.value for c in at.caption if c.value.startswith("Newton step between retrains")]
+    return text
+
+
+def test_calibrate_measures_the_step_on_this_model_and_the_step_follows_it(
+    review: AppTest, tmp_path: Path,
+) -> None:
+    at = review
+    assert not at.exception and "not calibrated" in _step_caption(at)
+    at = at.button(key="act_remove").click().run()  # a state stepped under the default damping
+    assert not at.exception and not at.button(key="calibrate").disabled
+    before = _rows(tmp_path / "home")
+    at = at.button(key="calibrate").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "calibrated: the step gets" in _step_caption(at) or "Newton step skipped" in (
+        _step_caption(at))
+    assert "not calibrated" not in _step_caption(at)
+    assert at.button(key="calibrate").disabled  # done for this model
+    assert [p.name for p in (tmp_path / "home" / "calibration").glob("*.json")] != []
+    assert _rows(tmp_path / "home") == before  # the log is only read

@@ -122,3 +122,83 @@ def test_with_one_damping_for_both_kinds_the_step_is_the_joint_newton_step(
     expected = _step(problem, 300 * unit, [3, 4, 5], {7: 2})
     torch.testing.assert_close(session.state().delta, expected, rtol=1e-4, atol=1e-7)
     session.log.close()
+
+
+def test_a_round_uses_its_own_calibration_else_the_base_models_and_says_so(
+    problem: object, tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    log = tmp_path / "decisions" / "m.db"
+    unit = dmp.damping_unit(problem.config)
+    base = {"used": True, "multiple": 300.0, "damping": 300 * unit, "ratio": 1.2}
+    _write(dmp.calibration_path(log, "kfac"), base, dict(base))
+    folder = tmp_path / "rounds" / "m" / "2"
+    meta = {**problem.meta, "round": 2, "checkpoint": str(folder / "model.pt")}
+    second = dataclasses.replace(problem, meta=meta)
+    assert dmp.model_calibration_path(problem, log, "kfac") == dmp.calibration_path(log, "kfac")
+    assert dmp.model_calibration_path(second, log, "kfac") == folder / "calibration-kfac.json"
+    mine = dmp.model_rule(problem, log, "kfac")
+    assert mine.calibrated and not mine.from_base
+    borrowed = dmp.model_rule(second, log, "kfac")  # no calibration of its own yet
+    assert borrowed.from_base and borrowed.damping == mine.damping
+    assert all("measured on the base model" in w for w in borrowed.why.values())
+    own = {"used": False, "multiple": 10.0, "damping": 10 * unit, "ratio": 0.9}
+    _write(folder / "calibration-kfac.json", own, dict(base))
+    rule = dmp.model_rule(second, log, "kfac")
+    assert not rule.from_base and rule.damping == {"remove": None,
+                                                   "relabel": pytest.approx(300 * unit)}
+    assert dmp.model_rule(problem, tmp_path / "other" / "n.db", "kfac") is None
+
+
+def test_calibration_leaves_out_what_the_model_never_trained_on(
+    problem: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trained_on = []
+    real = dmp.train_model
+
+    def spy(model: object, data: object, cfg: object, indices: object, *args: object,
+            **kwargs: object) -> object:
+        trained_on.append(set(torch.as_tensor(indices).tolist()))
+        return real(model, data, cfg, indices, *args, **kwargs)
+
+    monkeypatch.setattr(dmp, "train_model", spy)
+    n = len(problem.train)
+    excluded = set(range(0, n, 3))
+    path = tmp_path / "calibration.json"
+    dmp.calibrate(problem, _fit(problem), path, excluded=excluded)
+    result = json.loads(path.read_text())
+    k = max(1, round(dmp.SET_FRACTION * (n - len(excluded))))
+    assert all(r["sets"] == [k, k] for r in result["kinds"].values())
+    assert len(trained_on) == 4
+    for kept in trained_on:  # each retraining: never an excluded example, at most 2k edits
+        assert not kept & excluded and len(kept) >= n - len(excluded) - k
+    sets = dmp._edit_sets(problem.model, problem.train,
+                          torch.as_tensor([i in excluded for i in range(n)]))
+    for remove, relabel in [*sets["remove"], *sets["relabel"]]:
+        assert not (set(remove) | set(relabel)) & excluded
+
+
+def test_calibrating_a_session_changes_its_step_at_once(problem: object, tmp_path: Path) -> None:
+    from influence_core import calibrate_review
+
+    log = tmp_path / "decisions" / "m.db"
+    session = open_session(problem, "kfac", log)
+    assert not session.rule.calibrated
+    session.record(7, "relabel", 3)
+    session.record(9, "remove")
+    assert session.state().delta.any()
+    rule = calibrate_review(session)
+    assert dmp.calibration_path(log, "kfac").is_file()
+    assert session.rule is rule and rule.calibrated and not rule.from_base
+    after = session.state().delta
+    fresh = open_session(problem, "kfac", tmp_path / "again" / "m.db")  # no calibration there
+    fresh.use_rule(rule)
+    fresh.record(7, "relabel", 3)
+    fresh.record(9, "remove")
+    torch.testing.assert_close(after, fresh.state().delta)  # the new rule's step
+    # a rule change drops the states stepped under the old one, even for the same edits
+    session.use_rule(dmp.DampingRule({"remove": None, "relabel": None}, calibrated=True))
+    assert not session.state().delta.any()
+    session.log.close()
+    fresh.log.close()

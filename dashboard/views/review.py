@@ -49,7 +49,7 @@ def card(version: int) -> None:
         st.rerun(scope="app")
     i = claims.current_suspect(rows, ws.key)  # from the URL: Previous/Next rerun only this card
     given = current_label(audit, i)
-    ev = state.why_flagged(ws.key, i, given, ws)
+    ev = ws.cache.evidence(i, given)  # thread-safe LRU, prefetched
     before, after = frames.neighbours(rows, i)
     nav = st.columns([1, 1, 6], vertical_alignment="center")
     nav[0].button("Previous", shortcut="b", on_click=state.set_url, args=(state.SUSPECT, before),
@@ -71,7 +71,7 @@ def card(version: int) -> None:
         widgets.tiles(*tiles.train_tiles(sel, ws, idx.tolist(), scores.tolist()),
                       width=images.THUMB_PX)
     target = st.selectbox("Relabel to", range(len(names)), index=suggested,
-                          format_func=lambda c: names[c], key=state.relabel_key(i))
+                          format_func=lambda c: names[c], key=state.RELABEL_TO.format(i))
     if is_removed(audit, i):
         st.info(f"#{i} is removed from the training set; Undo restores it.")
         return

@@ -17,6 +17,9 @@ model's decision log and read by every session opened on that model afterwards):
   so the session records those decisions (the queue and labels follow them) but leaves the
   model where it is, and says so.
 
+A cleaning round's model keeps its own calibration in its round folder (the app's "Calibrate
+the Newton step" runs the rule on the model under review, the round's left-out examples left out
+of its edit sets and retrainings); a round without one uses the base model's, and says so.
 Without a calibration (or with an explicit damping) every kind uses newton_damping's default.
 The sets are chosen by loss, not by any review, so a calibration says nothing about a later
 decision log; it costs four trainings of the recipe.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +59,7 @@ class DampingRule:
     damping: dict[str, float | None]
     why: dict[str, str] = field(default_factory=dict)
     calibrated: bool = False
+    from_base: bool = False  # a cleaning round's step under the base model's calibration
 
     def describe(self) -> str:
         return "; ".join(f"{k}: {self.why[k]}" for k in KINDS if k in self.why)
@@ -64,6 +69,30 @@ def calibration_path(log_path: str | Path, method: str) -> Path:
     """Where a model's calibration is kept: beside its decision log, one file per estimator."""
     log_path = Path(log_path)
     return log_path.parent.parent / "calibration" / f"{log_path.stem}-{method}.json"
+
+
+def model_calibration_path(problem: object, log_path: str | Path, method: str) -> Path:
+    """Where the calibration of `problem`'s model is kept: a cleaning round's in its folder, the
+    base model's beside its decision log (calibration_path)."""
+    meta = getattr(problem, "meta", None) or {}
+    if meta.get("round"):
+        return Path(meta["checkpoint"]).parent / f"calibration-{method}.json"
+    return calibration_path(log_path, method)
+
+
+def model_rule(problem: object, log_path: str | Path, method: str) -> DampingRule | None:
+    """The calibrated rule of `problem`'s model; for a cleaning round without its own, the base
+    model's, marked as such. None when there is neither."""
+    config = getattr(problem, "config", None)
+    own = model_calibration_path(problem, log_path, method)
+    if (rule := load_rule(own, config)) is not None:
+        return rule
+    base = calibration_path(log_path, method)
+    if own == base or (rule := load_rule(base, config)) is None:
+        return None
+    why = {k: f"{v} (measured on the base model, not on this round's)" for k, v in
+           rule.why.items()}
+    return DampingRule(rule.damping, why, calibrated=True, from_base=True)
 
 
 def default_rule(config: object, damping: float | None = None) -> DampingRule:
@@ -97,17 +126,21 @@ def load_rule(path: Path, config: object) -> DampingRule | None:
     return DampingRule(damping, why, calibrated=True)
 
 
-def _edit_sets(model: nn.Module, train: object) -> dict[str, list[tuple[list, dict]]]:
+def _edit_sets(model: nn.Module, train: object, excluded: torch.Tensor
+               ) -> dict[str, list[tuple[list, dict]]]:
+    """Per kind, its two edit sets among the examples not `excluded` (N,) bool."""
     logits = predict_logits(model, train)
     labels = train.labels
     loss = nn.functional.cross_entropy(logits, labels, reduction="none")
+    loss[excluded] = -math.inf  # never chosen while another example is left
     order = torch.argsort(loss, descending=True, stable=True)
-    k = max(1, round(SET_FRACTION * len(labels)))
+    k = max(1, round(SET_FRACTION * int((~excluded).sum())))
     other = logits.clone()
     other[torch.arange(len(labels)), labels] = -math.inf
     suggested = other.argmax(1)
     gen = torch.Generator().manual_seed(0)
-    rand = torch.randperm(len(labels), generator=gen)[:k]
+    kept = torch.nonzero(~excluded)[:, 0]
+    rand = kept[torch.randperm(len(kept), generator=gen)[:k]]
 
     def relabel(idx: torch.Tensor) -> tuple[list, dict]:
         return [], {int(i): int(suggested[i]) for i in idx}
@@ -128,12 +161,13 @@ def _log_ratio(nothing: float, step: float) -> float:
     return math.log(nothing / max(step, nothing * 1e-6))
 
 
-def _retrained(problem: object, remove: list, relabel: dict, progress: Progress) -> torch.Tensor:
+def _retrained(problem: object, remove: list, relabel: dict, excluded: torch.Tensor,
+               progress: Progress) -> torch.Tensor:
     cfg = problem.config
     labels = problem.train.labels.clone()
     for i, y in relabel.items():
         labels[i] = y
-    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep = ~excluded
     keep[torch.tensor(remove, dtype=torch.long)] = False
     torch.manual_seed(cfg.seed)  # the model's own initialisation and batch order
     model = build_model(cfg.model, problem.train.shape, problem.train.num_classes)
@@ -144,23 +178,29 @@ def _retrained(problem: object, remove: list, relabel: dict, progress: Progress)
 
 # long: two sets per kind, one retraining each, then every damping on the grid against them
 def calibrate(problem: object, curvature: Curvature, path: Path,
-              progress: Progress = silent) -> DampingRule:
+              progress: Progress = silent, excluded: Iterable[int] = ()) -> DampingRule:
     """Run the module's rule on `problem` with `curvature` (a fit with a `rebased` method, e.g.
-    EK-FAC or K-FAC) and write the result to `path` (calibration_path). Returns the rule."""
+    EK-FAC or K-FAC) and write the result to `path` (model_calibration_path). Returns the rule.
+    `excluded`: examples the model never trained on (a cleaning round's removed ones): left out
+    of the edit sets and of every retraining."""
     if not hasattr(curvature, "rebased"):
         raise ValueError(f"calibration needs a curvature that can change its damping without "
                          f"refitting (ekfac or kfac), not {curvature.name}")
     task, unit = ClassificationTask(), damping_unit(problem.config)
     wd = problem.config.weight_decay
+    out = torch.zeros(len(problem.train), dtype=torch.bool)
+    out[torch.as_tensor(sorted(excluded), dtype=torch.long)] = True
     base = predict_logits(problem.model, problem.test)
-    sets = _edit_sets(problem.model, problem.train)
-    refs = {kind: [_retrained(problem, r, rl, progress) for r, rl in s]
+    sets = _edit_sets(problem.model, problem.train, out)
+    refs = {kind: [_retrained(problem, r, rl, out, progress) for r, rl in s]
             for kind, s in sets.items()}
     result = {"version": VERSION, "grid": list(GRID), "unit": unit,
               "set_fraction": SET_FRACTION, "kinds": {}}
-    for kind in KINDS:
+    steps = len(KINDS) * len(GRID)
+    for k, kind in enumerate(KINDS):
         ratios = {}
-        for c in GRID:
+        for j, c in enumerate(GRID):
+            progress(k * len(GRID) + j, steps, "Newton steps on the damping grid")
             curv = curvature.rebased(TrackedModel(problem.model), c * unit)
             logs = []
             for (remove, relabel), ref in zip(sets[kind], refs[kind]):

@@ -44,6 +44,13 @@ class ReviewCache:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-prefetch")
         self._generation = 0
 
+    def forget(self) -> None:
+        """Drop every cached preview and suggestion (the session's Newton step changed) and stop
+        the prefetch under way."""
+        with self._lock:
+            self._generation += 1
+        self._cached = FutureCache(self.entries).get
+
     def evidence(self, i: int, label: int) -> Evidence:
         """app_api.evidence (model-independent: it reads the precomputed index)."""
         return self._cached(("evidence", i, label), lambda: evidence(

@@ -122,16 +122,20 @@ class AuditSession:
         self.prior = None if prior is None else torch.as_tensor(prior).double()
         self.ranking = ranking
         self.damping = damping  # the Newton step's lambda (named in refusals), when known
-        self.rule = rule  # per edit kind (audit.damping); None: `curvature`'s damping for all
-        self.kinds = dmp.kind_curvatures(curvature, rule) if rule and rule.calibrated else None
+        self.use_rule(rule)  # per edit kind (audit.damping); None: `curvature`'s for all
         config = getattr(problem, "config", None)  # the training recipe's L2 strength
         self.weight_decay = weight_decay if weight_decay is not None else getattr(
             config, "weight_decay", 0.0)
-        self._cache = FutureCache(CACHE_SIZE)
         self.excluded = set() if excluded is None else set(torch.nonzero(
             torch.as_tensor(excluded))[:, 0].tolist())
         base = torch.as_tensor(log.labels)
         self._retrained = set(torch.nonzero(base != self.train.labels)[:, 0].tolist())
+
+    def use_rule(self, rule: dmp.DampingRule | None) -> None:
+        """Damp the Newton step by `rule` from now on; states stepped under another are dropped."""
+        self.rule = rule
+        self.kinds = dmp.kind_curvatures(self.curvature, rule) if rule and rule.calibrated else None
+        self._cache = FutureCache(CACHE_SIZE)
 
     # -- decisions (committed before they return) ------------------------------------------
     def record(self, index: int, action: str, label: int | None = None,
@@ -296,16 +300,14 @@ def open_session(
     EK-FAC) to reuse with this damping instead of fitting again.
 
     damping: absolute lambda of H = G + lambda I for every edit kind. None: the model's
-    calibration (audit.damping: a lambda per edit kind, or no step for a kind where none beat
-    doing nothing) when `calibrate` has been run for it and this method, else
-    unlearning.newton_damping's default, 1000 x the recipe's weight decay (1e-3 without one).
-    The identity method has no damping.
-    `log_labels`: the labels the log was created for, when the problem's differ (a later
-    cleaning round: the base labels)."""
+    calibration for this method (audit.damping.model_rule: a lambda per edit kind, or no step
+    for a kind where none beat doing nothing), else newton_damping's default, 1000 x the
+    recipe's weight decay (1e-3 without one). The identity method has no damping.
+    `log_labels`: the labels the log was created for (a later cleaning round: the base ones)."""
     task, config = ClassificationTask(), getattr(problem, "config", None)
     log_path = Path(log_path or decision_log_path(problem))
     given, damping = damping, newton_damping(config, damping)
-    rule = (given is None and dmp.load_rule(dmp.calibration_path(log_path, method), config)
+    rule = (given is None and dmp.model_rule(problem, log_path, method)
             ) or dmp.default_rule(config, given)
     cfg = CURVATURE_CONFIGS[method](damping=damping) if method != "identity" else None
     if fitted is not None and fitted.name == method:  # the same fit, this damping
@@ -313,7 +315,6 @@ def open_session(
     else:
         curv = fit_curvature(method, TrackedModel(problem.model), task, problem.train, cfg,
                              progress=progress)
-    log = DecisionLog(log_path,
-                      problem.train.labels if log_labels is None else log_labels,
+    log = DecisionLog(log_path, problem.train.labels if log_labels is None else log_labels,
                       problem.train.num_classes)
     return AuditSession(problem, curv, log, task, damping=damping, rule=rule, **kwargs)
