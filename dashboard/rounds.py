@@ -9,7 +9,7 @@ import streamlit as st
 
 from dashboard import state
 from dashboard.workspace import Selection, Workspace
-from influence_core import calibrate_review, retrain_reviewed
+from influence_core import calibrate_review, refresh_calibration, retrain_reviewed
 
 HELP = ("Train the recipe again on the current labels (relabels applied, removed examples left "
         "out), then review that model: its index and a queue without what was already "
@@ -56,6 +56,9 @@ def retrain_ui(sel: Selection, ws: Workspace) -> None:
 def calibrate_ui(sel: Selection, ws: Workspace) -> None:
     """How the Newton step between retrains is damped (per edit kind, or skipped for a kind), and
     the button that calibrates it on this model when it is not yet."""
+    if sel.damping is None and refresh_calibration(ws.session):  # calibrated elsewhere since
+        state.forget_states(ws)
+        st.rerun()
     rule = ws.session.rule
     if rule is None:  # the identity method: no damping
         return

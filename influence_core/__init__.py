@@ -33,6 +33,7 @@ from .app_rounds import (
     calibrate_review,
     current_round,
     open_round_audit,
+    refresh_calibration,
     retrain_reviewed,
     round_problem,
 )
@@ -233,6 +234,7 @@ __all__ = [
     "record_many",
     "record_rows",
     "refine",
+    "refresh_calibration",
     "retrain_reviewed",
     "review_progress",
     "review_queue",

@@ -24,8 +24,8 @@ from .audit.store import DecisionLog
 from .data.registry import Problem
 from .progress import Progress, silent
 
-__all__ = ["Round", "calibrate_review", "current_round", "open_round_audit", "retrain_reviewed",
-           "round_problem"]
+__all__ = ["Round", "calibrate_review", "current_round", "open_round_audit", "refresh_calibration",
+           "retrain_reviewed", "round_problem"]
 
 
 def _log(problem: Problem) -> DecisionLog:
@@ -78,3 +78,17 @@ def calibrate_review(session: AuditSession, progress: Progress = silent) -> dmp.
     rule = dmp.calibrate(problem, session.curvature, path, progress, session.excluded)
     session.use_rule(rule)
     return rule
+
+
+def refresh_calibration(session: AuditSession) -> bool:
+    """Adopt a calibration of the session's model written after the session opened (by another
+    session on the same model, or `python -m influence_core calibrate`). True when the rule
+    changed. Call it only for a session without an explicit damping."""
+    rule = session.rule
+    if rule is None or (rule.calibrated and not rule.from_base):
+        return False
+    found = dmp.model_rule(session.problem, session.log.path, session.curvature.name)
+    if found is None or found == rule:
+        return False
+    session.use_rule(found)
+    return True

@@ -91,6 +91,12 @@ def test_calibrate_measures_the_step_on_this_model_and_the_step_follows_it(
 ) -> None:
     at = review
     assert not at.exception and "not calibrated" in _step_caption(at)
+    other = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT_S)  # another ranking's session
+    other.query_params.update({"annotator": "ann"})
+    other.switch_page("views/review.py")
+    other = other.run().selectbox(key="ranking").select("self_influence").run()
+    assert other.selectbox(key="ranking").value != at.selectbox(key="ranking").value
+    assert not other.exception and "not calibrated" in _step_caption(other)
     at = at.button(key="act_remove").click().run()  # a state stepped under the default damping
     assert not at.exception and not at.button(key="calibrate").disabled
     before = _rows(tmp_path / "home")
@@ -102,3 +108,6 @@ def test_calibrate_measures_the_step_on_this_model_and_the_step_follows_it(
     assert at.button(key="calibrate").disabled  # done for this model
     assert [p.name for p in (tmp_path / "home" / "calibration").glob("*.json")] != []
     assert _rows(tmp_path / "home") == before  # the log is only read
+    other = other.run()  # the session opened before the calibration adopts it
+    assert not other.exception and _step_caption(other) == _step_caption(at)
+    assert other.button(key="calibrate").disabled

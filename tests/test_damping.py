@@ -180,7 +180,7 @@ def test_calibration_leaves_out_what_the_model_never_trained_on(
 
 
 def test_calibrating_a_session_changes_its_step_at_once(problem: object, tmp_path: Path) -> None:
-    from influence_core import calibrate_review
+    from influence_core import calibrate_review, refresh_calibration
 
     log = tmp_path / "decisions" / "m.db"
     session = open_session(problem, "kfac", log)
@@ -193,6 +193,7 @@ def test_calibrating_a_session_changes_its_step_at_once(problem: object, tmp_pat
     assert session.rule is rule and rule.calibrated and not rule.from_base
     after = session.state().delta
     fresh = open_session(problem, "kfac", tmp_path / "again" / "m.db")  # no calibration there
+    assert not refresh_calibration(fresh)  # its model has no calibration
     fresh.use_rule(rule)
     fresh.record(7, "relabel", 3)
     fresh.record(9, "remove")
@@ -200,5 +201,10 @@ def test_calibrating_a_session_changes_its_step_at_once(problem: object, tmp_pat
     # a rule change drops the states stepped under the old one, even for the same edits
     session.use_rule(dmp.DampingRule({"remove": None, "relabel": None}, calibrated=True))
     assert not session.state().delta.any()
+    other = open_session(problem, "kfac", log)  # opened before a calibration of its model:
+    other.use_rule(dmp.default_rule(problem.config))
+    assert refresh_calibration(other) and other.rule == rule  # it adopts the one written since
+    assert not refresh_calibration(other)
+    other.log.close()
     session.log.close()
     fresh.log.close()
