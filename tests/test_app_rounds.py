@@ -25,7 +25,7 @@ def review(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     st.cache_resource.clear()
     st.cache_data.clear()
     at = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT_S)
-    at.query_params.update({"ranking": "loss", "annotator": "ann"})
+    at.query_params.update({"annotator": "ann"})  # the default ranking
     at.switch_page("views/review.py")
     yield at.run()
     st.cache_resource.clear()
@@ -74,7 +74,7 @@ def test_retrain_opens_round_two_without_the_reviewed_and_keeps_the_log(review: 
     st.cache_resource.clear()  # a restart: nothing in memory, the round is read from disk
     st.cache_data.clear()
     again = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT_S)
-    again.query_params.update({"ranking": "loss", "annotator": "ann"})
+    again.query_params.update({"annotator": "ann"})  # the default ranking
     again.switch_page("views/review.py")
     again = again.run()
     assert not again.exception and "round 2" in _progress(again)
