@@ -277,7 +277,7 @@ def selection_markdown(summary: dict) -> str:
             lines += [f"| {s} | {v['value']:.3f} ({v.get('std', 0):.3f}) | {v.get('seeds', '')} "
                       f"| {v['best_baseline']} {v['best_baseline_mean']:.3f} | "
                       f"{v['margin']:+.3f} | "
-                      + " ".join(f"{m:+.3f}" for m in v.get("seed_margins", {}).values()) + " |"
+                      + ", ".join(f"{m:+.3f}" for m in v.get("seed_margins", {}).values()) + " |"
                       + (f" {v['most_possible']:.3f} |" if "most_possible" in v else
                          " |" if reach[0] else "")
                       for s, v in g["per_setting"].items()]
