@@ -81,6 +81,15 @@ def test_retrain_opens_round_two_without_the_reviewed_and_keeps_the_log(review: 
     assert _suspect(again) not in [*decided, third]
 
 
+def _removal_preview(at: AppTest) -> str:
+    [text] = [c.value for c in at.caption if c.value.startswith("**Remove**")]
+    return text
+
+
+def _removal_damping(at: AppTest) -> str:
+    return re.search(r"remove: (lambda = \S+|Newton step skipped)", _step_caption(at)).group(1)
+
+
 def _step_caption(at: AppTest) -> str:
     [text] = [c.value for c in at.caption if c.value.startswith("Newton step between retrains")]
     return text
@@ -99,9 +108,12 @@ def test_calibrate_measures_the_step_on_this_model_and_the_step_follows_it(
     assert not other.exception and "not calibrated" in _step_caption(other)
     at = at.button(key="act_remove").click().run()  # a state stepped under the default damping
     assert not at.exception and not at.button(key="calibrate").disabled
-    before = _rows(tmp_path / "home")
+    before, suspect, removal = _rows(tmp_path / "home"), _suspect(at), _removal_preview(at)
+    damped = _removal_damping(at)
     at = at.button(key="calibrate").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    assert _suspect(at) == suspect and _removal_damping(at) != damped  # same card, re-damped:
+    assert _removal_preview(at) != removal  # its preview is not served from a stale cache
     assert "calibrated: the step gets" in _step_caption(at) or "Newton step skipped" in (
         _step_caption(at))
     assert "not calibrated" not in _step_caption(at)
