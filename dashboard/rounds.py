@@ -67,7 +67,7 @@ def calibrate_ui(sel: Selection, ws: Workspace) -> None:
     why = ("a damping given in the sidebar" if sel.damping is not None else
            "a loaded checkpoint: there is no recipe run to repeat" if sel.checkpoint else
            f"{sel.method} cannot change its damping without a refit"
-           if sel.method not in ("ekfac", "kfac") else
+           if not hasattr(ws.session.curvature, "rebased") else
            "already calibrated on this model" if rule.calibrated and not rule.from_base else "")
     if not cols[1].button("Calibrate the Newton step", disabled=bool(why), key="calibrate",
                           help=f"{CALIBRATE_HELP} Not now: {why}." if why else CALIBRATE_HELP):
