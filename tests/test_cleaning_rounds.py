@@ -196,3 +196,47 @@ def test_the_app_orders_later_rounds_by_the_development_choice() -> None:
                          in DEV_PROBLEMS])
     assert len(dev) >= 6, "the development split's rounds reports are missing"
     assert choose(dev) == QUEUE_RANKING
+
+
+def test_a_seed_already_in_the_report_of_the_same_setting_is_not_run_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adding a seed to a report reruns only the new seed; another setting, other queues or
+    --rerun-seeds run every seed."""
+    from influence_core.evaluation import cleaning_rounds
+
+    ran = []
+
+    def fake_run_seed(dataset, model, noise, kind, seed, budget, rounds, data_root, progress,
+                      queues):
+        ran.append(seed)
+        one = _report(0.80, 0.85, dict.fromkeys(queues, 0.80 + 0.01 * seed))["seeds"][0]
+        return {**one, "seed": seed, "num_train": 1000, "num_test": 100,
+                "clean_disagreement": 0.01,
+                "queues": {q: one["queues"][q][:rounds] for q in queues}}
+
+    monkeypatch.setattr(cleaning_rounds, "run_seed", fake_run_seed)
+    out = tmp_path / "reports"
+    base = ["evaluate", "rounds", "--dataset", "digits", "--model", "mlp", "--noise", "0.1",
+            "--noise-kind", "pair", "--budget", "0.01", "--rounds", "2",
+            "--queues", "app,random", "--out", str(out)]
+    path = out / "rounds_digits_mlp_pair_0.1.json"
+    assert main([*base, "--seeds", "2,3"]) == 0 and ran == [2, 3]
+    first = json.loads(path.read_text())
+    assert first["seeds_from_earlier_report"] == []
+    assert main([*base, "--seeds", "2,3,4"]) == 0 and ran == [2, 3, 4]
+    grown = json.loads(path.read_text())
+    assert grown["seeds"][:2] == first["seeds"] and grown["setting"]["seeds"] == [2, 3, 4]
+    assert grown["seeds_from_earlier_report"] == [2, 3]
+    assert "Seeds [2, 3] were taken from the earlier report" in (
+        out / "rounds_digits_mlp_pair_0.1.md").read_text()
+    assert grown["summary"]["app"][-1]["accuracy_retrained"] == pytest.approx(0.83)
+    ran.clear()
+    assert main([*base, "--seeds", "3,4", "--rerun-seeds"]) == 0 and ran == [3, 4]
+    ran.clear()
+    queues = base.index("app,random")
+    other_queues = [*base[:queues], "app,cleanlab", *base[queues + 1:]]
+    assert main([*other_queues, "--seeds", "3,4"]) == 0 and ran == [3, 4]
+    ran.clear()
+    budget = base.index("0.01")
+    assert main([*base[:budget], "0.02", *base[budget + 1:], "--seeds", "3,4"]) == 0
+    assert ran == [3, 4]

@@ -50,6 +50,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--queues", default="app,cleanlab,random,perfect",
                    help="queues to follow (app: the Review page's; cleanlab; random; perfect: "
                         "every decision on a flip, the most any queue can repair)")
+    g.add_argument("--rerun-seeds", action="store_true",
+                   help="run every seed again, even one that the report in --out already holds "
+                        "for the same setting and queues")
     g = p.add_argument_group("lds")
     g.add_argument("--subsets", type=int, default=100)
     g.add_argument("--alpha", type=float, default=0.5)
@@ -136,7 +139,7 @@ def _rounds(args: argparse.Namespace, out: Path, progress) -> int:
         os.path.relpath(a) if os.path.isabs(a) else a for a in sys.argv[1:])
     path, result = run_rounds_report(args.dataset, args.model, args.noise, args.noise_kind,
                                      args.budget, args.rounds, seeds, out, args.data_root,
-                                     progress, command, queues)
+                                     progress, command, queues, not args.rerun_seeds)
     print(rounds_markdown(result))
     print(f"report: {path}")
     return 0

@@ -29,6 +29,7 @@ from the log and only the missing ones are made.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -258,25 +259,45 @@ def derived_figures(result: dict) -> dict:
     return out
 
 
+def kept_seeds(path: Path, setting: dict, queues: tuple[str, ...]) -> dict[int, dict]:
+    """seed -> its run_seed result, from the report at `path` when that report is of
+    `setting` (every key of it equal) and holds exactly `queues`, each with every round."""
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if any(old.get("setting", {}).get(k) != v for k, v in setting.items()):
+        return {}
+    return {s["seed"]: s for s in old.get("seeds", [])
+            if set(s.get("queues", {})) == set(queues)
+            and all(len(s["queues"][q]) == setting["rounds"] for q in queues)}
+
+
 def run_rounds_report(dataset: str, model: str, noise: float, kind: str, budget: float,
                       rounds: int, seeds: list[int], out: Path, data_root: str | None = None,
                       progress: Progress = silent, command: str = "",
-                      queues: tuple[str, ...] = QUEUES) -> tuple[Path, dict]:
+                      queues: tuple[str, ...] = QUEUES,
+                      reuse: bool = True) -> tuple[Path, dict]:
     """Every seed's run_seed, their summary, written by reports.write_report into `out`
-    (rounds_<dataset>_<model>_<kind>_<noise>.json / .md / .accuracy figure)."""
+    (rounds_<dataset>_<model>_<kind>_<noise>.json / .md / .accuracy figure). `reuse`: a seed
+    that the report already in `out` holds for the same setting and queues is taken from it
+    instead of run again (its trainings may be gone from this machine)."""
     from .reports import write_report
     from .rounds_report import rounds_figure, rounds_markdown
 
-    runs = [run_seed(dataset, model, noise, kind, s, budget, rounds, data_root, progress,
-                     queues) for s in seeds]
-    result = {"setting": {"dataset": dataset, "model": model, "noise": noise,
-                          "noise_kind": kind, "budget": budget, "rounds": rounds,
-                          "queue_ranking": QUEUE_RANKING,
-                          "seeds": seeds, "decisions_per_round": round(budget * runs[0][
-                              "num_train"])},
-              "seeds": runs, "summary": summarise(runs), "command": command}
-    result["derived"] = derived_figures(result)
     name = f"rounds_{dataset}_{model}_{kind}_{noise:g}".replace(":", "_").replace("/", "_")
+    setting = {"dataset": dataset, "model": model, "noise": noise, "noise_kind": kind,
+               "budget": budget, "rounds": rounds, "queue_ranking": QUEUE_RANKING}
+    kept = kept_seeds(out / f"{name}.json", setting, queues) if reuse else {}
+    runs = [kept[s] if s in kept else run_seed(dataset, model, noise, kind, s, budget, rounds,
+                                               data_root, progress, queues) for s in seeds]
+    result = {"setting": {**setting, "seeds": seeds,
+                          "decisions_per_round": round(budget * runs[0]["num_train"])},
+              "seeds": runs, "summary": summarise(runs), "command": command,
+              "seeds_from_earlier_report": sorted(set(seeds) & set(kept))}
+    result["derived"] = derived_figures(result)
     path = write_report(out, name, result, rounds_markdown(result),
                         {"accuracy": rounds_figure(result)})
     return path, result

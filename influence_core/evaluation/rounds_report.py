@@ -38,6 +38,9 @@ def rounds_markdown(result: dict) -> str:
                   f"{_num(r['flips_left'], 1)} | {_num(r['accuracy_newton'])} | "
                   f"{_num(r['accuracy_retrained'])} | {_num(r['gap_closed_newton'], 3)} | "
                   f"{_num(r['gap_closed_retrained'], 3)} |" for r in rows]
+    if kept := result.get("seeds_from_earlier_report"):
+        lines += ["", f"Seeds {kept} were taken from the earlier report of the same setting and "
+                  "queues, not run again (the command reuses them; `--rerun-seeds` runs them)."]
     return "\n".join([*lines, "", f"Command: `{result['command']}`", ""])
 
 
