@@ -227,8 +227,9 @@ def test_a_seed_already_in_the_report_of_the_same_setting_is_not_run_again(
     grown = json.loads(path.read_text())
     assert grown["seeds"][:2] == first["seeds"] and grown["setting"]["seeds"] == [2, 3, 4]
     assert grown["seeds_from_earlier_report"] == [2, 3]
-    assert "Seeds [2, 3] were taken from the earlier report" in (
-        out / "rounds_digits_mlp_pair_0.1.md").read_text()
+    text = (out / "rounds_digits_mlp_pair_0.1.md").read_text()
+    assert "Seeds [2, 3] were taken from the earlier report" in text
+    assert "random = a seeded order" in text and "perfect =" not in text  # the queues it ran
     assert grown["summary"]["app"][-1]["accuracy_retrained"] == pytest.approx(0.83)
     ran.clear()
     assert main([*base, "--seeds", "3,4", "--rerun-seeds"]) == 0 and ran == [3, 4]

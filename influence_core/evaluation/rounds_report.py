@@ -11,6 +11,19 @@ def _num(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _queues_text(result: dict) -> str:
+    """What each queue of the report is, for the queues it ran."""
+    text = {"app": "app = the Review page's queue (round 1: the default ranking of the noisy "
+                   f"model, here `{', '.join(result['derived']['app_signals'])}`; later rounds: "
+                   f"{QUEUE_TEXT[result['setting'].get('queue_ranking', EARLIER)]})",
+            "cleanlab": "cleanlab = cleanlab's ranking of 5-fold out-of-sample probabilities "
+                        "on the round's labels",
+            "random": "random = a seeded order",
+            "perfect": "perfect = every decision on a flipped example while any is left (the "
+                       "most a queue can repair within the budget)"}
+    return ", ".join(text[q] for q in result["summary"] if q in text)
+
+
 def rounds_markdown(result: dict) -> str:
     s = result["setting"]
     refs = {k: mean_present([r[k] for r in result["seeds"]]) for k in
@@ -23,13 +36,7 @@ def rounds_markdown(result: dict) -> str:
              f"differ on {_num(refs['clean_disagreement'])} of the {refs['num_test']:.0f} test "
              f"images (one image: {_num(1 / refs['num_test'])} of accuracy). Gap closed = "
              "(accuracy - noisy) / (clean - noisy), per seed, then averaged.", "",
-             "Queues: app = the Review page's queue (round 1: the default ranking of the "
-             f"noisy model, here `{', '.join(result['derived']['app_signals'])}`; later "
-             f"rounds: {QUEUE_TEXT[result['setting'].get('queue_ranking', EARLIER)]}), "
-             "cleanlab = cleanlab's ranking of 5-fold "
-             "out-of-sample probabilities on the round's labels, random = a seeded order, "
-             "perfect = every decision on a flipped example while any is left (the most a "
-             "queue can repair within the budget); each leaves out what was reviewed. The "
+             f"Queues: {_queues_text(result)}; each leaves out what was reviewed. The "
              "annotator relabels flipped examples to their true label and keeps the rest.", "",
              "| queue | round | flips fixed | flips left | acc. Newton step | acc. retrained | "
              "gap closed (Newton) | gap closed (retrained) |", "|---" * 8 + "|"]
