@@ -17,6 +17,7 @@ from ..progress import tqdm_progress
 from .args import add_data_args
 
 
+# long: one flat list of every experiment's options, grouped as `-h` shows them
 def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment",
                    choices=["mislabel", "suspects", "lds", "unlearning", "quick", "rounds"])
