@@ -210,6 +210,26 @@ def sug_margins(summary: dict) -> dict:
         "seed_margins"]
 
 
+def test_goals_by_noise_kind_and_regime_pool_the_settings_of_each() -> None:
+    from influence_core.evaluation.suspect_goals import by_kind
+
+    def cell(**means: float) -> dict:
+        return {n: {"mean": v} for n, v in means.items()}
+
+    table = {"fashion_mnist_cnn_sub0.2_pair_0.1_regular": cell(it=0.9, cl=0.95, loss=0.5),
+             "mnist_cnn_sub0.2_pair_0.2_regular": cell(it=0.6, cl=0.4, loss=0.6),
+             "mnist_cnn_sub0.2_pair_0.1_memorising": cell(it=0.5, cl=0.6, loss=0.1),
+             "mnist_cnn_sub0.2_uniform_0.1_regular": cell(it=0.5)}  # no baseline: left out
+    got = by_kind(table, "it", ("cl", "loss"))
+    assert (got["met"], got["of"]) == (1, 2)
+    # it 0.75, cleanlab 0.675, loss 0.55: met over the two settings, though not in the first
+    pair = got["per_group"]["pair regular"]
+    assert pair["best_baseline"] == "cl" and pair["settings"] == 2
+    assert pair["value"] == pytest.approx(0.75) and pair["margin"] == pytest.approx(0.075)
+    assert got["per_group"]["pair memorising"]["margin"] == pytest.approx(-0.1)
+    assert "uniform regular" not in got["per_group"]
+
+
 # long: one set of runs read as dev (the choices) and as test (margins, per seed)
 def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> None:
     from influence_core.evaluation.suspect_selection import settings, summarise
@@ -257,6 +277,10 @@ def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> No
     pair = test["goal"]["per_setting"]["d_m_sub1_pair_0.1_regular"]
     assert (pair["seeds"], pair["std"]) == (2, pytest.approx(0.0))
     assert pair["seed_margins"] == {"0": pytest.approx(-0.25), "1": pytest.approx(-0.25)}
+    kinds = test["goal"]["by_kind"]
+    assert (kinds["met"], kinds["of"]) == (0, 2)  # pair and uniform (regular) both below
+    assert kinds["per_group"]["pair regular"]["margin"] == pytest.approx(-0.25)
+    assert test["suggestion_goal"]["by_kind"]["per_group"]["uniform regular"]["settings"] == 1
     # the suggestion rule model+dynamics on pair: 0.9 and 0.9 against cleanlab 0.95 and 0.95
     assert sug_margins(test) == {"0": pytest.approx(-0.05), "1": pytest.approx(-0.05)}
     pair = summarise("test", runs, a)["goal"]["per_setting"]["d_m_sub1_pair_0.1_regular"]

@@ -250,7 +250,9 @@ def summary_rows(r: Reports) -> list[tuple[str, str, str, str]]:
          (f"cleanlab {num(held['overall']['cleanlab'], 3)}, training loss "
           f"{num(held['overall']['loss'], 3)}, Kronfluence self-influence "
           f"{num(held['overall']['kronfluence_self_influence'], 3)}; default ≥ the best of "
-          f"them in {num(held['goal']['met'])} of {num(held['goal']['of'])} settings"),
+          f"them in {num(held['goal']['met'])} of {num(held['goal']['of'])} settings"
+          + (f", {num(held['goal']['by_kind']['met'])} of {num(held['goal']['by_kind']['of'])} "
+             "noise kinds and regimes" if "by_kind" in held["goal"] else "")),
          ANCHOR["suspects"]),
         (f"label repair, mnist/cnn ({num(row['size'])} flips), refined offline",
          (f"{num(row['refined_full']['accuracy_recovered'], 2)} of retraining's accuracy "

@@ -44,6 +44,17 @@ def _margins(g: dict, what: str, baselines: str) -> list[str]:
         lines.append("Most possible: the fraction of the flips that inspecting 10% of the "
                      "training set can reach at best (below one where the flips outnumber the "
                      "images inspected), mean over seeds.")
+    if g.get("by_kind", {}).get("of"):
+        k = g["by_kind"]
+        lines += [f"By noise kind and regime, comparing means over the settings of each (both "
+                  f"datasets, both noise rates): at least as good in {num(k['met'])} of "
+                  f"{num(k['of'])}:",
+                  table(["noise kind, regime", "it", "settings", "best baseline", "margin"],
+                        [[s, num(v["value"], 3), num(v["settings"]),
+                          f"{v['best_baseline']} {num(v['best_baseline_mean'], 3)}",
+                          f"{v['margin']:+.3f}"] for s, v in k["per_group"].items()]),
+                  "This grouping entered the report after the per-setting results had been "
+                  "seen; nothing is chosen by it (no ranking, rule or constant depends on it)."]
     return lines
 
 

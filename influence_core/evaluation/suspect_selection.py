@@ -37,6 +37,7 @@ from ..audit.suggest import FITTING_RULE, MEMORISING_RULE, sources_of
 from ..progress import Progress, silent
 from .mislabel import BASE, COMBINATIONS, mislabel_config, run_gap, run_mislabel, with_fit_gate
 from .reports import write_report
+from .suspect_goals import by_kind, margins, settings_met
 
 SPLITS = {
     "dev": {"problems": [("digits", "mlp", 1.0), ("mnist", "mlp", 0.2)], "seeds": (0, 1)},
@@ -153,7 +154,7 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
     if split == "dev":
         # the goal is per setting: most settings at least as good as the best baseline first,
         # then the mean over settings
-        met = _settings_met(out["settings"], BASELINES)
+        met = settings_met(out["settings"], BASELINES)
         candidates = {n: (met[n], v) for n, v in means.items() if n not in NOT_CANDIDATES}
         out["chosen"] = max(candidates, key=candidates.get) if candidates else None
         cheap = {n: v for n, v in candidates.items()
@@ -164,7 +165,7 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
         have = probability_sources(out["chosen_default"] or "")
         everywhere = overall(suggest)  # rules measured in every setting
         reads = {r: sources_of(r) or _gate_sources(r) for r in everywhere}
-        rule_met = _settings_met(out["suggestion"], SUGGESTION_BASELINES)
+        rule_met = settings_met(out["suggestion"], SUGGESTION_BASELINES)
         rules = {r: (rule_met[r], v) for r, v in everywhere.items()
                  if reads[r] and set(reads[r]) <= have}
         out["chosen_rule"] = max(rules, key=rules.get) if rules else None
@@ -173,26 +174,19 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
     else:
         out["fit_gate"] = {"code_gap": FIT_GAP}
         ceiling = {s: float(np.mean(v)) for s, v in reach.items()}
-        out["goal"] = _margins(out["settings"], default, BASELINES, ceiling, seeded["found"])
+        out["goal"] = margins(out["settings"], default, BASELINES, ceiling, seeded["found"])
+        out["goal"]["by_kind"] = by_kind(out["settings"], default, BASELINES)
         if rule:
             out["rule"] = rule
-            out["suggestion_goal"] = _margins(out["suggestion"], rule, SUGGESTION_BASELINES,
+            out["suggestion_goal"] = margins(out["suggestion"], rule, SUGGESTION_BASELINES,
                                               seeds=seeded["suggest"])
+            out["suggestion_goal"]["by_kind"] = by_kind(out["suggestion"], rule,
+                                                        SUGGESTION_BASELINES)
     gated = {k: r["fit_gate"] for k, r in sorted(runs.items()) if "fit_gate" in r}
     out["fit_gate"]["runs"] = gated
     out["fit_gate"]["picked"] = {s: sum(g["signal"] == s for g in gated.values())
                                  for s in sorted({g["signal"] for g in gated.values()})}
     return out
-
-
-def _settings_met(table: dict, baselines: tuple[str, ...]) -> dict[str, int]:
-    """Per name: in how many settings its mean is at least the best baseline's mean."""
-    met: dict[str, int] = {}
-    for per in table.values():
-        best = max((per[b]["mean"] for b in baselines if b in per), default=None)
-        for n, v in per.items():
-            met[n] = met.get(n, 0) + int(best is not None and v["mean"] >= best)
-    return met
 
 
 def _gate_sources(rule: str) -> list[str]:
@@ -221,31 +215,6 @@ def choose_gap(runs: dict[str, dict]) -> dict:
     scores = [(round(t, 4), score(t)) for t in points]
     best = max(scores, key=lambda ts: ts[1])  # max keeps the first of equal scores
     return {"chosen_gap": best[0], "by_gap": scores}
-
-
-def _margins(table: dict, name: str, baselines: tuple[str, ...],
-             ceiling: dict[str, float] | None = None, seeds: dict | None = None) -> dict:
-    """Per setting: `name`'s mean (its std and number of seeds) minus the best baseline's mean
-    (>= 0: goal met there); with `ceiling` the most any ranking can find there (BUDGET x N /
-    flips, at most one); with `seeds` (setting -> name -> seed -> value) the margin of each seed
-    over that seed's value of the same best baseline."""
-    goal = {}
-    for setting, per in table.items():
-        base = {b: per[b]["mean"] for b in baselines if b in per}
-        if name in per and base:
-            best = max(base, key=base.get)
-            goal[setting] = {"value": per[name]["mean"], "std": per[name]["std"],
-                             "seeds": per[name]["n"], "best_baseline": best,
-                             "best_baseline_mean": base[best],
-                             "margin": per[name]["mean"] - base[best]}
-            if seeds and setting in seeds:
-                it, other = seeds[setting][name], seeds[setting][best]
-                goal[setting]["seed_margins"] = {str(k): it[k] - other[k]
-                                                 for k in sorted(it) if k in other}
-            if ceiling and setting in ceiling:
-                goal[setting]["most_possible"] = ceiling[setting]
-    met = [g["margin"] >= 0 for g in goal.values()]
-    return {"name": name, "per_setting": goal, "met": int(sum(met)), "of": len(met)}
 
 
 def selection_markdown(summary: dict) -> str:
@@ -281,6 +250,14 @@ def selection_markdown(summary: dict) -> str:
                       + (f" {v['most_possible']:.3f} |" if "most_possible" in v else
                          " |" if reach[0] else "")
                       for s, v in g["per_setting"].items()]
+            if "by_kind" in g:
+                k = g["by_kind"]
+                lines += ["", f"By noise kind and regime (means over its settings): {k['met']} "
+                          f"of {k['of']}.", "", "| kind, regime | it | settings | best "
+                          "baseline | margin |", "|---|---|---|---|---|"]
+                lines += [f"| {s} | {v['value']:.3f} | {v['settings']} | {v['best_baseline']} "
+                          f"{v['best_baseline_mean']:.3f} | {v['margin']:+.3f} |"
+                          for s, v in k["per_group"].items()]
     sug = summary["suggestion_overall"]
     lines += ["", "Suggested label right on flipped examples (mean over settings):", "",
               "| rule | accuracy |", "|---|---|"]

@@ -1,0 +1,63 @@
+"""The goals of `evaluate suspects`, per setting and per noise kind and regime: how a ranking
+(or suggestion rule) compares with the best of its baselines in each."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def settings_met(table: dict, baselines: tuple[str, ...]) -> dict[str, int]:
+    """Per name: in how many settings its mean is at least the best baseline's mean."""
+    met: dict[str, int] = {}
+    for per in table.values():
+        best = max((per[b]["mean"] for b in baselines if b in per), default=None)
+        for n, v in per.items():
+            met[n] = met.get(n, 0) + int(best is not None and v["mean"] >= best)
+    return met
+
+
+def margins(table: dict, name: str, baselines: tuple[str, ...],
+            ceiling: dict[str, float] | None = None, seeds: dict | None = None) -> dict:
+    """Per setting: `name`'s mean (its std and number of seeds) minus the best baseline's mean
+    (>= 0: goal met there); with `ceiling` the most any ranking can find there (BUDGET x N /
+    flips, at most one); with `seeds` (setting -> name -> seed -> value) the margin of each seed
+    over that seed's value of the same best baseline."""
+    goal = {}
+    for setting, per in table.items():
+        base = {b: per[b]["mean"] for b in baselines if b in per}
+        if name in per and base:
+            best = max(base, key=base.get)
+            goal[setting] = {"value": per[name]["mean"], "std": per[name]["std"],
+                             "seeds": per[name]["n"], "best_baseline": best,
+                             "best_baseline_mean": base[best],
+                             "margin": per[name]["mean"] - base[best]}
+            if seeds and setting in seeds:
+                it, other = seeds[setting][name], seeds[setting][best]
+                goal[setting]["seed_margins"] = {str(k): it[k] - other[k]
+                                                 for k in sorted(it) if k in other}
+            if ceiling and setting in ceiling:
+                goal[setting]["most_possible"] = ceiling[setting]
+    met = [g["margin"] >= 0 for g in goal.values()]
+    return {"name": name, "per_setting": goal, "met": int(sum(met)), "of": len(met)}
+
+
+def by_kind(table: dict, name: str, baselines: tuple[str, ...]) -> dict:
+    """Per noise kind and regime (the grain of the goals): `name`'s and each baseline's mean
+    over the settings of that kind and regime (of their means over seeds), and `name`'s margin
+    over the best of those baseline means."""
+    groups: dict[str, list[dict]] = {}
+    for setting, per in table.items():
+        parts = setting.split("_")  # ..._<kind>_<rate>_<regime>, see run_key
+        groups.setdefault(f"{parts[-3]} {parts[-1]}", []).append(per)
+    out = {}
+    for group, pers in sorted(groups.items()):
+        have = [p for p in pers if name in p]
+        base = [b for b in baselines if have and all(b in p for p in have)]  # in each setting
+        if not base:
+            continue
+        mean = {n: float(np.mean([p[n]["mean"] for p in have])) for n in (name, *base)}
+        best = max(base, key=lambda b: mean[b])
+        out[group] = {"value": mean[name], "settings": len(have), "best_baseline": best,
+                      "best_baseline_mean": mean[best], "margin": mean[name] - mean[best]}
+    met = sum(g["margin"] >= 0 for g in out.values())
+    return {"per_group": out, "met": int(met), "of": len(out)}
