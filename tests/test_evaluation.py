@@ -220,13 +220,17 @@ def test_goals_by_noise_kind_and_regime_pool_the_settings_of_each() -> None:
              "mnist_cnn_sub0.2_pair_0.2_regular": cell(it=0.6, cl=0.4, loss=0.6),
              "mnist_cnn_sub0.2_pair_0.1_memorising": cell(it=0.5, cl=0.6, loss=0.1),
              "mnist_cnn_sub0.2_uniform_0.1_regular": cell(it=0.5)}  # no baseline: left out
-    got = by_kind(table, "it", ("cl", "loss"))
+    got = by_kind(table, "it", ("cl", "loss"), frozenset({"cl"}))
     assert (got["met"], got["of"]) == (1, 2)
     # it 0.75, cleanlab 0.675, loss 0.55: met over the two settings, though not in the first
     pair = got["per_group"]["pair regular"]
     assert pair["best_baseline"] == "cl" and pair["settings"] == 2
     assert pair["value"] == pytest.approx(0.75) and pair["margin"] == pytest.approx(0.075)
     assert got["per_group"]["pair memorising"]["margin"] == pytest.approx(-0.1)
+    # ours: it and loss (cl is a baseline only); in pair memorising none reaches cl's 0.6
+    assert pair["best_candidate"] == "it"
+    mem = got["per_group"]["pair memorising"]
+    assert (mem["best_candidate"], mem["best_candidate_mean"]) == ("it", pytest.approx(0.5))
     assert "uniform regular" not in got["per_group"]
 
 

@@ -41,10 +41,12 @@ def margins(table: dict, name: str, baselines: tuple[str, ...],
     return {"name": name, "per_setting": goal, "met": int(sum(met)), "of": len(met)}
 
 
-def by_kind(table: dict, name: str, baselines: tuple[str, ...]) -> dict:
-    """Per noise kind and regime (the grain of the goals): `name`'s and each baseline's mean
-    over the settings of that kind and regime (of their means over seeds), and `name`'s margin
-    over the best of those baseline means."""
+def by_kind(table: dict, name: str, baselines: tuple[str, ...],
+            not_ours: frozenset[str] = frozenset()) -> dict:
+    """Per noise kind and regime: `name`'s and each baseline's mean over the settings of that
+    kind and regime (of their means over seeds), `name`'s margin over the best of those baseline
+    means, and the best of our candidates there (every name measured in each of those settings
+    but `not_ours`), which says whether any candidate reaches the best baseline."""
     groups: dict[str, list[dict]] = {}
     for setting, per in table.items():
         parts = setting.split("_")  # ..._<kind>_<rate>_<regime>, see run_key
@@ -55,9 +57,12 @@ def by_kind(table: dict, name: str, baselines: tuple[str, ...]) -> dict:
         base = [b for b in baselines if have and all(b in p for p in have)]  # in each setting
         if not base:
             continue
-        mean = {n: float(np.mean([p[n]["mean"] for p in have])) for n in (name, *base)}
+        names = set.intersection(*(set(p) for p in have))
+        mean = {n: float(np.mean([p[n]["mean"] for p in have])) for n in sorted(names)}
         best = max(base, key=lambda b: mean[b])
+        ours = max((n for n in mean if n not in not_ours), key=lambda n: mean[n])
         out[group] = {"value": mean[name], "settings": len(have), "best_baseline": best,
-                      "best_baseline_mean": mean[best], "margin": mean[name] - mean[best]}
+                      "best_baseline_mean": mean[best], "margin": mean[name] - mean[best],
+                      "best_candidate": ours, "best_candidate_mean": mean[ours]}
     met = sum(g["margin"] >= 0 for g in out.values())
     return {"per_group": out, "met": int(met), "of": len(out)}

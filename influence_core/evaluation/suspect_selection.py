@@ -175,13 +175,15 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
         out["fit_gate"] = {"code_gap": FIT_GAP}
         ceiling = {s: float(np.mean(v)) for s, v in reach.items()}
         out["goal"] = margins(out["settings"], default, BASELINES, ceiling, seeded["found"])
-        out["goal"]["by_kind"] = by_kind(out["settings"], default, BASELINES)
+        out["goal"]["by_kind"] = by_kind(out["settings"], default, BASELINES,
+                                         frozenset(NOT_CANDIDATES))
         if rule:
             out["rule"] = rule
             out["suggestion_goal"] = margins(out["suggestion"], rule, SUGGESTION_BASELINES,
                                               seeds=seeded["suggest"])
             out["suggestion_goal"]["by_kind"] = by_kind(out["suggestion"], rule,
-                                                        SUGGESTION_BASELINES)
+                                                        SUGGESTION_BASELINES,
+                                                        frozenset({"cleanlab"}))
     gated = {k: r["fit_gate"] for k, r in sorted(runs.items()) if "fit_gate" in r}
     out["fit_gate"]["runs"] = gated
     out["fit_gate"]["picked"] = {s: sum(g["signal"] == s for g in gated.values())
@@ -254,9 +256,10 @@ def selection_markdown(summary: dict) -> str:
                 k = g["by_kind"]
                 lines += ["", f"By noise kind and regime (means over its settings): {k['met']} "
                           f"of {k['of']}.", "", "| kind, regime | it | settings | best "
-                          "baseline | margin |", "|---|---|---|---|---|"]
+                          "baseline | margin | best candidate |", "|---|---|---|---|---|---|"]
                 lines += [f"| {s} | {v['value']:.3f} | {v['settings']} | {v['best_baseline']} "
-                          f"{v['best_baseline_mean']:.3f} | {v['margin']:+.3f} |"
+                          f"{v['best_baseline_mean']:.3f} | {v['margin']:+.3f} | "
+                          f"{v['best_candidate']} {v['best_candidate_mean']:.3f} |"
                           for s, v in k["per_group"].items()]
     sug = summary["suggestion_overall"]
     lines += ["", "Suggested label right on flipped examples (mean over settings):", "",
