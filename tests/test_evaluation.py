@@ -234,6 +234,26 @@ def test_goals_by_noise_kind_and_regime_pool_the_settings_of_each() -> None:
     assert "uniform regular" not in got["per_group"]
 
 
+def test_shortfalls_name_the_best_candidate_and_whether_it_reaches_the_baseline() -> None:
+    from influence_core.evaluation.benchmarks_suspects import _shortfalls
+
+    def row(margin: float, cand: str, mean: float) -> dict:
+        return {"margin": margin, "best_candidate": cand, "best_candidate_mean": mean,
+                "best_baseline": "cleanlab", "best_baseline_mean": 0.5}
+
+    g = {"name": "it", "per_setting": {"set_a": row(0.1, "it", 0.6),
+                                       "set_b": row(-0.1, "x", 0.55),
+                                       "set_c": row(-0.2, "y", 0.4)}}
+    text = _shortfalls(g, {"it": 0.7, "x": 0.65, "y": 0.3})[0]
+    assert "set_a" not in text and "set_b: `x` 0.550 against cleanlab 0.500" in text
+    assert "in 1 of these 2 settings" in text and "(`x` 0.650 against 0.700)" in text
+    # a candidate that reaches the baseline and is better on average: no such claim
+    assert "each such" not in _shortfalls(g, {"it": 0.6, "x": 0.65, "y": 0.3})[0]
+    g["per_setting"].pop("set_b")
+    assert "No candidate reaches" in _shortfalls(g, {"it": 0.7, "y": 0.3})[0]
+    assert _shortfalls({"name": "it", "per_setting": {"set_a": row(0.0, "it", 0.5)}}, {}) == []
+
+
 # long: one set of runs read as dev (the choices) and as test (margins, per seed)
 def test_suspect_selection_chooses_on_dev_and_judges_the_default_on_test() -> None:
     from influence_core.evaluation.suspect_selection import settings, summarise

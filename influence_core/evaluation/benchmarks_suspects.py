@@ -22,7 +22,30 @@ def _per_seed(v: dict) -> str:
     return ", ".join(f"{m:+.3f}" for m in margins.values()) if len(margins) > 1 else ""
 
 
-def _margins(g: dict, what: str, baselines: str) -> list[str]:
+def _shortfalls(g: dict, overall: dict[str, float]) -> list[str]:
+    """Where `g`'s ranking or rule falls below the best baseline: the best of our candidates
+    there, and whether it reaches that baseline."""
+    short = {s: v for s, v in g["per_setting"].items()
+             if v["margin"] < 0 and "best_candidate" in v}
+    if not short:
+        return []
+    reached = [v for v in short.values() if v["best_candidate_mean"] >= v["best_baseline_mean"]]
+    text = "Where it falls short, the best of our candidates there: " + "; ".join(
+        f"{s}: `{v['best_candidate']}` {num(v['best_candidate_mean'], 3)} against "
+        f"{v['best_baseline']} {num(v['best_baseline_mean'], 3)}" for s, v in short.items())
+    text += (f". A candidate reaches the best baseline in {num(len(reached))} of these "
+             f"{num(len(short))} settings" if len(short) > 1 else
+             ". That candidate reaches the best baseline there" if reached else
+             ". No candidate reaches the best baseline there")
+    reach = sorted({v["best_candidate"] for v in reached})
+    if reach and all(overall.get(n, 1.0) < overall[g["name"]] for n in reach):
+        text += (f"; each such candidate is below `{g['name']}` on the mean over settings ("
+                 + ", ".join(f"`{n}` {num(overall[n], 3)}" for n in reach)
+                 + f" against {num(overall[g['name']], 3)})")
+    return [text + "."]
+
+
+def _margins(g: dict, what: str, baselines: str, overall: dict[str, float]) -> list[str]:
     reach = any("most_possible" in v for v in g["per_setting"].values())
     seeds = any("seeds" in v for v in g["per_setting"].values())
     rows = [[s, _spread(v)] + ([str(v["seeds"]) if "seeds" in v else ""] if seeds else [])
@@ -44,6 +67,7 @@ def _margins(g: dict, what: str, baselines: str) -> list[str]:
         lines.append("Most possible: the fraction of the flips that inspecting 10% of the "
                      "training set can reach at best (below one where the flips outnumber the "
                      "images inspected), mean over seeds.")
+    lines += _shortfalls(g, overall)
     if g.get("by_kind", {}).get("of"):
         k = g["by_kind"]
         lines += [f"By noise kind and regime, comparing means over the settings of each (both "
@@ -122,10 +146,10 @@ def _split(r: Reports, name: str) -> str:
         parts.append(_gate(x))
     if "goal" in x:
         parts += _margins(x["goal"], "Default", "cleanlab, training loss and Kronfluence "
-                          "self-influence")
+                          "self-influence", means)
     if "suggestion_goal" in x:
         parts += _margins(x["suggestion_goal"], "Suggestion rule", "the model's best other "
-                          "class and cleanlab's argmax")
+                          "class and cleanlab's argmax", sug)
     parts += ["Suggested label right on the flipped examples, per rule (mean over settings):",
               table(["rule", "right"], rules)]
     return "\n\n".join(parts)

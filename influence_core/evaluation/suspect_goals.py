@@ -17,11 +17,13 @@ def settings_met(table: dict, baselines: tuple[str, ...]) -> dict[str, int]:
 
 
 def margins(table: dict, name: str, baselines: tuple[str, ...],
-            ceiling: dict[str, float] | None = None, seeds: dict | None = None) -> dict:
+            ceiling: dict[str, float] | None = None, seeds: dict | None = None,
+            not_ours: frozenset[str] = frozenset()) -> dict:
     """Per setting: `name`'s mean (its std and number of seeds) minus the best baseline's mean
-    (>= 0: goal met there); with `ceiling` the most any ranking can find there (BUDGET x N /
-    flips, at most one); with `seeds` (setting -> name -> seed -> value) the margin of each seed
-    over that seed's value of the same best baseline."""
+    (>= 0: goal met there), and the best of our candidates there (every name but `not_ours`);
+    with `ceiling` the most any ranking can find there (BUDGET x N / flips, at most one); with
+    `seeds` (setting -> name -> seed -> value) the margin of each seed over that seed's value of
+    the same best baseline."""
     goal = {}
     for setting, per in table.items():
         base = {b: per[b]["mean"] for b in baselines if b in per}
@@ -31,6 +33,8 @@ def margins(table: dict, name: str, baselines: tuple[str, ...],
                              "seeds": per[name]["n"], "best_baseline": best,
                              "best_baseline_mean": base[best],
                              "margin": per[name]["mean"] - base[best]}
+            ours = max((n for n in per if n not in not_ours), key=lambda n: per[n]["mean"])
+            goal[setting].update(best_candidate=ours, best_candidate_mean=per[ours]["mean"])
             if seeds and setting in seeds:
                 it, other = seeds[setting][name], seeds[setting][best]
                 goal[setting]["seed_margins"] = {str(k): it[k] - other[k]

@@ -174,13 +174,15 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
     else:
         out["fit_gate"] = {"code_gap": FIT_GAP}
         ceiling = {s: float(np.mean(v)) for s, v in reach.items()}
-        out["goal"] = margins(out["settings"], default, BASELINES, ceiling, seeded["found"])
+        out["goal"] = margins(out["settings"], default, BASELINES, ceiling, seeded["found"],
+                              frozenset(NOT_CANDIDATES))
         out["goal"]["by_kind"] = by_kind(out["settings"], default, BASELINES,
                                          frozenset(NOT_CANDIDATES))
         if rule:
             out["rule"] = rule
             out["suggestion_goal"] = margins(out["suggestion"], rule, SUGGESTION_BASELINES,
-                                              seeds=seeded["suggest"])
+                                             seeds=seeded["suggest"],
+                                             not_ours=frozenset({"cleanlab"}))
             out["suggestion_goal"]["by_kind"] = by_kind(out["suggestion"], rule,
                                                         SUGGESTION_BASELINES,
                                                         frozenset({"cleanlab"}))
