@@ -22,11 +22,12 @@ def _per_seed(v: dict) -> str:
     return ", ".join(f"{m:+.3f}" for m in margins.values()) if len(margins) > 1 else ""
 
 
-def _shortfalls(g: dict, overall: dict[str, float]) -> list[str]:
-    """Where `g`'s ranking or rule falls below the best baseline: the best of our candidates
-    there, and whether it reaches that baseline."""
-    short = {s: v for s, v in g["per_setting"].items()
-             if v["margin"] < 0 and "best_candidate" in v}
+def _shortfalls(g: dict, overall: dict[str, float], key: str = "per_setting",
+                unit: str = "settings") -> list[str]:
+    """Where `g`'s ranking or rule falls below the best baseline (per setting, or per group
+    with key="per_group" of a by-kind summary): the best of our candidates there, and whether
+    it reaches that baseline."""
+    short = {s: v for s, v in g[key].items() if v["margin"] < 0 and "best_candidate" in v}
     if not short:
         return []
     reached = [v for v in short.values() if v["best_candidate_mean"] >= v["best_baseline_mean"]]
@@ -34,7 +35,7 @@ def _shortfalls(g: dict, overall: dict[str, float]) -> list[str]:
         f"{s}: `{v['best_candidate']}` {num(v['best_candidate_mean'], 3)} against "
         f"{v['best_baseline']} {num(v['best_baseline_mean'], 3)}" for s, v in short.items())
     text += (f". A candidate reaches the best baseline in {num(len(reached))} of these "
-             f"{num(len(short))} settings" if len(short) > 1 else
+             f"{num(len(short))} {unit}" if len(short) > 1 else
              ". That candidate reaches the best baseline there" if reached else
              ". No candidate reaches the best baseline there")
     reach = sorted({v["best_candidate"] for v in reached})
@@ -80,12 +81,7 @@ def _margins(g: dict, what: str, baselines: str, overall: dict[str, float]) -> l
                           f"{v['margin']:+.3f}",
                           f"`{v['best_candidate']}` {num(v['best_candidate_mean'], 3)}"]
                          for s, v in k["per_group"].items()])]
-        short = {s: v for s, v in k["per_group"].items() if v["margin"] < 0}
-        lines += [f"Where it falls short ({', '.join(short)}), the best of our candidates "
-                  + ("also stays below the best baseline: no candidate reaches it there."
-                     if all(v["best_candidate_mean"] < v["best_baseline_mean"]
-                            for v in short.values())
-                     else "reaches the best baseline in some: see the table.")] if short else []
+        lines += _shortfalls({"name": g["name"], **k}, overall, "per_group", "groups")
         lines.append("This grouping entered the report after the per-setting results had been "
                      "seen; nothing is chosen by it (no ranking, rule or constant depends on "
                      "it). Best of ours: the best of every candidate and rule measured there "

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
 
@@ -18,7 +20,7 @@ def settings_met(table: dict, baselines: tuple[str, ...]) -> dict[str, int]:
 
 def margins(table: dict, name: str, baselines: tuple[str, ...],
             ceiling: dict[str, float] | None = None, seeds: dict | None = None,
-            not_ours: frozenset[str] = frozenset()) -> dict:
+            not_ours: Collection[str] = ()) -> dict:
     """Per setting: `name`'s mean (its std and number of seeds) minus the best baseline's mean
     (>= 0: goal met there), and the best of our candidates there (every name but `not_ours`);
     with `ceiling` the most any ranking can find there (BUDGET x N / flips, at most one); with
@@ -46,7 +48,7 @@ def margins(table: dict, name: str, baselines: tuple[str, ...],
 
 
 def by_kind(table: dict, name: str, baselines: tuple[str, ...],
-            not_ours: frozenset[str] = frozenset()) -> dict:
+            not_ours: Collection[str] = ()) -> dict:
     """Per noise kind and regime: `name`'s and each baseline's mean over the settings of that
     kind and regime (of their means over seeds), `name`'s margin over the best of those baseline
     means, and the best of our candidates there (every name measured in each of those settings

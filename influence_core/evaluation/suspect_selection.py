@@ -175,17 +175,17 @@ def summarise(split: str, runs: dict[str, dict], default: str, planned: int = 0,
         out["fit_gate"] = {"code_gap": FIT_GAP}
         ceiling = {s: float(np.mean(v)) for s, v in reach.items()}
         out["goal"] = margins(out["settings"], default, BASELINES, ceiling, seeded["found"],
-                              frozenset(NOT_CANDIDATES))
+                              NOT_CANDIDATES)
         out["goal"]["by_kind"] = by_kind(out["settings"], default, BASELINES,
-                                         frozenset(NOT_CANDIDATES))
+                                         NOT_CANDIDATES)
         if rule:
             out["rule"] = rule
             out["suggestion_goal"] = margins(out["suggestion"], rule, SUGGESTION_BASELINES,
                                              seeds=seeded["suggest"],
-                                             not_ours=frozenset({"cleanlab"}))
+                                             not_ours=("cleanlab",))
             out["suggestion_goal"]["by_kind"] = by_kind(out["suggestion"], rule,
                                                         SUGGESTION_BASELINES,
-                                                        frozenset({"cleanlab"}))
+                                                        ("cleanlab",))
     gated = {k: r["fit_gate"] for k, r in sorted(runs.items()) if "fit_gate" in r}
     out["fit_gate"]["runs"] = gated
     out["fit_gate"]["picked"] = {s: sum(g["signal"] == s for g in gated.values())
