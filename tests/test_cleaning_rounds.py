@@ -186,6 +186,19 @@ def test_the_round_ranking_choice_counts_settings_first_then_the_mean() -> None:
     assert choose({}) is None
 
 
+def test_candidate_fractions_average_only_rankings_every_round_counted() -> None:
+    from influence_core.evaluation.round_rankings import candidate_fractions
+
+    def seed(*rows: dict) -> dict:
+        return {"queues": {"app": [{"round": 1, "decisions": 10}, *rows]}}
+
+    old = seed({"round": 2, "decisions": 10, "queue_candidates": {"x": 4, "y": 6}})
+    new = seed({"round": 2, "decisions": 10, "queue_candidates": {"x": 8, "y": 2, "z": 9}})
+    assert candidate_fractions([new, old]) == pytest.approx({"x": 0.6, "y": 0.4})
+    assert candidate_fractions([new]) == pytest.approx({"x": 0.8, "y": 0.2, "z": 0.9})
+    assert candidate_fractions([seed()]) is None
+
+
 def test_the_app_orders_later_rounds_by_the_development_choice() -> None:
     """The app's later-round ranking is what the committed development reports choose."""
     from influence_core.evaluation.round_rankings import DEV_PROBLEMS, choose, ranking_table

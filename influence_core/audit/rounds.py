@@ -29,10 +29,12 @@ examples, those removed in earlier rounds included (they are at most the reviewe
 The round queue ranks by QUEUE_RANKING, one of ROUND_RANKINGS: "checkpoint_loss" is the loss of
 each example's round label summed over 5 checkpoints of the round's own training (steps T/16, T/8,
 T/4, T/2, T), z-scored within each given class (checkpoint_loss.npy); "parent" is the previous
-round's queue scores (round 1: the default ranking, audit.suspects.DEFAULT_SIGNAL); a '+' takes
-the mean of their normalised ranks. None needs a training beyond the retrain itself (the default
-ranking's cross-validation would double a round's cost); the choice is made on the development
-split of the cleaning-rounds evaluation (docs/benchmarks.md). The queue covers the examples
+round's queue scores (round 1: the default ranking, audit.suspects.DEFAULT_SIGNAL); "cv2_loss" is
+the loss of each example's round label under models that never saw it (2-fold, z-scored within
+each given class: audit.round_signals; it costs about one more retrain, made only when
+QUEUE_RANKING uses it, and is kept as cv2_loss.npy); a '+' takes the mean of their normalised
+ranks. The choice is made on the development split of the cleaning-rounds evaluation
+(docs/benchmarks.md). The queue covers the examples
 neither reviewed (any active decision, keep included) nor removed, most suspect first;
 scores.npy keeps every example's score, so a longer queue is a sort away.
 """
@@ -64,13 +66,15 @@ from ..data.training import (
 )
 from ..progress import Progress, silent
 from .round_files import commit_round, remove_stale
+from .round_signals import out_of_sample_loss
 from .session import AuditSession, open_session
 from .signals import combine, rank_mean
 from .store import REMOVED, DecisionLog, active_decisions, edits
 from .suspects import DEFAULT_SIGNAL, RANKINGS, suspect_scores, training_set
 
 QUEUE_SIZE = 500  # suspects in a round's queue (app_api.QUEUE_SIZE for round 1)
-ROUND_RANKINGS = ("checkpoint_loss", "checkpoint_loss+parent", "parent")
+ROUND_RANKINGS = ("checkpoint_loss", "checkpoint_loss+parent", "parent", "cv2_loss",
+                  "cv2_loss+parent", "cv2_loss+checkpoint_loss", "cv2_loss+checkpoint_loss+parent")
 QUEUE_RANKING = "checkpoint_loss+parent"  # the ROUND_RANKINGS entry ordering a round's queue
 QUEUE_CHECKPOINTS = 5  # geometrically spaced checkpoints of the round's training it sums over
 BASE_ROUND = 1  # the recipe's own model
@@ -174,15 +178,18 @@ def round_queue(scores: torch.Tensor, excluded: torch.Tensor,
     return candidates[order]
 
 
-def round_scores(ranking: str, own: torch.Tensor, parent) -> torch.Tensor:
+def round_scores(ranking: str, own: torch.Tensor, parent, cv2=None) -> torch.Tensor:
     """(N,) queue scores of ROUND_RANKINGS entry `ranking` from the round's own class-normalised
-    checkpoint loss and `parent` (the previous round's scores, or a callable returning them: it
-    is called only when the ranking needs it)."""
+    checkpoint loss, `parent` (the previous round's scores) and `cv2` (the round's
+    round_signals.out_of_sample_loss); `parent` and `cv2` may be callables returning them, called
+    only when the ranking needs them."""
     terms = ranking.split("+")
-    if any(t not in ("checkpoint_loss", "parent") for t in terms):
+    given = {"checkpoint_loss": own, "parent": parent, "cv2_loss": cv2}
+    if any(t not in given for t in terms):
         raise ValueError(f"unknown round ranking {ranking!r}; choose from {ROUND_RANKINGS}")
-    parts = [own if t == "checkpoint_loss" else (parent() if callable(parent) else parent)
-             for t in terms]
+    parts = [given[t]() if callable(given[t]) else given[t] for t in terms]
+    if any(p is None for p in parts):
+        raise ValueError(f"round ranking {ranking!r} needs a signal that was not given")
     return parts[0] if len(parts) == 1 else rank_mean(*parts)
 
 
@@ -236,8 +243,10 @@ def retrain_round(problem: Problem, log: DecisionLog, root: Path | None = None,
     number, parent = (done[-1].number + 1, done[-1].number) if done else (2, BASE_ROUND)
     labels, removed = labels_at(log, version)
     model, test_accuracy, own = _train(problem, labels, removed, progress)
+    cv2 = (out_of_sample_loss(problem, labels, removed, progress=progress)
+           if "cv2_loss" in QUEUE_RANKING.split("+") else None)
     scores = round_scores(QUEUE_RANKING, own,
-                          lambda: parent_scores(problem, root, parent, progress))
+                          lambda: parent_scores(problem, root, parent, progress), cv2)
     rnd = _with_model(problem, model, labels)
     index = (precompute(rnd, "ekfac", EKFACConfig(), IndexConfig(), progress=progress)
              if build_index else None)
@@ -248,7 +257,7 @@ def retrain_round(problem: Problem, log: DecisionLog, root: Path | None = None,
             "index": str(index) if index is not None else None,
             "reviewed": int(reviewed_at(log, version).sum()), "queue_ranking": QUEUE_RANKING}
     arrays = {"labels": labels, "removed": removed, "queue": queue, "scores": scores,
-              "checkpoint_loss": own}
+              "checkpoint_loss": own, **({"cv2_loss": cv2} if cv2 is not None else {})}
     return load_round(commit_round(root, number, model, arrays, meta))
 
 

@@ -197,8 +197,9 @@ def round_rankings(r: Reports) -> str:
         return "### Later rounds' ranking\n\nNo development-split rounds report yet."
     names = list(next(iter(dev.values())))
     parts = ["### Later rounds' ranking", (
-        "After each retrain the app orders the next queue by one of these rankings, none of "
-        "which needs a training beyond the retrain: "
+        "After each retrain the app orders the next queue by one of these rankings (those "
+        "with `cv2_loss` cost about one more training per round: two models on half the "
+        "data each; the others need nothing beyond the retrain): "
         + "; ".join(f"`{k}` = {QUEUE_TEXT[k]}" for k in names) + ". The app queue's runs "
         "also count, at every round after the first, how many of the round's decisions each "
         "ranking would have put on a flipped example (same retrained model, same reviewed "
@@ -212,7 +213,8 @@ def round_rankings(r: Reports) -> str:
         if not rows:
             parts.append(f"No {title.split(' (')[0]} report with these counts yet.")
             continue
-        body = [[k] + [num(v[n], 3) for n in names] for k, v in rows.items()]
+        body = [[k] + [num(v[n], 3) if n in v else "not counted" for n in names]
+                for k, v in rows.items()]
         parts.append(f"{title[0].upper()}{title[1:]}:\n\n"
                      + table(["setting"] + [f"`{n}`" for n in names], body))
     choice = choose(dev)

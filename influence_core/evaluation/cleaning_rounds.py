@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..audit.round_signals import out_of_sample_probs
 from ..audit.rounds import (
     QUEUE_RANKING,
     Round,
@@ -50,10 +51,8 @@ from ..audit.signals import MEMORISING_SIGNAL
 from ..audit.store import DecisionLog
 from ..audit.suspects import DEFAULT_SIGNAL, resolve_signal, suspect_scores
 from ..config import artifacts_root, config_hash, recipe
-from ..data.datasets import subset
-from ..data.models import build_model
 from ..data.registry import Problem, load_problem
-from ..data.training import accuracy, predict_logits, train_model
+from ..data.training import accuracy, predict_logits
 from ..progress import Progress, silent
 from .baselines import cleanlab_scores
 from .round_rankings import EARLIER_QUEUE_RANKING, candidate_flips, candidate_fractions
@@ -81,16 +80,8 @@ def _cv_probs(problem: Problem, labels: torch.Tensor, path: Path) -> torch.Tenso
     """(N, K) 5-fold out-of-sample probabilities under `labels` (cached at `path`)."""
     if path.is_file():
         return torch.from_numpy(np.load(path))
-    cfg, n = problem.config, len(labels)
-    data = problem.train.with_labels(labels)
-    fold = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)) % FOLDS
-    probs = torch.zeros(n, data.num_classes, dtype=torch.float64)
-    for k in range(FOLDS):
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, data.shape, data.num_classes)
-        train_model(model, data, cfg, torch.nonzero(fold != k)[:, 0])
-        held = torch.nonzero(fold == k)[:, 0]
-        probs[held] = predict_logits(model, subset(data, held)).double().softmax(1)
+    probs = out_of_sample_probs(problem, labels, torch.zeros(len(labels), dtype=torch.bool),
+                                FOLDS)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path.with_suffix(".tmp.npy"), probs.numpy())
     path.with_suffix(".tmp.npy").replace(path)
