@@ -55,10 +55,10 @@ def out_of_sample_loss(problem: Problem, labels: torch.Tensor, removed: torch.Te
     probs = out_of_sample_probs(problem, labels, removed, folds, progress)
     kept = probs.sum(1) > 0
     loss = -probs[torch.arange(len(labels)), labels].clamp_min(1e-12).log()
-    out = torch.full((len(labels),), -torch.inf, dtype=torch.float64)
-    out[kept] = class_normalised(loss[kept], labels[kept]).double()
-    if not kept.all():
-        out[~kept] = float(out[kept].min()) - 1.0 if kept.any() else 0.0
+    out = torch.zeros(len(labels), dtype=torch.float64)
+    if kept.any():
+        out[kept] = class_normalised(loss[kept], labels[kept])
+        out[~kept] = float(out[kept].min()) - 1.0
     return out
 
 
