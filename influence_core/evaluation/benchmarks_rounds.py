@@ -115,7 +115,36 @@ def rounds(r: Reports) -> str:
              + "Command per setting: "
              + cmd(f"{CLI} evaluate rounds --dataset D --model cnn --noise R --noise-kind K "
                    "--budget 0.05 --rounds 2 --seeds S --data-root <data>") + ".")
-    return "\n\n".join([head, body, prose, round_rankings(r)])
+    return "\n\n".join([head, body, prose, _per_seed(r, names, goal), round_rankings(r)])
+
+
+def _per_seed(r: Reports, names: list[str], goal: dict) -> str:
+    """The judged settings seed by seed: the app's and cleanlab's last retrain, in gap closed
+    and in flips left, and on how many seeds the app's queue did at least as well."""
+    rows = []
+    for n in names:
+        x = r(n)
+        s = x["setting"]
+        if x["derived"]["gap"] < goal["judged_gap_min"] or not {"app", "cleanlab"} <= set(
+                x["derived"]["final"]):
+            continue
+        last = [(v["queues"]["app"][-1], v["queues"]["cleanlab"][-1]) for v in x["seeds"]]
+        closed = sum(a["gap_closed_retrained"] >= c["gap_closed_retrained"] for a, c in last)
+        fewer = sum(a["flips_left"] <= c["flips_left"] for a, c in last)
+        rows.append([f"{s['dataset']}/{s['model']}, {num(s['noise'], 1)} {s['noise_kind']}",
+                     ", ".join(str(v["seed"]) for v in x["seeds"]),
+                     "; ".join(f"{num(a['gap_closed_retrained'], 3)} / "
+                               f"{num(c['gap_closed_retrained'], 3)}" for a, c in last),
+                     "; ".join(f"{num(a['flips_left'], 0)} / {num(c['flips_left'], 0)}"
+                               for a, c in last),
+                     f"{num(closed)} of {num(len(last))}", f"{num(fewer)} of {num(len(last))}"])
+    if not rows:
+        return ""
+    return ("Seed by seed, judged settings (each seed's own noisy and clean-label models; the "
+            "goal above is judged on their means):\n\n"
+            + table(["setting", "seeds", "gap closed: app / cleanlab",
+                     "flips left: app / cleanlab", "seeds where the app closed at least as much",
+                     "seeds where the app left no more flips"], rows))
 
 
 def _later(r: Reports, names: list[str]) -> str:
