@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from influence_core.audit.rounds import QUEUE_RANKING, ROUND_RANKINGS
 from influence_core.cli.main import main
 from influence_core.evaluation.cleaning_rounds import QUEUES, derived_figures, summarise
+from influence_core.evaluation.round_pruning import PRUNE_FRACTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "dashboard" / "app.py")
@@ -62,6 +63,18 @@ def test_evaluate_rounds_writes_a_consistent_report(tmp_path: Path,
     assert "queue_candidates" not in seed["queues"]["app"][0]
     assert result["derived"]["queue_candidates"] == {
         k: v / per_round for k, v in later["queue_candidates"].items()}
+    # the last app round also retrained leaving out the next suspects, the others did not
+    last = seed["queues"]["app"][-1]
+    assert list(last["pruned_retrains"]) == [f"{f:g}" for f in PRUNE_FRACTIONS]
+    for f in PRUNE_FRACTIONS:
+        pruned = last["pruned_retrains"][f"{f:g}"]
+        assert pruned["left_out"] == round(f * seed["num_train"])
+        assert 0 <= pruned["flips_left_out"] <= min(pruned["left_out"], last["flips_left"])
+        assert pruned["gap_closed"] == pytest.approx((pruned["accuracy"] - noisy) /
+                                                     (clean - noisy), abs=GAP_TOL)
+        assert result["derived"]["pruned_retrains"][f"{f:g}"] == pruned["gap_closed"]
+    assert not any("pruned_retrains" in r for q in QUEUES for r in seed["queues"][q][:-1])
+    assert not any("pruned_retrains" in seed["queues"][q][-1] for q in QUEUES if q != "app")
     assert main(argv) == 0  # resumed: every training and decision is reused
     assert json.loads((out / "rounds_digits_mlp_pair_0.1.json").read_text())["seeds"] == [seed]
     # The Evaluate page draws it (its figure and its table)
@@ -219,7 +232,7 @@ def test_the_app_orders_later_rounds_by_the_development_choice() -> None:
 def test_a_seed_already_in_the_report_of_the_same_setting_is_not_run_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Adding a seed to a report reruns only the new seed; another setting, other queues or
-    --rerun-seeds run every seed."""
+    --rerun-seeds run every seed, --rerun-seeds with a list the listed ones."""
     from influence_core.evaluation import cleaning_rounds
 
     ran = []
@@ -251,6 +264,9 @@ def test_a_seed_already_in_the_report_of_the_same_setting_is_not_run_again(
     assert grown["summary"]["app"][-1]["accuracy_retrained"] == pytest.approx(0.83)
     ran.clear()
     assert main([*base, "--seeds", "3,4", "--rerun-seeds"]) == 0 and ran == [3, 4]
+    ran.clear()
+    assert main([*base, "--seeds", "3,4", "--rerun-seeds", "4"]) == 0 and ran == [4]
+    assert json.loads(path.read_text())["seeds_from_earlier_report"] == [3]
     ran.clear()
     queues = base.index("app,random")
     other_queues = [*base[:queues], "app,cleanlab", *base[queues + 1:]]

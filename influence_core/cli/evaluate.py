@@ -51,9 +51,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--queues", default="app,cleanlab,random,perfect",
                    help="queues to follow (app: the Review page's; cleanlab; random; perfect: "
                         "every decision on a flip, the most any queue can repair)")
-    g.add_argument("--rerun-seeds", action="store_true",
-                   help="run every seed again, even one that the report in --out already holds "
-                        "for the same setting and queues")
+    g.add_argument("--rerun-seeds", nargs="?", const="all", default=None, metavar="SEEDS",
+                   help="run seeds again even when the report in --out already holds them for "
+                        "the same setting and queues: every seed, or a comma-separated list")
     g = p.add_argument_group("lds")
     g.add_argument("--subsets", type=int, default=100)
     g.add_argument("--alpha", type=float, default=0.5)
@@ -130,6 +130,8 @@ def _rounds(args: argparse.Namespace, out: Path, progress) -> int:
     from ..evaluation.rounds_report import rounds_markdown
 
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    rerun = (tuple(seeds) if args.rerun_seeds == "all" else
+             tuple(int(s) for s in (args.rerun_seeds or "").split(",") if s))
     queues = tuple(q for q in args.queues.split(",") if q)
     if not queues or set(queues) - set(QUEUES):
         raise ValueError(f"--queues takes a comma-separated list from {', '.join(QUEUES)}")
@@ -140,7 +142,7 @@ def _rounds(args: argparse.Namespace, out: Path, progress) -> int:
         os.path.relpath(a) if os.path.isabs(a) else a for a in sys.argv[1:])
     path, result = run_rounds_report(args.dataset, args.model, args.noise, args.noise_kind,
                                      args.budget, args.rounds, seeds, out, args.data_root,
-                                     progress, command, queues, not args.rerun_seeds)
+                                     progress, command, queues, rerun=rerun)
     print(rounds_markdown(result))
     print(f"report: {path}")
     return 0

@@ -115,7 +115,8 @@ def rounds(r: Reports) -> str:
              + "Command per setting: "
              + cmd(f"{CLI} evaluate rounds --dataset D --model cnn --noise R --noise-kind K "
                    "--budget 0.05 --rounds 2 --seeds S --data-root <data>") + ".")
-    return "\n\n".join([head, body, prose, _per_seed(r, names, goal), round_rankings(r)])
+    return "\n\n".join([head, body, prose, _per_seed(r, names, goal), round_rankings(r),
+                        pruning(r)])
 
 
 def _per_seed(r: Reports, names: list[str], goal: dict) -> str:
@@ -252,4 +253,36 @@ def round_rankings(r: Reports) -> str:
                      f"{CLI} evaluate rounds --dataset D --model mlp --noise R --noise-kind K "
                      "--budget 0.05 --rounds 2 --seeds 0,1 --queues app --data-root <data>")
                     + "."))
+    return "\n\n".join(parts)
+
+
+def pruning(r: Reports) -> str:
+    """The last retrain leaving out the next suspects (evaluation.round_pruning), per setting:
+    gap closed by the plain retrain and by each pruned one, and how many left out were flips."""
+    from .round_pruning import PRUNE_FRACTIONS
+
+    keys = [f"{f:g}" for f in PRUNE_FRACTIONS]
+    parts = ["### Leaving the next suspects out of the last retrain", (
+        "After the app queue's last round the recipe is also trained on the same labels "
+        "leaving out the top f × N of the retrained model's unreviewed queue (confident "
+        "learning's prune-and-retrain; nothing is deleted, the examples stay in the next "
+        "queue), one training per f. The app's retrain does not do this. Cells: gap closed "
+        "(mean over the seeds listed: those run since this measurement exists; the plain "
+        "retrain over the same seeds), in brackets the share of the left-out examples whose "
+        "label is flipped.")]
+    for title, dev in (("Development split", True), ("Test split (reported, not chosen on)",
+                                                     False)):
+        rows = []
+        for n in _names(r, dev=dev):
+            x = r(n)
+            s, p = x["setting"], x["derived"].get("pruned_retrains")
+            if not p:
+                continue
+            rows.append([f"{s['dataset']}/{s['model']} {num(s['noise'], 1)} {s['noise_kind']}",
+                         ", ".join(str(v) for v in p["seeds"]), num(p["plain"], 3)]
+                        + [f"{num(p[k], 3)} ({num(p[f'{k}_flips_left_out'], 2)})"
+                           if k in p else "not run" for k in keys])
+        parts.append(f"{title}: no report with this measurement yet." if not rows else
+                     f"{title}:\n\n" + table(["setting", "seeds", "plain retrain"]
+                                              + [f"f = {k}" for k in keys], rows))
     return "\n\n".join(parts)

@@ -15,10 +15,12 @@ Queues, all in the same run and from the same noisy model:
   random     a seeded random order
   perfect    every decision on a flipped example while any is left (in a seeded random order
              among them), then the rest: the most any queue can repair within the budget
-Every queue leaves out what was already reviewed. Gap closed = (acc - acc_noisy) / (acc_clean -
-acc_noisy), acc_clean a training of the same recipe and seed on the clean labels; the noise floor
-is |acc_clean(seed) - acc_clean(seed + FLOOR_SEED)|, two clean trainings differing in seed only.
-The clean trainings do not depend on the noise kind, so every kind of a seed shares them.
+Every queue leaves out what was already reviewed. The app queue's last retrain is also repeated
+leaving out the next suspects (evaluation.round_pruning), a measurement the app does not use.
+Gap closed = (acc - acc_noisy) / (acc_clean - acc_noisy), acc_clean a training of the same
+recipe and seed on the clean labels; the noise floor is |acc_clean(seed) - acc_clean(seed +
+FLOOR_SEED)|, two clean trainings differing in seed only. The clean trainings do not depend
+on the noise kind, so every kind of a seed shares them.
 
 Resumable: each (seed, queue) has its own decision log and rounds under
 artifacts/evaluation/rounds/<config hash>-<queue>-b<budget>; trainings are cached (recipe models
@@ -55,6 +57,7 @@ from ..data.registry import Problem, load_problem
 from ..data.training import accuracy, predict_logits
 from ..progress import Progress, silent
 from .baselines import cleanlab_scores
+from .round_pruning import pruned_retrains, pruning_figures
 from .round_rankings import EARLIER_QUEUE_RANKING, candidate_flips, candidate_fractions
 
 QUEUES = ("app", "cleanlab", "random", "perfect")
@@ -167,6 +170,9 @@ def run_queue(problem: Problem, queue: str, budget: float, rounds: int, true: to
             if queue == "app" and rnd is not None:  # what each round ranking would have found
                 rows[-1]["queue_candidates"] = candidate_flips(
                     problem, folder / "rounds", rnd, log, per_round, true)
+            if queue == "app" and number == rounds:  # the last retrain, next suspects left out
+                rows[-1]["pruned_retrains"] = pruned_retrains(
+                    problem, retrained, log, true, folder / "rounds", progress=progress)
         progress(rounds, rounds, f"{queue} queue, seed {problem.config.seed}")
     finally:
         log.close()
@@ -201,6 +207,8 @@ def run_seed(dataset: str, model: str, noise: float, kind: str, seed: int, budge
         for row in rows:
             row["gap_closed_newton"] = _gap(row["accuracy_newton"], noisy, clean)
             row["gap_closed_retrained"] = _gap(row["accuracy_retrained"], noisy, clean)
+            for pruned in row.get("pruned_retrains", {}).values():
+                pruned["gap_closed"] = _gap(pruned["accuracy"], noisy, clean)
         out["queues"][queue] = rows
     return out
 
@@ -243,6 +251,8 @@ def derived_figures(result: dict) -> dict:
            "app_signals": sorted({s.get("app_signal", EARLIER_APP_SIGNAL) for s in seeds})}
     if (fractions := candidate_fractions(seeds)) is not None:
         out["queue_candidates"] = fractions
+    if (pruned := pruning_figures(seeds)) is not None:
+        out["pruned_retrains"] = pruned
     if "app" in final and "cleanlab" in final and None not in (
             final["app"]["gap_closed_retrained"], final["cleanlab"]["gap_closed_retrained"]):
         out["app_minus_cleanlab"] = (final["app"]["gap_closed_retrained"]
@@ -270,18 +280,19 @@ def run_rounds_report(dataset: str, model: str, noise: float, kind: str, budget:
                       rounds: int, seeds: list[int], out: Path, data_root: str | None = None,
                       progress: Progress = silent, command: str = "",
                       queues: tuple[str, ...] = QUEUES,
-                      reuse: bool = True) -> tuple[Path, dict]:
+                      rerun: tuple[int, ...] = ()) -> tuple[Path, dict]:
     """Every seed's run_seed, their summary, written by reports.write_report into `out`
-    (rounds_<dataset>_<model>_<kind>_<noise>.json / .md / .accuracy figure). `reuse`: a seed
-    that the report already in `out` holds for the same setting and queues is taken from it
-    instead of run again (its trainings may be gone from this machine)."""
+    (rounds_<dataset>_<model>_<kind>_<noise>.json / .md / .accuracy figure). A seed that the
+    report already in `out` holds for the same setting and queues is taken from it instead of
+    run again (its trainings may be gone from this machine), unless it is in `rerun`."""
     from .reports import write_report
     from .rounds_report import rounds_figure, rounds_markdown
 
     name = f"rounds_{dataset}_{model}_{kind}_{noise:g}".replace(":", "_").replace("/", "_")
     setting = {"dataset": dataset, "model": model, "noise": noise, "noise_kind": kind,
                "budget": budget, "rounds": rounds, "queue_ranking": QUEUE_RANKING}
-    kept = kept_seeds(out / f"{name}.json", setting, queues) if reuse else {}
+    kept = {s: v for s, v in kept_seeds(out / f"{name}.json", setting, queues).items()
+            if s not in rerun}
     runs = [kept[s] if s in kept else run_seed(dataset, model, noise, kind, s, budget, rounds,
                                                data_root, progress, queues) for s in seeds]
     result = {"setting": {**setting, "seeds": seeds,

@@ -45,6 +45,14 @@ def rounds_markdown(result: dict) -> str:
                   f"{_num(r['flips_left'], 1)} | {_num(r['accuracy_newton'])} | "
                   f"{_num(r['accuracy_retrained'])} | {_num(r['gap_closed_newton'], 3)} | "
                   f"{_num(r['gap_closed_retrained'], 3)} |" for r in rows]
+    if pruned := result.get("derived", {}).get("pruned_retrains"):
+        lines += ["", "The app queue's last retrain again, leaving out the top f x N of the "
+                  "retrained model's unreviewed queue as well (a measurement; the app's retrain "
+                  f"does not do it), seeds {pruned['seeds']}: plain retrain gap closed "
+                  f"{_num(pruned['plain'], 3)}; "
+                  + "; ".join(f"f = {k}: {_num(v, 3)} ({_num(pruned[f'{k}_flips_left_out'], 2)}"
+                              " of the left-out flipped)" for k, v in pruned.items()
+                              if f"{k}_flips_left_out" in pruned) + "."]
     if kept := result.get("seeds_from_earlier_report"):
         lines += ["", f"Seeds {kept} were taken from the earlier report of the same setting and "
                   "queues, not run again (the command reuses them; `--rerun-seeds` runs them)."]
