@@ -99,3 +99,23 @@ def test_pruning_figures_average_over_the_seeds_that_measured_it() -> None:
     assert figures["seeds"] == [3] and figures["plain"] == pytest.approx(0.6)
     assert figures["0.02"] == pytest.approx(0.9)
     assert pruning_figures([seed(2, 0.5, None)]) is None
+
+
+def test_the_verdict_names_where_leaving_out_helped_and_whether_any_fraction_always_did() -> None:
+    from influence_core.evaluation.benchmarks_rounds import _pruning_verdict
+
+    def p(plain, a, b, share):
+        return {"plain": plain, "0.02": a, "0.05": b, "0.02_flips_left_out": share}
+
+    mixed = {"x 0.1 instance": p(0.6, 0.7, 0.8, 0.5), "x 0.1 pair": p(0.9, 0.5, 0.1, 0.2)}
+    text = _pruning_verdict(mixed, ["0.02", "0.05"])
+    assert ("every fraction in x 0.1 instance, and lowered it at every fraction in x 0.1 "
+            "pair") in text
+    assert "No fraction raised it in every setting" in text and "more often flipped" in text
+    flipped = {**mixed, "x 0.1 pair": p(0.9, 0.5, 0.1, 0.6)}  # shares do not separate them
+    assert "more often flipped" not in _pruning_verdict(flipped, ["0.02", "0.05"])
+    always = {"x 0.1 instance": p(0.6, 0.7, 0.5, 0.5), "x 0.1 pair": p(0.5, 0.6, 0.4, 0.4)}
+    text = _pruning_verdict(always, ["0.02", "0.05"])
+    assert "f = 0.02 raised it in every development setting" in text
+    assert "No fraction" not in text  # 0.05 helped nowhere, but 0.02 everywhere
+    assert "raised the gap closed at every fraction in no setting" in text

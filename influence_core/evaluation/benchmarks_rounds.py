@@ -272,12 +272,13 @@ def pruning(r: Reports) -> str:
         "label is flipped.")]
     for title, dev in (("Development split", True), ("Test split (reported, not chosen on)",
                                                      False)):
-        rows = []
+        rows, found = [], {}
         for n in _names(r, dev=dev):
             x = r(n)
             s, p = x["setting"], x["derived"].get("pruned_retrains")
             if not p:
                 continue
+            found[f"{s['dataset']}/{s['model']} {num(s['noise'], 1)} {s['noise_kind']}"] = p
             rows.append([f"{s['dataset']}/{s['model']} {num(s['noise'], 1)} {s['noise_kind']}",
                          ", ".join(str(v) for v in p["seeds"]), num(p["plain"], 3)]
                         + [f"{num(p[k], 3)} ({num(p[f'{k}_flips_left_out'], 2)})"
@@ -285,4 +286,27 @@ def pruning(r: Reports) -> str:
         parts.append(f"{title}: no report with this measurement yet." if not rows else
                      f"{title}:\n\n" + table(["setting", "seeds", "plain retrain"]
                                               + [f"f = {k}" for k in keys], rows))
+        if dev and found:
+            parts.append(_pruning_verdict(found, keys))
     return "\n\n".join(parts)
+
+
+def _pruning_verdict(found: dict[str, dict], keys: list[str]) -> str:
+    """Where leaving the next suspects out raised or lowered the gap closed on the development
+    split, and whether any fraction raised it in every setting."""
+    up = [n for n, p in found.items() if all(p.get(k, -1e9) > p["plain"] for k in keys)]
+    down = [n for n, p in found.items() if all(p.get(k, 1e9) < p["plain"] for k in keys)]
+    everywhere = [k for k in keys if all(k in p and p[k] > p["plain"] for p in found.values())]
+    text = ("On the development split, leaving the next suspects out raised the gap closed at "
+            f"every fraction in {', '.join(up) or 'no setting'}, and lowered it at every fraction "
+            f"in {', '.join(down) or 'no setting'}. ")
+    if everywhere:
+        return text + (f"f = {everywhere[0]} raised it in every development setting: a candidate "
+                       "for the app's retrain, to be reported on the test split first.")
+    share = {n: p.get(f"{keys[0]}_flips_left_out", 0.0) for n, p in found.items()}
+    apart = bool(up and down) and min(share[n] for n in up) > max(share[n] for n in down)
+    return text + ("No fraction raised it in every setting, so the app's retrain leaves out only "
+                   "the removed examples. " + (
+                       f"At f = {keys[0]} the left-out examples were more often flipped in "
+                       "every setting where it helped than in any where it hurt: a rule would "
+                       "need an estimate of how many flips are left." if apart else ""))
