@@ -46,6 +46,18 @@ def data_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def pair_noise_digits(tmp_path_factory: pytest.TempPathFactory):
+    """digits/mlp with 10% pair noise (ten epochs), trained once per test module in its own
+    $INFLUENCE_AUDIT_HOME."""
+    from influence_core import load_problem, recipe
+
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INFLUENCE_AUDIT_HOME", str(home))
+        yield load_problem(recipe("digits", "mlp", noise=0.1, noise_kind="pair", epochs=10))
+
+
 @pytest.fixture
 def artifacts_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """$INFLUENCE_AUDIT_HOME pointed at a fresh folder, so checkpoints never touch the repo."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from influence_core import DecisionLog, load_problem, recipe
+from influence_core import DecisionLog
 from influence_core.audit.rounds import retrain_round, round_queue
 from influence_core.evaluation import round_pruning
 from influence_core.evaluation.round_pruning import (
@@ -21,11 +21,8 @@ from influence_core.evaluation.round_pruning import (
 
 
 @pytest.fixture(scope="module")
-def problem(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("INFLUENCE_AUDIT_HOME", str(home))
-        yield load_problem(recipe("digits", "mlp", noise=0.1, noise_kind="pair", epochs=10))
+def problem(pair_noise_digits):
+    return pair_noise_digits
 
 
 @pytest.fixture

@@ -10,18 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from influence_core import DecisionLog, load_problem, recipe
+from influence_core import DecisionLog
 from influence_core.audit import rounds
 from influence_core.audit.round_signals import out_of_sample_loss, out_of_sample_probs
 from influence_core.audit.signals import rank_mean
 
 
 @pytest.fixture(scope="module")
-def problem(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("INFLUENCE_AUDIT_HOME", str(home))
-        yield load_problem(recipe("digits", "mlp", noise=0.1, noise_kind="pair", epochs=10))
+def problem(pair_noise_digits):
+    return pair_noise_digits
 
 
 def test_each_example_is_predicted_by_a_model_that_never_saw_it(problem) -> None:
