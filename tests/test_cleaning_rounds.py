@@ -268,6 +268,7 @@ def test_a_seed_already_in_the_report_of_the_same_setting_is_not_run_again(
     assert main([*base, "--seeds", "3,4", "--rerun-seeds", "4"]) == 0 and ran == [4]
     assert json.loads(path.read_text())["seeds_from_earlier_report"] == [3]
     ran.clear()
+    assert main([*base, "--seeds", "3,4", "--rerun-seeds", "four"]) != 0 and ran == []
     queues = base.index("app,random")
     other_queues = [*base[:queues], "app,cleanlab", *base[queues + 1:]]
     assert main([*other_queues, "--seeds", "3,4"]) == 0 and ran == [3, 4]

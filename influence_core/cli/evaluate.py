@@ -130,8 +130,10 @@ def _rounds(args: argparse.Namespace, out: Path, progress) -> int:
     from ..evaluation.rounds_report import rounds_markdown
 
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    rerun = (tuple(seeds) if args.rerun_seeds == "all" else
-             tuple(int(s) for s in (args.rerun_seeds or "").split(",") if s))
+    listed = [s for s in (args.rerun_seeds or "").split(",") if s]
+    if args.rerun_seeds != "all" and not all(s.strip().lstrip("-").isdigit() for s in listed):
+        raise ValueError(f"--rerun-seeds takes seeds separated by commas, not {args.rerun_seeds!r}")
+    rerun = tuple(seeds) if args.rerun_seeds == "all" else tuple(int(s) for s in listed)
     queues = tuple(q for q in args.queues.split(",") if q)
     if not queues or set(queues) - set(QUEUES):
         raise ValueError(f"--queues takes a comma-separated list from {', '.join(QUEUES)}")
