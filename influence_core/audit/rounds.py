@@ -265,6 +265,17 @@ def _with_model(problem: Problem, model: nn.Module, labels: torch.Tensor) -> Pro
     return dataclasses.replace(problem, model=model, train=problem.train.with_labels(labels))
 
 
+def train_recipe(problem: Problem, labels: torch.Tensor, left_out: torch.Tensor,
+                 progress: Progress = silent, keep=None) -> nn.Module:
+    """The recipe (same seed, initialisation and batch order) trained on `labels` without the
+    `left_out` (N,) examples; `keep(step, model)` is train_model's checkpoint callback."""
+    cfg = problem.config
+    data, indices = round_training_set(problem, labels, left_out)
+    torch.manual_seed(cfg.seed)  # the recipe's initialisation
+    model = build_model(cfg.model, data.shape, data.num_classes)
+    return train_model(model, data, cfg, indices, progress, keep).eval()
+
+
 def _train(problem: Problem, labels: torch.Tensor, removed: torch.Tensor,
            progress: Progress) -> tuple[nn.Module, float, torch.Tensor]:
     """The round's model, its test accuracy and (N,) class-normalised checkpoint loss."""
@@ -281,7 +292,7 @@ def _train(problem: Problem, labels: torch.Tensor, removed: torch.Tensor,
         torch.manual_seed(cfg.seed)  # the recipe's initialisation
         return build_model(cfg.model, data.shape, data.num_classes)
 
-    model = train_model(fresh(), data, cfg, indices, progress, keep)
+    model = train_recipe(problem, labels, removed, progress, keep)
     loss = torch.zeros(len(labels), dtype=torch.float64)
     for step in steps:
         net = fresh()

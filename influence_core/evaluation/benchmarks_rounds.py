@@ -278,9 +278,9 @@ def pruning(r: Reports) -> str:
             s, p = x["setting"], x["derived"].get("pruned_retrains")
             if not p:
                 continue
-            found[f"{s['dataset']}/{s['model']} {num(s['noise'], 1)} {s['noise_kind']}"] = p
-            rows.append([f"{s['dataset']}/{s['model']} {num(s['noise'], 1)} {s['noise_kind']}",
-                         ", ".join(str(v) for v in p["seeds"]), num(p["plain"], 3)]
+            name = f"{s['dataset']}/{s['model']} {num(s['noise'], 1)} {s['noise_kind']}"
+            found[name] = p
+            rows.append([name, ", ".join(str(v) for v in p["seeds"]), num(p["plain"], 3)]
                         + [f"{num(p[k], 3)} ({num(p[f'{k}_flips_left_out'], 2)})"
                            if k in p else "not run" for k in keys])
         parts.append(f"{title}: no report with this measurement yet." if not rows else

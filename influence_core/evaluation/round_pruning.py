@@ -22,11 +22,10 @@ import numpy as np
 import torch
 
 from ..artifacts import write_json
-from ..audit.rounds import Round, labels_at, reviewed_at, round_queue, round_training_set
+from ..audit.rounds import Round, reviewed_at, round_queue, train_recipe
 from ..audit.store import DecisionLog
-from ..data.models import build_model
 from ..data.registry import Problem
-from ..data.training import accuracy, train_model
+from ..data.training import accuracy
 from ..progress import Progress, silent
 
 PRUNE_FRACTIONS = (0.02, 0.05, 0.1)
@@ -35,11 +34,7 @@ PRUNE_FRACTIONS = (0.02, 0.05, 0.1)
 def pruned_retrain_accuracy(problem: Problem, labels: torch.Tensor, left_out: torch.Tensor,
                             progress: Progress = silent) -> float:
     """Test accuracy of the recipe trained on `labels` without the `left_out` (N,) examples."""
-    data, indices = round_training_set(problem, labels, left_out)
-    torch.manual_seed(problem.config.seed)  # the recipe's initialisation and batch order
-    model = build_model(problem.config.model, data.shape, data.num_classes)
-    model = train_model(model, data, problem.config, indices, progress)
-    return accuracy(model.eval(), problem.test)
+    return accuracy(train_recipe(problem, labels, left_out, progress), problem.test)
 
 
 def pruned_retrains(problem: Problem, rnd: Round, log: DecisionLog, true: torch.Tensor,
@@ -52,7 +47,7 @@ def pruned_retrains(problem: Problem, rnd: Round, log: DecisionLog, true: torch.
         done = json.loads(path.read_text())
     except (OSError, ValueError):
         done = {}
-    labels, removed = labels_at(log, rnd.log_version)
+    labels, removed = rnd.labels, rnd.removed  # the log replayed up to the round's version
     scores = torch.from_numpy(np.load(rnd.folder / "scores.npy"))
     order = round_queue(scores, removed | reviewed_at(log, rnd.log_version), len(labels))
     for j, fraction in enumerate(fractions):
