@@ -160,10 +160,12 @@ def test_the_rounds_goal_is_judged_only_where_the_gap_is_real(tmp_path: Path) ->
     _, measured, note = summary_row(Reports(tmp_path))
     assert "met in 1 of 2" in note and "0.980" in measured
     # seed by seed: only the judged settings, app against cleanlab
-    per_seed = text[text.index("Seed by seed"):]
+    per_seed = text[text.index("Seed by seed"):text.index("What closing")]
     assert "| d/m, 0.1 pair | 2 | 0.980 / 0.800 | 0 / 0 | 1 of 1 | 1 of 1 |" in per_seed
     assert "| d/m, 0.1 pair | 2 | 0.980 / 1.000 | 0 / 0 | 0 of 1 | 1 of 1 |" in per_seed
     assert per_seed.count("| d/m, 0.1 pair |") == 2  # the setting without a real gap is left out
+    demand = text[text.index("What closing"):text.index("### Later")]
+    assert demand.count("| d/m, 0.1 pair |") == 2  # the same two settings, what 0.9 asks
 
 
 def test_the_rounds_figure_draws_both_accuracies_from_the_reports_numbers(tmp_path: Path

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..audit.rounds import QUEUE_RANKING
 from .benchmarks_doc import CLI, TARGETS, Reports, cmd, met, num, table
+from .benchmarks_round_goal import goal_demand
 from .round_rankings import QUEUE_TEXT
 
 QUEUES = ("app", "cleanlab", "random", "perfect")
@@ -115,8 +116,9 @@ def rounds(r: Reports) -> str:
              + "Command per setting: "
              + cmd(f"{CLI} evaluate rounds --dataset D --model cnn --noise R --noise-kind K "
                    "--budget 0.05 --rounds 2 --seeds S --data-root <data>") + ".")
-    return "\n\n".join([head, body, prose, _per_seed(r, names, goal), round_rankings(r),
-                        pruning(r)])
+    demand = goal_demand(r, names, goal["judged_gap_min"])
+    return "\n\n".join(p for p in [head, body, prose, _per_seed(r, names, goal), demand,
+                                    round_rankings(r), pruning(r)] if p)
 
 
 def _per_seed(r: Reports, names: list[str], goal: dict) -> str:

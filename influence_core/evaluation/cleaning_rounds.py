@@ -57,6 +57,7 @@ from ..data.registry import Problem, load_problem
 from ..data.training import accuracy, predict_logits
 from ..progress import Progress, silent
 from .baselines import cleanlab_scores
+from .round_goal import goal_demand
 from .round_pruning import pruned_retrains, pruning_figures
 from .round_rankings import EARLIER_QUEUE_RANKING, candidate_flips, candidate_fractions
 
@@ -235,7 +236,8 @@ def summarise(seeds: list[dict]) -> dict:
 def derived_figures(result: dict) -> dict:
     """What the benchmarks page compares with the goal, from the report's own numbers: the gap
     (clean - noisy test accuracy) and noise floor averaged over seeds, and per queue the last
-    round's gap closed after the retrain (mean, and the worst seed) and after the Newton step."""
+    round's gap closed after the retrain (mean, and the worst seed) and after the Newton step,
+    and what the goal asks of a queue (evaluation.round_goal)."""
     seeds = result["seeds"]
     final = {}
     for queue, rows in result["summary"].items():
@@ -253,6 +255,8 @@ def derived_figures(result: dict) -> dict:
         out["queue_candidates"] = fractions
     if (pruned := pruning_figures(seeds)) is not None:
         out["pruned_retrains"] = pruned
+    if (demand := goal_demand(result)) is not None:
+        out["goal_demand"] = demand
     if "app" in final and "cleanlab" in final and None not in (
             final["app"]["gap_closed_retrained"], final["cleanlab"]["gap_closed_retrained"]):
         out["app_minus_cleanlab"] = (final["app"]["gap_closed_retrained"]
