@@ -12,6 +12,7 @@ from influence_core.evaluation.benchmarks_doc import Reports
 from influence_core.evaluation.benchmarks_round_goal import goal_demand as demand_text
 from influence_core.evaluation.cleaning_rounds import derived_figures, summarise
 from influence_core.evaluation.round_goal import GOAL_GAP_CLOSED, goal_demand
+from influence_core.evaluation.rounds_report import rounds_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "docs" / "reports"
@@ -27,7 +28,7 @@ def _result(points: dict[str, list[tuple[int, float]]], flips: int = 100,
                    "gap_closed_newton": 0.0, "gap_closed_retrained": g}
                   for i, (left, g) in enumerate(rows)] for q, rows in points.items()}
     seed = {"seed": 2, "flips": flips, "accuracy_noisy": noisy, "accuracy_clean": clean,
-            "noise_floor": 0.001, "queues": queues}
+            "noise_floor": 0.001, "clean_disagreement": 0.01, "num_test": 1000, "queues": queues}
     result = {"setting": {"dataset": "d", "model": "m", "noise": 0.1, "noise_kind": "pair",
                           "budget": 0.05, "rounds": 2, "seeds": [2],
                           "decisions_per_round": per_round}, "seeds": [seed]}
@@ -74,6 +75,13 @@ def test_the_paragraph_prints_each_judged_setting(tmp_path: Path) -> None:
            "0.800 / n/a / 1.000 |" in text
     assert "no estimate: no measured queue reached it | 0.800 / n/a / n/a |" in text
     assert demand_text(Reports(tmp_path), sorted(reports), gap_min=0.2) == ""  # gap 0.1
+    # each report's own text says the same
+    reports["rounds_a.json"]["command"] = "evaluate rounds"
+    md = rounds_markdown(reports["rounds_a.json"])
+    assert "Share of the decisions that landed on a flip, both rounds: app 0.800, " \
+           "perfect 1.000. Closing 0.9 of the gap: about 7 flips left, 0.933 of the " \
+           "decisions on flips (a line between app round 2 (0.700, 20 flips left) and " \
+           "perfect round 2 (1.000, 0 flips left))." in md
 
 
 def test_the_goal_constant_is_the_one_in_targets_and_shipped_reports_hold_it() -> None:

@@ -24,6 +24,28 @@ def _queues_text(result: dict) -> str:
     return ", ".join(text[q] for q in result["summary"] if q in text)
 
 
+def _demand_text(d: dict) -> str:
+    """The share of each queue's decisions that landed on a flip, and what closing the goal's
+    fraction of the gap asks (evaluation.round_goal)."""
+    point = "{queue} round {round} ({gap}, {left} flips left)"
+
+    def where(p: dict) -> str:
+        return point.format(queue=p["queue"], round=p["round"], gap=_num(p["gap_closed"], 3),
+                            left=_num(p["flips_left"], 0))
+
+    text = ("Share of the decisions that landed on a flip, both rounds: "
+            + ", ".join(f"{q} {_num(v, 3)}" for q, v in d["share_on_flips"].items())
+            + f". Closing {d['target']:g} of the gap: ")
+    if d["reached"] is None:
+        return text + "no queue or round here reached it."
+    if not d["ordered"]:
+        return text + (f"{where(d['reached'])} reached it while {where(d['fewest_short'])} "
+                       "did not, with fewer flips left: no estimate.")
+    return text + (f"about {_num(d['flips_left_at_target'], 0)} flips left, "
+                   f"{_num(d['share_at_target'], 3)} of the decisions on flips (a line between "
+                   f"{where(d['fewest_short'])} and {where(d['reached'])}).")
+
+
 def rounds_markdown(result: dict) -> str:
     s = result["setting"]
     refs = {k: mean_present([r[k] for r in result["seeds"]]) for k in
@@ -53,6 +75,8 @@ def rounds_markdown(result: dict) -> str:
                   + "; ".join(f"f = {k}: {_num(v, 3)} ({_num(pruned[f'{k}_flips_left_out'], 2)}"
                               " of the left-out flipped)" for k, v in pruned.items()
                               if f"{k}_flips_left_out" in pruned) + "."]
+    if demand := result.get("derived", {}).get("goal_demand"):
+        lines += ["", _demand_text(demand)]
     if kept := result.get("seeds_from_earlier_report"):
         lines += ["", f"Seeds {kept} were taken from the earlier report of the same setting and "
                   "queues, not run again (the command reuses them; `--rerun-seeds` runs them)."]
