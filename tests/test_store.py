@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from influence_core.audit.log_files import use_wal
 from influence_core.audit.store import REMOVED, DecisionLog
 
 LABELS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] * 5  # N = 50
@@ -258,3 +259,31 @@ def test_concurrent_removals_of_one_point_cannot_both_succeed(tmp_path: Path) ->
         b.record(8, "remove")  # b validates against the committed log, not a stale copy
     assert len(b.decisions()) == 1
     a.close(), b.close()
+
+
+class _BusyThenFine:
+    """A connection whose first `busy` journal-mode switches answer SQLITE_BUSY at once, as
+    SQLite does when two handles opening a rollback-mode log both ask for its exclusive lock."""
+
+    def __init__(self, busy: int, code: int = sqlite3.SQLITE_BUSY) -> None:
+        self.busy, self.code, self.calls = busy, code, 0
+
+    def execute(self, sql: str) -> None:
+        self.calls += 1
+        if self.calls <= self.busy:
+            exc = sqlite3.OperationalError("database is locked")
+            exc.sqlite_errorcode = self.code
+            raise exc
+
+
+def test_switching_to_wal_retries_a_busy_answer_and_nothing_else() -> None:
+    db = _BusyThenFine(busy=3)
+    use_wal(db)  # type: ignore[arg-type]
+    assert db.calls == 4
+    recovering = _BusyThenFine(busy=1, code=261)  # SQLITE_BUSY_RECOVERY, an extended busy code
+    use_wal(recovering)  # type: ignore[arg-type]
+    assert recovering.calls == 2
+    readonly = _BusyThenFine(busy=1, code=8)  # SQLITE_READONLY is not waited out
+    with pytest.raises(sqlite3.OperationalError):
+        use_wal(readonly)  # type: ignore[arg-type]
+    assert readonly.calls == 1

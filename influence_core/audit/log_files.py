@@ -1,10 +1,13 @@
 """Decision-log files as files: recognising one (check_log_file refuses anything else with a
-way to recover, and never replaces it) and copying one safely while it is in use (backup_log)."""
+way to recover, and never replaces it), switching one to WAL while other handles open it too
+(use_wal), and copying one safely while it is in use (backup_log)."""
 
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
+import time
 from pathlib import Path
 
 BUSY_TIMEOUT_S = 30.0  # how long a reader waits for a writer's lock
@@ -32,6 +35,23 @@ def check_log_file(db: sqlite3.Connection, path: Path) -> None:
     if tables and not ({"decisions", "meta"} <= tables and columns >= LOG_COLUMNS):
         raise DecisionLogError(f"{path} is a SQLite database of another kind (tables: "
                                f"{', '.join(sorted(tables))}), not a decision log: {recover}")
+
+
+def use_wal(db: sqlite3.Connection) -> None:
+    """Put the log in WAL mode. Switching a log out of rollback mode needs its exclusive lock,
+    and SQLite answers "database is locked" at once, without waiting out the busy timeout, when
+    two handles opening it together both ask (each holds the shared lock the other waits on).
+    So a locked answer is retried, with a short random pause, for up to BUSY_TIMEOUT_S."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
 
 
 def backup_log(path: str | Path, to: str | Path) -> int:

@@ -40,7 +40,7 @@ from .decisions import (
     edits,
     plan_batch,
 )
-from .log_files import BUSY_TIMEOUT_S, DecisionLogError, backup_log, check_log_file
+from .log_files import BUSY_TIMEOUT_S, DecisionLogError, backup_log, check_log_file, use_wal
 
 __all__ = ["ACTIONS", "REMOVED", "Decision", "DecisionLog", "DecisionLogError", "Request",
            "active_decisions", "backup_log", "edits"]
@@ -77,7 +77,7 @@ class DecisionLog:
         try:
             self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             check_log_file(self._db, self.path)  # before anything is written to it
-            self._db.execute("PRAGMA journal_mode=WAL")
+            use_wal(self._db)
             self._db.execute("PRAGMA synchronous=FULL")
             with self._transaction() as cur:
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
