@@ -8,6 +8,7 @@ from __future__ import annotations
 from ..audit.rounds import QUEUE_RANKING
 from .benchmarks_doc import CLI, TARGETS, Reports, cmd, met, num, table
 from .benchmarks_round_goal import goal_demand
+from .round_goal import flips_and_decisions
 from .round_rankings import QUEUE_TEXT
 
 QUEUES = ("app", "cleanlab", "random", "perfect")
@@ -31,9 +32,8 @@ def _gap(x: dict | None, key: str = "gap_closed_retrained") -> str:
 def _flips(x: dict) -> tuple[float, float]:
     """A report's flips (mean over seeds), and how many of them exceed the budget's decisions
     (what a perfect queue leaves)."""
-    s = x["setting"]
-    flips = sum(v["flips"] for v in x["seeds"]) / len(x["seeds"])
-    return flips, max(0.0, flips - s["rounds"] * s["decisions_per_round"])
+    flips, decisions = flips_and_decisions(x)
+    return flips, max(0.0, flips - decisions)
 
 
 def _row(r: Reports, name: str, goal: dict) -> tuple[list[str], bool | None]:

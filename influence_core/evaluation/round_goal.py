@@ -20,13 +20,18 @@ def _point(queue: str, row: dict) -> dict:
             "gap_closed": row["gap_closed_retrained"]}
 
 
+def flips_and_decisions(result: dict) -> tuple[float, int]:
+    """A rounds report's flips (mean over seeds) and the decisions its budget allows over all
+    rounds."""
+    s, seeds = result["setting"], result["seeds"]
+    return sum(v["flips"] for v in seeds) / len(seeds), s["rounds"] * s["decisions_per_round"]
+
+
 def goal_demand(result: dict, target: float = GOAL_GAP_CLOSED) -> dict | None:
     """The bracket of `target` among the report's (queue, round) points and, where they are
     ordered, the interpolated flips left and share of decisions on flips at `target`; None for
     a report without rounds."""
-    s, seeds = result["setting"], result["seeds"]
-    decisions = s["rounds"] * s["decisions_per_round"]
-    flips = sum(v["flips"] for v in seeds) / len(seeds)
+    flips, decisions = flips_and_decisions(result)
     points = [_point(q, row) for q, rows in result["summary"].items() for row in rows
               if row["gap_closed_retrained"] is not None and row["flips_left"] is not None]
     if not points:
